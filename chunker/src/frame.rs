@@ -1,0 +1,286 @@
+//! The chunk object frame: how a chunk (or a manifest node) is stored.
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic "CRNF"
+//!      4    1 format version (1)
+//!      5    1 codec (0 = raw, 1 = zstd)
+//!      6    2 reserved, zero
+//!      8    4 uncompressed length, little endian
+//!     12    4 payload length, little endian
+//!     16    4 crc32 (IEEE) of bytes 0..16 followed by the payload
+//!     20    … payload
+//! ```
+//!
+//! The crc covers the header as well as the payload, so every single-byte
+//! change anywhere in a frame is detected (crc32 catches all bursts of up
+//! to 32 bits), including a flip of the codec byte. Decoding optionally
+//! re-hashes the plaintext with BLAKE3 against the expected id, which
+//! catches a valid frame stored under the wrong key.
+
+use std::cell::RefCell;
+
+use crate::ChunkId;
+
+/// Bytes before the payload.
+pub const FRAME_HEADER_LEN: usize = 20;
+const MAGIC: [u8; 4] = *b"CRNF";
+const VERSION: u8 = 1;
+/// zstd level for stored chunks: level 1 is the fastest positive level and
+/// keeps most of zstd's ratio on disk images.
+const ZSTD_LEVEL: i32 = 1;
+/// Bytes compressed first to decide whether a chunk compresses at all.
+const PROBE_LEN: usize = 4096;
+
+/// How the payload is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// Stored as is: compression did not pay.
+    Raw = 0,
+    /// zstd-compressed.
+    Zstd = 1,
+}
+
+/// Why a frame was rejected. Every variant means "do not use these bytes".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Shorter than a header, or payload length disagrees with the header.
+    #[error("frame truncated: {len} bytes")]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+    },
+    /// Not a cairn frame.
+    #[error("bad frame magic")]
+    BadMagic,
+    /// Written by an unknown format version.
+    #[error("unsupported frame version {0}")]
+    UnsupportedVersion(u8),
+    /// The crc does not match the header and payload.
+    #[error("frame crc mismatch: stored {stored:08x}, computed {computed:08x}")]
+    CrcMismatch {
+        /// crc recorded in the frame.
+        stored: u32,
+        /// crc of the bytes received.
+        computed: u32,
+    },
+    /// The codec byte names no known codec.
+    #[error("unknown frame codec {0}")]
+    UnknownCodec(u8),
+    /// The payload does not decompress to the recorded length.
+    #[error("frame payload does not decode to {expected} bytes")]
+    BadPayload {
+        /// Uncompressed length recorded in the header.
+        expected: usize,
+    },
+    /// The plaintext does not hash to the id it was stored under.
+    #[error("content hash mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// Id the caller asked for.
+        expected: ChunkId,
+        /// Hash of the decoded plaintext.
+        actual: ChunkId,
+    },
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(data).ok()
+    })
+}
+
+/// Encodes `data` as a frame, compressing with zstd when that shrinks it.
+///
+/// Incompressible data is recognised from a 4 KiB probe and stored raw
+/// without compressing the whole chunk.
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    let probe = &data[..data.len().min(PROBE_LEN)];
+    let worth_trying = data.len() > PROBE_LEN / 4
+        && compress(probe).is_some_and(|c| c.len() < probe.len() - probe.len() / 16);
+    let compressed = if worth_trying { compress(data) } else { None };
+    match compressed {
+        Some(payload) if payload.len() < data.len() => build(Codec::Zstd, data.len(), &payload),
+        _ => build(Codec::Raw, data.len(), data),
+    }
+}
+
+fn build(codec: Codec, uncompressed_len: usize, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(codec as u8);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(uncompressed_len as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..16]);
+    crc.update(payload);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The codec a valid frame uses, without decoding it.
+pub fn codec_of(frame: &[u8]) -> Option<Codec> {
+    match frame.get(5) {
+        Some(0) => Some(Codec::Raw),
+        Some(1) => Some(Codec::Zstd),
+        _ => None,
+    }
+}
+
+/// Checks a frame and returns its plaintext.
+///
+/// With `expected` set, the plaintext must also hash to that id: use it for
+/// every object that comes from outside the local cache.
+pub fn decode(frame: &[u8], expected: Option<ChunkId>) -> Result<Vec<u8>, FrameError> {
+    if frame.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Truncated { len: frame.len() });
+    }
+    if frame[..4] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
+    let uncompressed_len = word(8) as usize;
+    let payload_len = word(12) as usize;
+    let stored = word(16);
+    let payload = &frame[FRAME_HEADER_LEN..];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[..16]);
+    crc.update(payload);
+    let computed = crc.finalize();
+    if computed != stored {
+        return Err(FrameError::CrcMismatch { stored, computed });
+    }
+    if payload.len() != payload_len {
+        return Err(FrameError::Truncated { len: frame.len() });
+    }
+    if frame[4] != VERSION {
+        return Err(FrameError::UnsupportedVersion(frame[4]));
+    }
+    let plain = match frame[5] {
+        0 if payload.len() == uncompressed_len => payload.to_vec(),
+        0 => {
+            return Err(FrameError::BadPayload {
+                expected: uncompressed_len,
+            })
+        }
+        1 => decompress(payload, uncompressed_len)?,
+        other => return Err(FrameError::UnknownCodec(other)),
+    };
+    if let Some(expected) = expected {
+        let actual = ChunkId::of(&plain);
+        if actual != expected {
+            return Err(FrameError::HashMismatch { expected, actual });
+        }
+    }
+    Ok(plain)
+}
+
+fn decompress(payload: &[u8], expected: usize) -> Result<Vec<u8>, FrameError> {
+    let out = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        slot.as_mut()?.decompress(payload, expected).ok()
+    });
+    match out {
+        Some(plain) if plain.len() == expected => Ok(plain),
+        _ => Err(FrameError::BadPayload { expected }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn compressible(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i / 64 % 7) as u8).collect()
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compressible_data_uses_zstd_and_random_data_stays_raw() {
+        let c = encode(&compressible(65536));
+        assert_eq!(codec_of(&c), Some(Codec::Zstd));
+        assert!(c.len() < 65536 / 4);
+        let r = encode(&random(65536, 7));
+        assert_eq!(codec_of(&r), Some(Codec::Raw));
+        assert_eq!(r.len(), 65536 + FRAME_HEADER_LEN);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        for data in [compressible(8192), random(8192, 3), vec![1u8; 100], Vec::new()] {
+            let id = ChunkId::of(&data);
+            let frame = encode(&data);
+            assert_eq!(decode(&frame, Some(id)).unwrap(), data);
+            for i in 0..frame.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut bad = frame.clone();
+                    bad[i] ^= flip;
+                    assert!(
+                        decode(&bad, None).is_err(),
+                        "flip {flip:#x} at byte {i} undetected"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_and_extension_are_detected() {
+        let frame = encode(&compressible(4096));
+        for cut in 0..frame.len() {
+            assert!(decode(&frame[..cut], None).is_err(), "cut at {cut}");
+        }
+        let mut long = frame.clone();
+        long.push(0);
+        assert!(decode(&long, None).is_err());
+    }
+
+    #[test]
+    fn wrong_id_is_detected() {
+        let frame = encode(b"hello");
+        let err = decode(&frame, Some(ChunkId::of(b"other"))).unwrap_err();
+        assert!(matches!(err, FrameError::HashMismatch { .. }));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..20000), runs in 0usize..8) {
+            let mut data = data;
+            // Mix in runs so both codecs are exercised.
+            for r in 0..runs {
+                let start = (r * 997) % data.len().max(1);
+                let end = (start + 3000).min(data.len());
+                data[start..end].fill(r as u8);
+            }
+            let frame = encode(&data);
+            prop_assert_eq!(decode(&frame, Some(ChunkId::of(&data))).unwrap(), data);
+        }
+    }
+}

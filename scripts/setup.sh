@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what cairn needs to build and test on Debian: the system RocksDB
+# (linked instead of compiling the bundled C++ library), zstd, libclang for
+# the RocksDB bindings, and the real NBD clients the tests drive.
+set -euo pipefail
+
+packages=(
+  librocksdb-dev libzstd-dev libsnappy-dev liblz4-dev libbz2-dev zlib1g-dev
+  clang libclang-dev pkg-config
+  qemu-utils libnbd-bin nbdkit fio fuse3 curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: system packages present"
+fi

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: format and lint checks, then every unit,
+# property, integration and crash test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+echo "== benches compile"
+cargo bench --workspace --no-run >/dev/null

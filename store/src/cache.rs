@@ -1,0 +1,82 @@
+//! A bounded, byte-budgeted LRU of decompressed chunks, so a cached read is
+//! a memcpy.
+
+use std::sync::Arc;
+
+use cairn_chunker::ChunkId;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+/// Decompressed chunks by id, evicted least-recently-used past `capacity` bytes.
+#[derive(Debug)]
+pub struct ChunkCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: LruCache<ChunkId, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    /// A cache holding at most `capacity` bytes of chunk data.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+        }
+    }
+
+    /// A cached chunk, marking it recently used.
+    pub fn get(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+        self.inner.lock().map.get(id).cloned()
+    }
+
+    /// Caches a chunk, evicting old ones past the budget.
+    pub fn insert(&self, id: ChunkId, data: Arc<[u8]>) {
+        if data.len() > self.capacity {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let len = data.len();
+        if let Some(old) = inner.map.put(id, data) {
+            inner.bytes -= old.len();
+        }
+        inner.bytes += len;
+        while inner.bytes > self.capacity {
+            match inner.map.pop_lru() {
+                Some((_, old)) => inner.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_past_budget() {
+        let cache = ChunkCache::new(3 * 4096);
+        let ids: Vec<ChunkId> = (0..4u8).map(|i| ChunkId::of(&[i])).collect();
+        for id in &ids[..3] {
+            cache.insert(*id, vec![0u8; 4096].into());
+        }
+        assert!(cache.get(&ids[0]).is_some()); // 0 is now most recent
+        cache.insert(ids[3], vec![0u8; 4096].into());
+        assert!(cache.get(&ids[1]).is_none());
+        assert!(cache.get(&ids[0]).is_some());
+        assert_eq!(cache.bytes(), 3 * 4096);
+    }
+}

@@ -1,0 +1,362 @@
+//! The catalog: cairn's local metadata in RocksDB.
+//!
+//! Column families:
+//! - `volumes`: `ns \0 name` → [`VolumeRecord`] (JSON)
+//! - `snapshots`: `ns \0 volume \0 tag` → [`SnapshotRecord`] (JSON)
+//! - `events`: big-endian sequence → [`Event`] (JSON), append-only
+//! - `journal`: `volume id, generation, sequence` (big-endian) → write-back
+//!   record (see [`crate::journal`])
+//! - `objects`: object key → first-seen unix seconds: the existence index
+//!   that makes a dedup hit cost no upload
+//! - `meta`: counters
+//!
+//! Every multi-key change goes through one [`CatalogBatch`], written
+//! atomically. Durability of acknowledged writes comes from the WAL:
+//! [`Catalog::sync`] fsyncs it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, StoreError};
+use crate::names::{Namespace, SnapshotTag, VolumeName};
+use crate::records::{Event, SnapshotRecord, VolumeRecord};
+
+const CF_VOLUMES: &str = "volumes";
+const CF_SNAPSHOTS: &str = "snapshots";
+const CF_EVENTS: &str = "events";
+const CF_JOURNAL: &str = "journal";
+const CF_OBJECTS: &str = "objects";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 6] = [
+    CF_VOLUMES,
+    CF_SNAPSHOTS,
+    CF_EVENTS,
+    CF_JOURNAL,
+    CF_OBJECTS,
+    CF_META,
+];
+const NEXT_VOLUME_ID: &[u8] = b"next_volume_id";
+
+/// One stored write-back record: generation, sequence, encoded record.
+pub(crate) type JournalEntry = (u64, u64, Box<[u8]>);
+
+/// The RocksDB-backed catalog of one server.
+pub struct Catalog {
+    db: DB,
+    next_volume_id: AtomicU64,
+    next_event_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.db.path()).finish()
+    }
+}
+
+fn volume_key(ns: &Namespace, name: &VolumeName) -> Vec<u8> {
+    [ns.as_str().as_bytes(), b"\0", name.as_str().as_bytes()].concat()
+}
+
+fn snapshot_prefix(ns: &Namespace, volume: &VolumeName) -> Vec<u8> {
+    [ns.as_str().as_bytes(), b"\0", volume.as_str().as_bytes(), b"\0"].concat()
+}
+
+fn snapshot_key(ns: &Namespace, volume: &VolumeName, tag: &SnapshotTag) -> Vec<u8> {
+    [snapshot_prefix(ns, volume).as_slice(), tag.as_str().as_bytes()].concat()
+}
+
+/// Journal key of one write-back record.
+pub(crate) fn journal_key(volume_id: u64, generation: u64, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&volume_id.to_be_bytes());
+    key[8..16].copy_from_slice(&generation.to_be_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| StoreError::CatalogCorrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("catalog records serialise")
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        // The journal takes every acknowledged write; larger memtables mean
+        // most journal entries are deleted before they are ever compacted.
+        opts.set_write_buffer_size(64 << 20);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let catalog = Self {
+            db,
+            next_volume_id: AtomicU64::new(1),
+            next_event_seq: AtomicU64::new(1),
+        };
+        let next_id = match catalog.db.get_cf(catalog.cf(CF_META), NEXT_VOLUME_ID)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            _ => 1,
+        };
+        catalog.next_volume_id.store(next_id, Ordering::SeqCst);
+        let last_event = catalog
+            .db
+            .iterator_cf(catalog.cf(CF_EVENTS), IteratorMode::End)
+            .next()
+            .transpose()?
+            .map(|(k, _)| u64::from_be_bytes(k[..8].try_into().expect("event keys are 8 bytes")))
+            .unwrap_or(0);
+        catalog.next_event_seq.store(last_event + 1, Ordering::SeqCst);
+        Ok(catalog)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    /// Starts an atomic batch.
+    pub fn batch(&self) -> CatalogBatch<'_> {
+        CatalogBatch {
+            catalog: self,
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Makes every write so far durable (fsync of the WAL).
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Reserves a fresh volume id; persisted by the batch that creates the volume.
+    pub(crate) fn allocate_volume_id(&self) -> u64 {
+        self.next_volume_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// One volume.
+    pub fn volume(&self, ns: &Namespace, name: &VolumeName) -> Result<Option<VolumeRecord>> {
+        let key = volume_key(ns, name);
+        match self.db.get_pinned_cf(self.cf(CF_VOLUMES), &key)? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All volumes of a namespace, or of every namespace with `None`.
+    pub fn volumes(&self, ns: Option<&Namespace>) -> Result<Vec<VolumeRecord>> {
+        let prefix = ns
+            .map(|ns| [ns.as_str().as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
+        self.scan(CF_VOLUMES, &prefix)
+    }
+
+    /// One snapshot.
+    pub fn snapshot(
+        &self,
+        ns: &Namespace,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<Option<SnapshotRecord>> {
+        let key = snapshot_key(ns, volume, tag);
+        match self.db.get_pinned_cf(self.cf(CF_SNAPSHOTS), &key)? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Snapshots of one volume, of a namespace, or of everything.
+    pub fn snapshots(
+        &self,
+        ns: Option<&Namespace>,
+        volume: Option<&VolumeName>,
+    ) -> Result<Vec<SnapshotRecord>> {
+        let prefix = match (ns, volume) {
+            (Some(ns), Some(v)) => snapshot_prefix(ns, v),
+            (Some(ns), None) => [ns.as_str().as_bytes(), b"\0"].concat(),
+            (None, _) => Vec::new(),
+        };
+        let mut out: Vec<SnapshotRecord> = self.scan(CF_SNAPSHOTS, &prefix)?;
+        if let (None, Some(v)) = (ns, volume) {
+            out.retain(|s| &s.volume == v);
+        }
+        Ok(out)
+    }
+
+    /// Audit events with `seq >= since_seq`, oldest first, at most `limit`.
+    pub fn events(&self, since_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let start = since_seq.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan<T: DeserializeOwned>(&self, cf: &str, prefix: &[u8]) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every unsealed journal record of a volume, in write order.
+    pub(crate) fn journal(&self, volume_id: u64) -> Result<Vec<JournalEntry>> {
+        let prefix = volume_id.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_JOURNAL),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let generation = u64::from_be_bytes(k[8..16].try_into().expect("journal key"));
+            let seq = u64::from_be_bytes(k[16..24].try_into().expect("journal key"));
+            out.push((generation, seq, v));
+        }
+        Ok(out)
+    }
+
+    /// Appends one write-back record (not synced: see [`Catalog::sync`]).
+    pub(crate) fn journal_put(&self, volume_id: u64, generation: u64, seq: u64, record: &[u8]) -> Result<()> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(false);
+        self.db.put_cf_opt(
+            self.cf(CF_JOURNAL),
+            journal_key(volume_id, generation, seq),
+            record,
+            &opts,
+        )?;
+        Ok(())
+    }
+
+    /// True when the existence index knows the object.
+    pub(crate) fn object_known(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
+            .is_some())
+    }
+
+    /// Records that an object is in the object store.
+    pub(crate) fn object_record(&self, key: &str, unix_secs: u64) -> Result<()> {
+        self.db
+            .put_cf(self.cf(CF_OBJECTS), key.as_bytes(), unix_secs.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Number of entries in the existence index (scans; for tests and reports).
+    pub fn known_object_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// One atomic change to the catalog.
+pub struct CatalogBatch<'a> {
+    catalog: &'a Catalog,
+    batch: WriteBatch,
+    events: Vec<Event>,
+}
+
+impl CatalogBatch<'_> {
+    /// Inserts or replaces a volume.
+    pub fn put_volume(&mut self, v: &VolumeRecord) -> &mut Self {
+        let key = volume_key(&v.namespace, &v.name);
+        self.batch.put_cf(self.catalog.cf(CF_VOLUMES), key, encode(v));
+        self.batch.put_cf(
+            self.catalog.cf(CF_META),
+            NEXT_VOLUME_ID,
+            self.catalog.next_volume_id.load(Ordering::SeqCst).to_be_bytes(),
+        );
+        self
+    }
+
+    /// Removes a volume and its whole write-back journal.
+    pub fn delete_volume(&mut self, v: &VolumeRecord) -> &mut Self {
+        self.batch
+            .delete_cf(self.catalog.cf(CF_VOLUMES), volume_key(&v.namespace, &v.name));
+        self.drop_journal(v.id, u64::MAX);
+        self
+    }
+
+    /// Drops every journal record of `volume_id` with generation `<= up_to`.
+    pub fn drop_journal(&mut self, volume_id: u64, up_to: u64) -> &mut Self {
+        let from = journal_key(volume_id, 0, 0);
+        let to = match up_to.checked_add(1) {
+            Some(next) => journal_key(volume_id, next, 0),
+            None => journal_key(volume_id + 1, 0, 0),
+        };
+        self.batch.delete_range_cf(self.catalog.cf(CF_JOURNAL), from, to);
+        self
+    }
+
+    /// Inserts a snapshot.
+    pub fn put_snapshot(&mut self, s: &SnapshotRecord) -> &mut Self {
+        let key = snapshot_key(&s.namespace, &s.volume, &s.tag);
+        self.batch.put_cf(self.catalog.cf(CF_SNAPSHOTS), key, encode(s));
+        self
+    }
+
+    /// Removes a snapshot.
+    pub fn delete_snapshot(&mut self, s: &SnapshotRecord) -> &mut Self {
+        let key = snapshot_key(&s.namespace, &s.volume, &s.tag);
+        self.batch.delete_cf(self.catalog.cf(CF_SNAPSHOTS), key);
+        self
+    }
+
+    /// Appends an audit event; its sequence number is assigned here.
+    pub fn event(&mut self, mut e: Event) -> &mut Self {
+        e.seq = self.catalog.next_event_seq.fetch_add(1, Ordering::SeqCst);
+        self.batch
+            .put_cf(self.catalog.cf(CF_EVENTS), e.seq.to_be_bytes(), encode(&e));
+        self.events.push(e);
+        self
+    }
+
+    /// Writes the batch atomically and syncs the WAL: when this returns,
+    /// the change survives a crash.
+    pub fn commit(self) -> Result<Vec<Event>> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.catalog.db.write_opt(self.batch, &opts)?;
+        Ok(self.events)
+    }
+}

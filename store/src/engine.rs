@@ -1,0 +1,990 @@
+//! The engine: every user-visible operation on volumes and snapshots, in
+//! one place that both the REST API and the NBD server call.
+//!
+//! Rules enforced here: names are RFC 1123 labels; sizes are multiples of
+//! 4 KiB and chunk sizes powers of two; volumes only grow (resize, fork and
+//! clone sizes are at least the source's); a volume in a transitional state
+//! cannot be cloned, forked from, rolled back or deleted; an attached volume
+//! cannot be rolled back; `require_labels` must match the snapshot's labels.
+//! Every change is one atomic catalog batch together with its audit event.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_chunker::{ByteRange, ChunkGeometry};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::catalog::Catalog;
+use crate::error::{Result, StoreError};
+use crate::names::{Namespace, SnapshotTag, VolumeName};
+use crate::objects::ObjectLayer;
+use crate::records::{
+    now, Event, EventKind, Labels, SnapshotOrigin, SnapshotRecord, VolumeRecord, VolumeState,
+};
+use crate::tree::{levels_for, NodeId, TreeStore};
+use crate::url::open_object_store;
+use crate::volume::{Backend, SealedTree, Volume};
+
+/// Default chunk size: 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
+/// Bytes moved per step of an import or export.
+const STREAM_STEP: usize = 4 << 20;
+
+/// How to open an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Data directory: holds the catalog (and the default object store).
+    pub data_dir: PathBuf,
+    /// Object store URL; `None` means `file://<data_dir>/objects`.
+    pub object_store: Option<String>,
+    /// Chunk size for new volumes that do not name one.
+    pub default_chunk_size: u64,
+    /// Budget of the decompressed chunk cache.
+    pub cache_bytes: usize,
+    /// Dirty bytes of one volume that make the background sealer act.
+    pub dirty_soft_limit: usize,
+    /// Dirty bytes of one volume past which writers seal inline.
+    pub dirty_hard_limit: usize,
+    /// Idle time after which dirty data is sealed anyway.
+    pub idle_seal_after: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            object_store: None,
+            default_chunk_size: DEFAULT_CHUNK_SIZE,
+            cache_bytes: 256 << 20,
+            dirty_soft_limit: 64 << 20,
+            dirty_hard_limit: 512 << 20,
+            idle_seal_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Changed extents between two snapshots.
+pub type Extents = Vec<ByteRange>;
+
+/// Who asks: used for the audit log's actor.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The server itself (sealer, GC, recovery).
+    pub fn system() -> Self {
+        Actor("system".into())
+    }
+}
+
+/// A source to read from: a live volume or a snapshot.
+#[derive(Clone, Debug)]
+pub enum Readable {
+    /// A volume (dirty data included).
+    Volume(Arc<Volume>),
+    /// A snapshot's frozen tree.
+    Snapshot {
+        /// Its sealed tree.
+        tree: SealedTree,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// cairn's storage engine.
+pub struct Engine {
+    backend: Arc<Backend>,
+    config: EngineConfig,
+    volumes: Mutex<HashMap<(Namespace, VolumeName), Arc<Volume>>>,
+    /// Serialises name-level changes (create, delete, fork) so name checks
+    /// and inserts are atomic.
+    names: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
+    }
+}
+
+/// Checks a volume size: positive and a multiple of 4 KiB.
+pub fn check_size(size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(4096) {
+        return Err(StoreError::InvalidSize(format!(
+            "volume size {size} must be a positive multiple of 4096"
+        )));
+    }
+    Ok(())
+}
+
+fn event(
+    kind: EventKind,
+    ns: &Namespace,
+    actor: &Actor,
+    volume: Option<&VolumeName>,
+    tag: Option<&SnapshotTag>,
+    detail: serde_json::Value,
+) -> Event {
+    Event {
+        seq: 0,
+        time: now(),
+        namespace: ns.clone(),
+        actor: actor.0.clone(),
+        kind,
+        volume: volume.map(|v| v.to_string()),
+        tag: tag.map(|t| t.to_string()),
+        detail,
+    }
+}
+
+impl Engine {
+    /// Opens the catalog and object store, and every volume (replaying
+    /// unsealed journals).
+    pub async fn open(config: EngineConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"))?);
+        let (store, prefix) = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
+        let objects = Arc::new(ObjectLayer::new(
+            store,
+            prefix,
+            catalog.clone(),
+            config.cache_bytes,
+        ));
+        let backend = Arc::new(Backend {
+            catalog: catalog.clone(),
+            trees: TreeStore::new(objects.clone()),
+            objects,
+            dirty_hard_limit: config.dirty_hard_limit,
+        });
+        let mut volumes = HashMap::new();
+        for record in catalog.volumes(None)? {
+            let key = (record.namespace.clone(), record.name.clone());
+            volumes.insert(key, Volume::open(backend.clone(), record)?);
+        }
+        Ok(Arc::new(Self {
+            backend,
+            config,
+            volumes: Mutex::new(volumes),
+            names: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The catalog (read access for listings and events).
+    pub fn catalog(&self) -> &Catalog {
+        &self.backend.catalog
+    }
+
+    /// The object layer (stats, tests).
+    pub fn objects(&self) -> &ObjectLayer {
+        &self.backend.objects
+    }
+
+    /// The tree store (walks for GC, verify, accounting).
+    pub fn trees(&self) -> &TreeStore {
+        &self.backend.trees
+    }
+
+    /// Seals volumes that are idle or over the soft limit, forever. Spawn it.
+    pub async fn run_sealer(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.seal_due().await;
+        }
+    }
+
+    /// One pass of the background sealer.
+    pub async fn seal_due(&self) {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        for volume in open {
+            let dirty = volume.dirty_bytes();
+            if dirty == 0 {
+                continue;
+            }
+            if dirty >= self.config.dirty_soft_limit
+                || volume.idle_ms() >= self.config.idle_seal_after.as_millis() as u64
+            {
+                if let Err(e) = volume.seal().await {
+                    tracing::warn!(volume = %volume.record().name, error = %e, "background seal failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Seals every volume and syncs the catalog: for shutdown.
+    pub async fn seal_all(&self) -> Result<()> {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        for volume in open {
+            volume.seal().await?;
+        }
+        self.backend.catalog.sync()
+    }
+
+    /// An open volume.
+    pub fn volume(&self, ns: &Namespace, name: &VolumeName) -> Result<Arc<Volume>> {
+        self.volumes
+            .lock()
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .ok_or_else(|| StoreError::VolumeNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// All volumes of a namespace, sorted by name.
+    pub fn list_volumes(&self, ns: &Namespace) -> Vec<VolumeRecord> {
+        let mut out: Vec<VolumeRecord> = self
+            .volumes
+            .lock()
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|(_, v)| v.record())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
+        ChunkGeometry::new(chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
+    }
+
+    /// Creates an empty volume.
+    pub async fn create_volume(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        size: u64,
+        chunk_size: Option<u64>,
+        labels: Labels,
+    ) -> Result<VolumeRecord> {
+        check_size(size)?;
+        let chunk_size = chunk_size.unwrap_or(self.config.default_chunk_size);
+        Self::geometry(chunk_size)?;
+        let _names = self.names.lock().await;
+        let record = self.new_record(ns, name, size, chunk_size, NodeId::ZERO, labels)?;
+        let detail = json!({"size": size, "chunk_size": chunk_size});
+        self.insert_volume(
+            record,
+            event(EventKind::Create, ns, actor, Some(name), None, detail),
+        )
+    }
+
+    fn new_record(
+        &self,
+        ns: &Namespace,
+        name: &VolumeName,
+        size: u64,
+        chunk_size: u64,
+        root: NodeId,
+        labels: Labels,
+    ) -> Result<VolumeRecord> {
+        if self.volumes.lock().contains_key(&(ns.clone(), name.clone())) {
+            return Err(StoreError::VolumeExists {
+                name: name.to_string(),
+            });
+        }
+        let t = now();
+        Ok(VolumeRecord {
+            id: self.backend.catalog.allocate_volume_id(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            size,
+            chunk_size,
+            root,
+            state: VolumeState::Ready,
+            created_at: t,
+            updated_at: t,
+            labels,
+            cloned_from: None,
+            from_snapshot: None,
+        })
+    }
+
+    /// Persists a new volume record with its event and opens it. Caller holds `names`.
+    fn insert_volume(&self, record: VolumeRecord, ev: Event) -> Result<VolumeRecord> {
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&record).event(ev);
+        batch.commit()?;
+        let volume = Volume::open(self.backend.clone(), record.clone())?;
+        self.volumes
+            .lock()
+            .insert((record.namespace.clone(), record.name.clone()), volume);
+        Ok(record)
+    }
+
+    fn check_not_transitional(record: &VolumeRecord, operation: &'static str) -> Result<()> {
+        if record.state.is_transitional() {
+            return Err(StoreError::WrongState {
+                name: record.name.to_string(),
+                state: record.state.as_str().to_string(),
+                operation,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets a volume's state (NBD attach/detach), with an audit event for attach and detach.
+    pub async fn set_state(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        state: VolumeState,
+    ) -> Result<VolumeRecord> {
+        let volume = self.volume(ns, name)?;
+        let guard = volume.exclusive().await;
+        let mut updated = guard.record();
+        updated.state = state;
+        updated.updated_at = now();
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&updated);
+        let kind = match state {
+            VolumeState::Attached => Some(EventKind::Attach),
+            VolumeState::Ready => Some(EventKind::Detach),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            batch.event(event(kind, ns, actor, Some(name), None, json!({})));
+        }
+        guard.commit(batch, updated.clone(), false, false)?;
+        Ok(updated)
+    }
+
+    /// Deletes a volume, and its snapshots unless `keep_snapshots`.
+    pub async fn delete_volume(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        keep_snapshots: bool,
+    ) -> Result<()> {
+        let _names = self.names.lock().await;
+        let volume = self.volume(ns, name)?;
+        let guard = volume.exclusive().await;
+        let record = guard.record();
+        Self::check_not_transitional(&record, "delete")?;
+        let snapshots = if keep_snapshots {
+            Vec::new()
+        } else {
+            self.backend.catalog.snapshots(Some(ns), Some(name))?
+        };
+        let mut batch = self.backend.catalog.batch();
+        batch.delete_volume(&record);
+        for s in &snapshots {
+            batch.delete_snapshot(s);
+        }
+        let detail = json!({"keep_snapshots": keep_snapshots, "snapshots_deleted": snapshots.len(), "size": record.size});
+        batch.event(event(EventKind::Delete, ns, actor, Some(name), None, detail));
+        guard.commit(batch, record, true, true)?;
+        self.volumes.lock().remove(&(ns.clone(), name.clone()));
+        Ok(())
+    }
+
+    /// Grows a volume.
+    pub async fn resize(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        size: u64,
+    ) -> Result<VolumeRecord> {
+        check_size(size)?;
+        let volume = self.volume(ns, name)?;
+        let guard = volume.exclusive().await;
+        let mut updated = guard.record();
+        Self::check_not_transitional(&updated, "resize")?;
+        if size < updated.size {
+            return Err(StoreError::TooSmall {
+                requested: size,
+                source_size: updated.size,
+            });
+        }
+        let geometry = volume.geometry();
+        let (from, to) = (
+            levels_for(geometry.chunk_count(updated.size)),
+            levels_for(geometry.chunk_count(size)),
+        );
+        let old_size = updated.size;
+        updated.root = self.backend.trees.grow(updated.root, from, to).await?;
+        updated.size = size;
+        updated.updated_at = now();
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&updated).event(event(
+            EventKind::Resize,
+            ns,
+            actor,
+            Some(name),
+            None,
+            json!({"from": old_size, "to": size}),
+        ));
+        guard.commit(batch, updated.clone(), false, false)?;
+        Ok(updated)
+    }
+
+    /// Default snapshot tag: the UTC time, `YYYYMMDD-HHMMSS`.
+    fn default_tag() -> SnapshotTag {
+        let t = now();
+        let text = format!(
+            "{:04}{:02}{:02}-{:02}{:02}{:02}",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        SnapshotTag::new(text).expect("timestamp tags are valid labels")
+    }
+
+    /// Snapshots a volume: seals its dirty data (cost grows with dirty data
+    /// only) and records the sealed root. Without a tag, the UTC time is
+    /// used (with `-2`, `-3`… when taken within the same second).
+    pub async fn snapshot(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        tag: Option<SnapshotTag>,
+        labels: Labels,
+    ) -> Result<SnapshotRecord> {
+        let volume = self.volume(ns, name)?;
+        let catalog = &self.backend.catalog;
+        volume
+            .with_sealed(|record| {
+                let tag = match tag {
+                    Some(tag) => {
+                        if catalog.snapshot(ns, name, &tag)?.is_some() {
+                            return Err(StoreError::SnapshotExists {
+                                volume: name.to_string(),
+                                tag: tag.to_string(),
+                            });
+                        }
+                        tag
+                    }
+                    None => self.free_tag(ns, name, Self::default_tag())?,
+                };
+                let snapshot = SnapshotRecord {
+                    namespace: ns.clone(),
+                    volume: name.clone(),
+                    tag: tag.clone(),
+                    size: record.size,
+                    chunk_size: record.chunk_size,
+                    root: record.root,
+                    created_at: now(),
+                    labels,
+                };
+                let mut batch = catalog.batch();
+                batch.put_snapshot(&snapshot).event(event(
+                    EventKind::Snapshot,
+                    ns,
+                    actor,
+                    Some(name),
+                    Some(&tag),
+                    json!({"root": record.root, "size": record.size}),
+                ));
+                batch.commit()?;
+                Ok(snapshot)
+            })
+            .await
+    }
+
+    fn free_tag(&self, ns: &Namespace, name: &VolumeName, base: SnapshotTag) -> Result<SnapshotTag> {
+        let mut tag = base.clone();
+        let mut n = 2;
+        while self.backend.catalog.snapshot(ns, name, &tag)?.is_some() {
+            tag = SnapshotTag::new(format!("{base}-{n}"))?;
+            n += 1;
+        }
+        Ok(tag)
+    }
+
+    /// One snapshot.
+    pub fn snapshot_record(
+        &self,
+        ns: &Namespace,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<SnapshotRecord> {
+        self.backend
+            .catalog
+            .snapshot(ns, volume, tag)?
+            .ok_or_else(|| StoreError::SnapshotNotFound {
+                volume: volume.to_string(),
+                tag: tag.to_string(),
+            })
+    }
+
+    /// Snapshots of one volume or of the whole namespace.
+    pub fn list_snapshots(&self, ns: &Namespace, volume: Option<&VolumeName>) -> Result<Vec<SnapshotRecord>> {
+        if let Some(v) = volume {
+            // Snapshots kept after their volume's deletion are still listed.
+            let snaps = self.backend.catalog.snapshots(Some(ns), Some(v))?;
+            if snaps.is_empty() {
+                self.volume(ns, v)?;
+            }
+            return Ok(snaps);
+        }
+        self.backend.catalog.snapshots(Some(ns), None)
+    }
+
+    /// Deletes a snapshot (its data stays while anything else uses it).
+    pub async fn delete_snapshot(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<()> {
+        let snapshot = self.snapshot_record(ns, volume, tag)?;
+        let mut batch = self.backend.catalog.batch();
+        batch.delete_snapshot(&snapshot).event(event(
+            EventKind::SnapshotDelete,
+            ns,
+            actor,
+            Some(volume),
+            Some(tag),
+            json!({"root": snapshot.root}),
+        ));
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Creates volume `new` from a snapshot. `size` defaults to the
+    /// snapshot's and may not be smaller; every `require_labels` entry must
+    /// match the snapshot's labels.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fork(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+        new: &VolumeName,
+        size: Option<u64>,
+        require_labels: &Labels,
+    ) -> Result<VolumeRecord> {
+        let snapshot = self.snapshot_record(ns, volume, tag)?;
+        if let Ok(source) = self.volume(ns, volume) {
+            Self::check_not_transitional(&source.record(), "fork")?;
+        }
+        for (key, expected) in require_labels {
+            let actual = snapshot.labels.get(key);
+            if actual != Some(expected) {
+                return Err(StoreError::LabelMismatch {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    actual: actual.cloned(),
+                });
+            }
+        }
+        let _names = self.names.lock().await;
+        let mut record = self.derived_record(ns, new, &snapshot, size).await?;
+        record.from_snapshot = Some(SnapshotOrigin {
+            volume: volume.clone(),
+            tag: tag.clone(),
+        });
+        let detail = json!({"source": volume, "snapshot": tag, "root": snapshot.root, "size": record.size});
+        self.insert_volume(
+            record,
+            event(EventKind::Fork, ns, actor, Some(new), Some(tag), detail),
+        )
+    }
+
+    async fn derived_record(
+        &self,
+        ns: &Namespace,
+        new: &VolumeName,
+        snapshot: &SnapshotRecord,
+        size: Option<u64>,
+    ) -> Result<VolumeRecord> {
+        let size = size.unwrap_or(snapshot.size);
+        check_size(size)?;
+        if size < snapshot.size {
+            return Err(StoreError::TooSmall {
+                requested: size,
+                source_size: snapshot.size,
+            });
+        }
+        let geometry = Self::geometry(snapshot.chunk_size)?;
+        let root = self
+            .backend
+            .trees
+            .grow(
+                snapshot.root,
+                levels_for(geometry.chunk_count(snapshot.size)),
+                levels_for(geometry.chunk_count(size)),
+            )
+            .await?;
+        self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())
+    }
+
+    /// Snapshot now + fork. `new` defaults to `<name>-clone-<unix seconds>`.
+    pub async fn clone_volume(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        new: Option<VolumeName>,
+        size: Option<u64>,
+    ) -> Result<VolumeRecord> {
+        let source = self.volume(ns, name)?;
+        Self::check_not_transitional(&source.record(), "clone")?;
+        let new = match new {
+            Some(n) => n,
+            None => self.default_clone_name(ns, name)?,
+        };
+        if self.volumes.lock().contains_key(&(ns.clone(), new.clone())) {
+            return Err(StoreError::VolumeExists {
+                name: new.to_string(),
+            });
+        }
+        if let Some(size) = size {
+            check_size(size)?;
+            if size < source.size() {
+                return Err(StoreError::TooSmall {
+                    requested: size,
+                    source_size: source.size(),
+                });
+            }
+        }
+        let tag = self.free_tag(
+            ns,
+            name,
+            SnapshotTag::new(format!("clone-{new}")).unwrap_or_else(|_| Self::default_tag()),
+        )?;
+        let snapshot = self
+            .snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
+            .await?;
+        let _names = self.names.lock().await;
+        let mut record = self.derived_record(ns, &new, &snapshot, size).await?;
+        record.cloned_from = Some(name.clone());
+        record.from_snapshot = Some(SnapshotOrigin {
+            volume: name.clone(),
+            tag: tag.clone(),
+        });
+        let detail = json!({"source": name, "snapshot": tag, "root": snapshot.root, "size": record.size});
+        self.insert_volume(
+            record,
+            event(EventKind::Clone, ns, actor, Some(&new), Some(&tag), detail),
+        )
+    }
+
+    fn default_clone_name(&self, ns: &Namespace, name: &VolumeName) -> Result<VolumeName> {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let base = format!("{name}-clone-{ts}");
+        let mut candidate = VolumeName::new(base.clone())?;
+        let mut n = 2;
+        while self.volumes.lock().contains_key(&(ns.clone(), candidate.clone())) {
+            candidate = VolumeName::new(format!("{base}-{n}"))?;
+            n += 1;
+        }
+        Ok(candidate)
+    }
+
+    /// Resets a volume's contents to a snapshot of it, discarding unsealed
+    /// writes. The volume keeps its size (volumes only grow); bytes past
+    /// the snapshot's size read as zeros.
+    pub async fn rollback(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<VolumeRecord> {
+        let volume = self.volume(ns, name)?;
+        let snapshot = self.snapshot_record(ns, name, tag)?;
+        let guard = volume.exclusive().await;
+        let mut updated = guard.record();
+        Self::check_not_transitional(&updated, "rollback")?;
+        if updated.state == VolumeState::Attached {
+            return Err(StoreError::WrongState {
+                name: name.to_string(),
+                state: "attached".into(),
+                operation: "rollback",
+            });
+        }
+        let geometry = volume.geometry();
+        updated.root = self
+            .backend
+            .trees
+            .grow(
+                snapshot.root,
+                levels_for(geometry.chunk_count(snapshot.size)),
+                levels_for(geometry.chunk_count(updated.size)),
+            )
+            .await?;
+        updated.updated_at = now();
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&updated).event(event(
+            EventKind::Rollback,
+            ns,
+            actor,
+            Some(name),
+            Some(tag),
+            json!({"root": snapshot.root}),
+        ));
+        guard.commit(batch, updated.clone(), true, false)?;
+        Ok(updated)
+    }
+
+    /// Byte ranges that differ between snapshot `tag` and `base` (or the
+    /// empty disk), at chunk granularity, clipped to the larger size.
+    pub async fn diff(
+        &self,
+        ns: &Namespace,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+        base: Option<(&VolumeName, &SnapshotTag)>,
+    ) -> Result<Extents> {
+        let target = self.snapshot_record(ns, volume, tag)?;
+        let geometry = Self::geometry(target.chunk_size)?;
+        let (base_root, base_size) = match base {
+            Some((bv, bt)) => {
+                let b = self.snapshot_record(ns, bv, bt)?;
+                if b.chunk_size != target.chunk_size {
+                    return Err(StoreError::InvalidSize(format!(
+                        "cannot diff snapshots of different chunk sizes ({} and {})",
+                        b.chunk_size, target.chunk_size
+                    )));
+                }
+                (b.root, b.size)
+            }
+            None => (NodeId::ZERO, 0),
+        };
+        let size = target.size.max(base_size);
+        let level = levels_for(geometry.chunk_count(size));
+        let trees = &self.backend.trees;
+        let a = trees
+            .grow(base_root, levels_for(geometry.chunk_count(base_size)), level)
+            .await?;
+        let b = trees
+            .grow(target.root, levels_for(geometry.chunk_count(target.size)), level)
+            .await?;
+        let runs = trees.diff(a, b, level).await?;
+        Ok(runs
+            .into_iter()
+            .filter_map(|run| {
+                let start = geometry.chunk_start(run.start);
+                let end = geometry.chunk_start(run.start + run.count).min(size);
+                (end > start).then(|| ByteRange::new(start, end - start))
+            })
+            .collect())
+    }
+
+    /// A volume, or a snapshot with `tag`, to read from.
+    pub fn readable(&self, ns: &Namespace, name: &VolumeName, tag: Option<&SnapshotTag>) -> Result<Readable> {
+        match tag {
+            None => Ok(Readable::Volume(self.volume(ns, name)?)),
+            Some(tag) => {
+                let s = self.snapshot_record(ns, name, tag)?;
+                Ok(Readable::Snapshot {
+                    tree: SealedTree::new(s.root, s.size, Self::geometry(s.chunk_size)?),
+                    size: s.size,
+                })
+            }
+        }
+    }
+
+    /// Reads from a volume or snapshot.
+    pub async fn read(&self, source: &Readable, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match source {
+            Readable::Volume(v) => v.read(offset, buf).await,
+            Readable::Snapshot { tree, size } => {
+                if offset.checked_add(buf.len() as u64).is_none_or(|end| end > *size) {
+                    return Err(StoreError::OutOfRange {
+                        offset,
+                        length: buf.len() as u64,
+                        size: *size,
+                    });
+                }
+                self.backend.read_tree(*tree, offset, buf).await
+            }
+        }
+    }
+
+    /// Streams `[offset, +length)` of a volume or snapshot into `out`.
+    /// Returns the bytes written.
+    pub async fn export<W: AsyncWrite + Unpin>(
+        &self,
+        source: &Readable,
+        offset: u64,
+        length: u64,
+        out: &mut W,
+    ) -> Result<u64> {
+        let mut buf = vec![0u8; STREAM_STEP];
+        let mut done = 0u64;
+        while done < length {
+            let n = (length - done).min(STREAM_STEP as u64) as usize;
+            self.read(source, offset + done, &mut buf[..n]).await?;
+            out.write_all(&buf[..n]).await?;
+            done += n as u64;
+        }
+        out.flush().await?;
+        Ok(done)
+    }
+
+    /// Streams a raw image into a volume at `offset`. When the volume does
+    /// not exist it is created with `size` (required then). Whole chunks go
+    /// straight to the object store; partial ones through the journal. The
+    /// data is sealed and durable on return. An input longer than the
+    /// volume is refused with [`StoreError::ImportTooLarge`]; a volume
+    /// created by a failed import is removed again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn import<R: AsyncRead + Unpin>(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        name: &VolumeName,
+        input: &mut R,
+        size: Option<u64>,
+        offset: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(VolumeRecord, u64, bool)> {
+        let created = match self.volume(ns, name) {
+            Ok(_) => false,
+            Err(StoreError::VolumeNotFound { .. }) => {
+                let size = size.ok_or_else(|| {
+                    StoreError::InvalidSize("a size is needed to create a volume by import".into())
+                })?;
+                self.create_volume(ns, actor, name, size, None, Labels::new())
+                    .await?;
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        let volume = self.volume(ns, name)?;
+        match self.import_into(&volume, input, offset, progress).await {
+            Ok(n) => Ok((volume.record(), n, created)),
+            Err(e) => {
+                if created {
+                    let _ = self.delete_volume(ns, actor, name, false).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn import_into<R: AsyncRead + Unpin>(
+        &self,
+        volume: &Volume,
+        input: &mut R,
+        offset: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64> {
+        let geometry = volume.geometry();
+        let chunk = geometry.chunk_size();
+        let size = volume.size();
+        let step = STREAM_STEP.max(chunk);
+        let mut pos = offset;
+        let mut buf = vec![0u8; step];
+        loop {
+            // Align the first step to a chunk boundary so later steps are whole chunks.
+            let want = if !pos.is_multiple_of(chunk as u64) {
+                chunk - (pos % chunk as u64) as usize
+            } else {
+                step
+            };
+            let filled = read_full(input, &mut buf[..want]).await?;
+            if filled == 0 {
+                break;
+            }
+            if pos + filled as u64 > size {
+                return Err(StoreError::ImportTooLarge {
+                    offset,
+                    length: pos + filled as u64 - offset,
+                    size,
+                });
+            }
+            let data = &buf[..filled];
+            let whole = if pos.is_multiple_of(chunk as u64) {
+                filled / chunk
+            } else {
+                0
+            };
+            if whole > 0 {
+                let chunks = data[..whole * chunk]
+                    .chunks_exact(chunk)
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                volume.write_chunks_direct(geometry.chunk_of(pos), chunks).await?;
+            }
+            let rest = &data[whole * chunk..];
+            if !rest.is_empty() {
+                volume.write(pos + (whole * chunk) as u64, rest).await?;
+            }
+            pos += filled as u64;
+            progress(pos - offset);
+            if filled < want {
+                break;
+            }
+        }
+        volume.seal().await?;
+        self.backend.catalog.sync()?;
+        Ok(pos - offset)
+    }
+
+    /// Audit events from `since_seq`, optionally of one volume.
+    pub fn events(
+        &self,
+        ns: &Namespace,
+        volume: Option<&str>,
+        since_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        let mut from = since_seq;
+        loop {
+            let page = self.backend.catalog.events(from, 1024)?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            let full = page.len() == 1024;
+            out.extend(
+                page.into_iter()
+                    .filter(|e| &e.namespace == ns && volume.is_none_or(|v| e.volume.as_deref() == Some(v))),
+            );
+            if out.len() >= limit || !full {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Data directory path.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+/// Reads until `buf` is full or the input ends.
+async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut [u8]) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = input
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| StoreError::ImportStream(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}

@@ -1,0 +1,166 @@
+//! The store's error type: what went wrong, in the caller's terms.
+
+use cairn_chunker::{ChunkId, FrameError};
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A volume name, snapshot tag or namespace breaks the naming rule.
+    #[error("invalid {kind} {name:?}: {rule}")]
+    InvalidName {
+        /// "volume name", "snapshot tag" or "namespace".
+        kind: &'static str,
+        /// The offending text.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A size or chunk size is not acceptable.
+    #[error("invalid size: {0}")]
+    InvalidSize(String),
+    /// No such volume.
+    #[error("volume {name:?} not found")]
+    VolumeNotFound {
+        /// Volume name.
+        name: String,
+    },
+    /// No such snapshot.
+    #[error("snapshot {volume}@{tag} not found")]
+    SnapshotNotFound {
+        /// Volume name.
+        volume: String,
+        /// Snapshot tag.
+        tag: String,
+    },
+    /// A volume of that name exists already.
+    #[error("volume {name:?} already exists")]
+    VolumeExists {
+        /// Volume name.
+        name: String,
+    },
+    /// A snapshot of that tag exists already.
+    #[error("snapshot {volume}@{tag} already exists")]
+    SnapshotExists {
+        /// Volume name.
+        volume: String,
+        /// Snapshot tag.
+        tag: String,
+    },
+    /// The volume's state forbids the operation.
+    #[error("volume {name:?} is {state}; {operation} is not allowed in that state")]
+    WrongState {
+        /// Volume name.
+        name: String,
+        /// Its current state.
+        state: String,
+        /// What was attempted.
+        operation: &'static str,
+    },
+    /// A resize, fork or clone asked for less than the source size.
+    #[error("size {requested} is smaller than the source size {source_size}; volumes only grow")]
+    TooSmall {
+        /// Requested size.
+        requested: u64,
+        /// Size of the source.
+        source_size: u64,
+    },
+    /// A fork's `require_labels` does not match the snapshot's labels.
+    #[error("snapshot label {key:?} is {actual:?}, required {expected:?}")]
+    LabelMismatch {
+        /// Label key.
+        key: String,
+        /// Required value.
+        expected: String,
+        /// Value on the snapshot (None when absent).
+        actual: Option<String>,
+    },
+    /// I/O outside the volume.
+    #[error("range {offset}+{length} is outside the volume (size {size})")]
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        length: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// An import carries more bytes than the volume holds.
+    #[error("import of at least {length} bytes at offset {offset} exceeds volume size {size}")]
+    ImportTooLarge {
+        /// Import offset.
+        offset: u64,
+        /// Bytes seen so far.
+        length: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// A write to a read-only snapshot.
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+    /// An object the manifest refers to is not in the object store.
+    #[error("object {key} is missing from the object store")]
+    ObjectMissing {
+        /// Object key.
+        key: String,
+    },
+    /// A stored chunk failed its crc or hash check.
+    #[error("chunk {id} is corrupt: {source}")]
+    ChunkCorrupt {
+        /// The chunk's id.
+        id: ChunkId,
+        /// What the check found.
+        source: FrameError,
+    },
+    /// A stored manifest node failed its checks.
+    #[error("manifest node {id} is corrupt: {reason}")]
+    NodeCorrupt {
+        /// Node id (hex).
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The object store failed (unreachable, refused, timed out).
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// The object store URL is not usable.
+    #[error("object store URL {url:?}: {reason}")]
+    ObjectStoreUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The local catalog failed.
+    #[error("catalog: {0}")]
+    Catalog(#[from] rocksdb::Error),
+    /// A catalog record could not be decoded.
+    #[error("catalog record {key:?} is corrupt: {reason}")]
+    CatalogCorrupt {
+        /// Record key.
+        key: String,
+        /// Decoding error.
+        reason: String,
+    },
+    /// Local file I/O failed.
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Input stream failed during import.
+    #[error("import stream: {0}")]
+    ImportStream(String),
+}
+
+impl StoreError {
+    /// True when the error says the data (not the request) is bad or gone:
+    /// the caller should answer with an I/O error for that range.
+    pub fn is_data_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::ObjectMissing { .. }
+                | StoreError::ChunkCorrupt { .. }
+                | StoreError::NodeCorrupt { .. }
+        )
+    }
+}

@@ -1,0 +1,30 @@
+//! cairn's storage engine.
+//!
+//! - [`objects`]: content-addressed chunk and node objects in an `object_store`
+//! - [`tree`]: the manifest, a content-addressed radix tree of chunk ids
+//! - [`catalog`]: volumes, snapshots, events, journal and existence index in RocksDB
+//! - [`overlay`] and [`journal`]: the write-back layer of acknowledged writes
+//! - [`volume`]: one open volume (read, write, flush, seal)
+//! - [`engine`]: every user-visible operation, for the API and NBD server
+//!
+//! This crate knows nothing of HTTP or NBD.
+
+pub mod cache;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod journal;
+pub mod names;
+pub mod objects;
+pub mod overlay;
+pub mod records;
+pub mod tree;
+pub mod url;
+pub mod volume;
+
+pub use engine::{Actor, Engine, EngineConfig, Readable};
+pub use error::{Result, StoreError};
+pub use names::{Namespace, SnapshotRef, SnapshotTag, VolumeName};
+pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, VolumeState};
+pub use tree::NodeId;
+pub use volume::Volume;

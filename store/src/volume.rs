@@ -1,0 +1,585 @@
+//! One open volume: the write-back overlay over a sealed manifest tree.
+//!
+//! Writes are journaled in the catalog and applied to the in-memory dirty
+//! overlay under one lock, so journal order equals overlay order, and are
+//! then acknowledged. [`Volume::flush`] fsyncs the journal. Sealing freezes
+//! the overlay (new writes go to a new generation), turns each dirty chunk
+//! into a chunk object (merging with the sealed chunk only when the overlay
+//! does not cover it whole), writes the changed tree path, and commits the
+//! new root together with the removal of the sealed generations' journal
+//! records in one atomic catalog batch. Reads look in the active overlay,
+//! then the frozen one, then the tree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cairn_chunker::pipeline::{classify, encode_all, Classified};
+use cairn_chunker::{ByteRange, ChunkGeometry, ChunkId, BLOCK_SIZE};
+use futures::stream::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+
+use crate::catalog::Catalog;
+use crate::error::{Result, StoreError};
+use crate::journal::{self, Record};
+use crate::objects::{ObjectKind, ObjectLayer};
+use crate::overlay::{Hole, Overlay};
+use crate::records::{now, VolumeRecord};
+use crate::tree::{levels_for, NodeId, TreeStore};
+
+/// Chunks hashed and compressed together while sealing or importing.
+const SEAL_BATCH: usize = 64;
+/// Object uploads in flight at once.
+const UPLOAD_CONCURRENCY: usize = 16;
+
+/// What every volume shares: catalog, objects and trees.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub catalog: Arc<Catalog>,
+    pub objects: Arc<ObjectLayer>,
+    pub trees: TreeStore,
+    /// Dirty bytes per volume past which a writer seals inline (backpressure).
+    pub dirty_hard_limit: usize,
+}
+
+/// A sealed tree to read from: a snapshot, or a volume's committed state.
+#[derive(Clone, Copy, Debug)]
+pub struct SealedTree {
+    /// Root node.
+    pub root: NodeId,
+    /// Root level.
+    pub level: u8,
+    /// Chunk geometry.
+    pub geometry: ChunkGeometry,
+}
+
+impl SealedTree {
+    pub(crate) fn new(root: NodeId, size: u64, geometry: ChunkGeometry) -> Self {
+        Self {
+            root,
+            level: levels_for(geometry.chunk_count(size)),
+            geometry,
+        }
+    }
+}
+
+impl Backend {
+    /// Fills `holes` of `buf` from a sealed tree.
+    pub(crate) async fn read_sealed(&self, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> Result<()> {
+        for hole in holes {
+            let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
+            let id = self.trees.lookup(tree.root, tree.level, hole.chunk).await?;
+            if id.is_zero() {
+                out.fill(0);
+            } else {
+                let chunk = self.objects.chunk(id).await?;
+                out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of a sealed tree.
+    pub(crate) async fn read_tree(&self, tree: SealedTree, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let holes: Vec<Hole> = tree
+            .geometry
+            .spans(ByteRange::new(offset, buf.len() as u64))
+            .map(|s| Hole {
+                chunk: s.index,
+                offset_in_chunk: s.offset_in_chunk,
+                len: s.len,
+                buf_offset: s.offset_in_range,
+            })
+            .collect();
+        self.read_sealed(tree, &holes, buf).await
+    }
+
+    /// Stores whole chunks (hash, dedup, compress, upload) and returns the
+    /// manifest updates for them. Zero chunks become the zero sentinel.
+    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Vec<u8>)>) -> Result<Vec<(u64, ChunkId)>> {
+        let (indices, contents): (Vec<u64>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
+        let (classes, contents) = tokio::task::spawn_blocking(move || (classify(&contents), contents))
+            .await
+            .expect("classification does not panic");
+        let mut seen = std::collections::HashSet::new();
+        let mut fresh = Vec::new();
+        for (i, class) in classes.iter().enumerate() {
+            if let Classified::Data(id) = class {
+                if seen.insert(*id) && !self.objects.is_known(ObjectKind::Chunk, &id.0)? {
+                    fresh.push(i);
+                }
+            }
+        }
+        let contents: Vec<Arc<[u8]>> = contents.into_iter().map(Arc::from).collect();
+        let to_encode: Vec<Arc<[u8]>> = fresh.iter().map(|&i| contents[i].clone()).collect();
+        let frames = tokio::task::spawn_blocking(move || encode_all(&to_encode))
+            .await
+            .expect("encoding does not panic");
+        let objects = &self.objects;
+        let uploads: Vec<_> = fresh
+            .iter()
+            .zip(frames)
+            .map(|(&i, framed)| {
+                objects.put_if_absent(ObjectKind::Chunk, classes[i].id().0, Bytes::from(framed))
+            })
+            .collect();
+        futures::stream::iter(uploads)
+            .buffer_unordered(UPLOAD_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        for &i in &fresh {
+            self.objects.cache_chunk(classes[i].id(), contents[i].clone());
+        }
+        Ok(indices
+            .into_iter()
+            .zip(classes.iter().map(Classified::id))
+            .collect())
+    }
+}
+
+struct State {
+    record: VolumeRecord,
+    active: Overlay,
+    frozen: Option<Arc<Overlay>>,
+    generation: u64,
+    seq: u64,
+    deleted: bool,
+}
+
+/// An open volume.
+pub struct Volume {
+    backend: Arc<Backend>,
+    id: u64,
+    geometry: ChunkGeometry,
+    state: Mutex<State>,
+    /// Serialises seals, and everything that swaps the root (rollback,
+    /// resize, delete, direct imports).
+    seal_lock: tokio::sync::Mutex<()>,
+    /// Aligned writes share it; read-modify-write of partial blocks takes it
+    /// alone, so no concurrent write to the same block is lost.
+    rmw_lock: tokio::sync::RwLock<()>,
+    last_write_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("id", &self.id).finish()
+    }
+}
+
+fn align_down(x: u64) -> u64 {
+    x & !(BLOCK_SIZE - 1)
+}
+
+fn align_up(x: u64) -> u64 {
+    x.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+fn is_aligned(x: u64) -> bool {
+    x.is_multiple_of(BLOCK_SIZE)
+}
+
+impl Volume {
+    /// Opens a volume and replays its unsealed journal.
+    pub(crate) fn open(backend: Arc<Backend>, record: VolumeRecord) -> Result<Arc<Self>> {
+        let geometry =
+            ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
+        let mut active = Overlay::default();
+        let mut generation = 0;
+        for (gen, _seq, bytes) in backend.catalog.journal(record.id)? {
+            generation = generation.max(gen);
+            match journal::decode(&bytes)? {
+                Record::Write { offset, data } => active.write(geometry, offset, data),
+                Record::Zero { offset, length } => active.zero(geometry, offset, length),
+            }
+        }
+        if !active.is_empty() {
+            tracing::info!(volume = %record.name, dirty_bytes = active.dirty_bytes(), chunks = active.chunk_count(), "replayed write-back journal");
+        }
+        Ok(Arc::new(Self {
+            backend,
+            id: record.id,
+            geometry,
+            state: Mutex::new(State {
+                record,
+                active,
+                frozen: None,
+                generation: generation + 1,
+                seq: 0,
+                deleted: false,
+            }),
+            seal_lock: tokio::sync::Mutex::new(()),
+            rmw_lock: tokio::sync::RwLock::new(()),
+            last_write_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }))
+    }
+
+    /// The volume's catalog record as of now.
+    pub fn record(&self) -> VolumeRecord {
+        self.state.lock().record.clone()
+    }
+
+    /// Logical size in bytes.
+    pub fn size(&self) -> u64 {
+        self.state.lock().record.size
+    }
+
+    /// Chunk geometry.
+    pub fn geometry(&self) -> ChunkGeometry {
+        self.geometry
+    }
+
+    /// Bytes written but not yet sealed.
+    pub fn dirty_bytes(&self) -> usize {
+        let st = self.state.lock();
+        st.active.dirty_bytes() + st.frozen.as_ref().map_or(0, |f| f.dirty_bytes())
+    }
+
+    /// Milliseconds since the last write (for the idle sealer).
+    pub fn idle_ms(&self) -> u64 {
+        let last = self.last_write_ms.load(Ordering::Relaxed);
+        (self.opened.elapsed().as_millis() as u64).saturating_sub(last)
+    }
+
+    fn check_range(&self, st: &State, offset: u64, length: u64) -> Result<()> {
+        if st.deleted {
+            return Err(StoreError::VolumeNotFound {
+                name: st.record.name.to_string(),
+            });
+        }
+        match offset.checked_add(length) {
+            Some(end) if end <= st.record.size => Ok(()),
+            _ => Err(StoreError::OutOfRange {
+                offset,
+                length,
+                size: st.record.size,
+            }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut holes = Vec::new();
+        let (frozen, tree) = {
+            let st = self.state.lock();
+            self.check_range(&st, offset, buf.len() as u64)?;
+            for span in self.geometry.spans(ByteRange::new(offset, buf.len() as u64)) {
+                let out = &mut buf[span.offset_in_range..span.offset_in_range + span.len];
+                st.active.fill(
+                    span.index,
+                    span.offset_in_chunk,
+                    out,
+                    span.offset_in_range,
+                    &mut holes,
+                );
+            }
+            (
+                st.frozen.clone(),
+                SealedTree::new(st.record.root, st.record.size, self.geometry),
+            )
+        };
+        if holes.is_empty() {
+            return Ok(());
+        }
+        if let Some(frozen) = frozen {
+            let mut deeper = Vec::new();
+            for h in &holes {
+                let out = &mut buf[h.buf_offset..h.buf_offset + h.len];
+                frozen.fill(h.chunk, h.offset_in_chunk, out, h.buf_offset, &mut deeper);
+            }
+            holes = deeper;
+        }
+        self.backend.read_sealed(tree, &holes, buf).await
+    }
+
+    /// Writes `data` at `offset`; acknowledged once journaled (not yet
+    /// durable: see [`Volume::flush`]).
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(&self.state.lock(), offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        if is_aligned(offset) && is_aligned(end) {
+            let _shared = self.rmw_lock.read().await;
+            self.apply(Record::Write { offset, data })?;
+        } else {
+            let _alone = self.rmw_lock.write().await;
+            let merged = self.merge_partial_blocks(offset, data).await?;
+            self.apply(Record::Write {
+                offset: align_down(offset),
+                data: &merged,
+            })?;
+        }
+        self.after_write().await
+    }
+
+    /// Reads the partial head and tail blocks around `[offset, +data.len())`
+    /// and lays `data` over them. Caller holds the rmw lock exclusively.
+    async fn merge_partial_blocks(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
+        let start = align_down(offset);
+        let end = align_up(offset + data.len() as u64);
+        let mut merged = vec![0u8; (end - start) as usize];
+        let block = BLOCK_SIZE as usize;
+        if !is_aligned(offset) {
+            self.read(start, &mut merged[..block]).await?;
+        }
+        if !is_aligned(offset + data.len() as u64) {
+            let at = merged.len() - block;
+            self.read(end - BLOCK_SIZE, &mut merged[at..]).await?;
+        }
+        let at = (offset - start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        Ok(merged)
+    }
+
+    /// Makes `[offset, +length)` read as zeros (WRITE_ZEROES and TRIM).
+    pub async fn write_zeroes(&self, offset: u64, length: u64) -> Result<()> {
+        self.check_range(&self.state.lock(), offset, length)?;
+        if length == 0 {
+            return Ok(());
+        }
+        let end = offset + length;
+        let (inner_start, inner_end) = (align_up(offset), align_down(end));
+        if inner_start >= inner_end {
+            // Within one or two blocks: a plain write of zeros.
+            return self.write(offset, &vec![0u8; length as usize]).await;
+        }
+        if offset < inner_start {
+            self.write(offset, &vec![0u8; (inner_start - offset) as usize])
+                .await?;
+        }
+        {
+            let _shared = self.rmw_lock.read().await;
+            self.apply(Record::Zero {
+                offset: inner_start,
+                length: inner_end - inner_start,
+            })?;
+        }
+        if inner_end < end {
+            self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
+                .await?;
+        }
+        self.after_write().await
+    }
+
+    /// Journals and applies one aligned record, atomically with respect to
+    /// other writers (journal order = overlay order).
+    fn apply(&self, record: Record<'_>) -> Result<()> {
+        let encoded = record.encode();
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Err(StoreError::VolumeNotFound {
+                name: st.record.name.to_string(),
+            });
+        }
+        st.seq += 1;
+        self.backend
+            .catalog
+            .journal_put(self.id, st.generation, st.seq, &encoded)?;
+        match record {
+            Record::Write { offset, data } => st.active.write(self.geometry, offset, data),
+            Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
+        }
+        self.last_write_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn after_write(&self) -> Result<()> {
+        if self.state.lock().active.dirty_bytes() > self.backend.dirty_hard_limit {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every acknowledged write durable on local disk.
+    pub fn flush(&self) -> Result<()> {
+        self.backend.catalog.sync()
+    }
+
+    /// Seals all dirty data into the object store and commits a new root.
+    /// Returns the number of chunks sealed.
+    pub async fn seal(&self) -> Result<usize> {
+        let _seal = self.seal_lock.lock().await;
+        self.seal_locked().await
+    }
+
+    async fn seal_locked(&self) -> Result<usize> {
+        let started = Instant::now();
+        let (frozen, generation, tree) = {
+            let mut st = self.state.lock();
+            if st.active.is_empty() || st.deleted {
+                return Ok(0);
+            }
+            let frozen = Arc::new(std::mem::take(&mut st.active));
+            st.frozen = Some(frozen.clone());
+            let generation = st.generation;
+            st.generation += 1;
+            st.seq = 0;
+            (
+                frozen,
+                generation,
+                SealedTree::new(st.record.root, st.record.size, self.geometry),
+            )
+        };
+        match self.seal_layer(&frozen, tree).await {
+            Ok(new_root) => {
+                let mut record = self.state.lock().record.clone();
+                record.root = new_root;
+                record.updated_at = now();
+                let mut batch = self.backend.catalog.batch();
+                batch.put_volume(&record).drop_journal(self.id, generation);
+                batch.commit()?;
+                let mut st = self.state.lock();
+                st.record.root = new_root;
+                st.record.updated_at = record.updated_at;
+                st.frozen = None;
+                tracing::debug!(volume = %record.name, chunks = frozen.chunk_count(), dirty_bytes = frozen.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
+                Ok(frozen.chunk_count())
+            }
+            Err(e) => {
+                // Put the frozen layer back under whatever was written since;
+                // its journal records are still there, so nothing is lost.
+                let mut st = self.state.lock();
+                let newer = std::mem::take(&mut st.active);
+                let mut restored = (*frozen).clone();
+                restored.absorb_newer(newer);
+                st.active = restored;
+                st.frozen = None;
+                tracing::warn!(volume = %st.record.name, error = %e, "seal failed; dirty data kept in the journal");
+                Err(e)
+            }
+        }
+    }
+
+    async fn seal_layer(&self, frozen: &Overlay, tree: SealedTree) -> Result<NodeId> {
+        let chunk_size = self.geometry.chunk_size();
+        let blocks = self.geometry.blocks_per_chunk();
+        let mut updates = Vec::with_capacity(frozen.chunk_count());
+        for batch in frozen.sorted_chunks().chunks(SEAL_BATCH) {
+            let mut contents = Vec::with_capacity(batch.len());
+            for (index, dirty) in batch {
+                let base = if dirty.is_complete(blocks) {
+                    None
+                } else {
+                    let id = self.backend.trees.lookup(tree.root, tree.level, *index).await?;
+                    if id.is_zero() {
+                        None
+                    } else {
+                        Some(self.backend.objects.chunk(id).await?)
+                    }
+                };
+                contents.push((*index, dirty.materialize(chunk_size, base.as_deref())));
+            }
+            updates.extend(self.backend.ingest(contents).await?);
+        }
+        self.backend.trees.update(tree.root, tree.level, &updates).await
+    }
+
+    /// Writes whole, chunk-aligned chunks straight into the object store and
+    /// the tree, bypassing the journal (bulk import). Durable on return.
+    pub(crate) async fn write_chunks_direct(&self, first_chunk: u64, data: Vec<Vec<u8>>) -> Result<()> {
+        let _seal = self.seal_lock.lock().await;
+        // Older dirty data in these chunks must not be sealed over the import later.
+        self.seal_locked().await?;
+        let end = self.geometry.chunk_start(first_chunk + data.len() as u64);
+        let tree = {
+            let st = self.state.lock();
+            self.check_range(
+                &st,
+                self.geometry.chunk_start(first_chunk),
+                end - self.geometry.chunk_start(first_chunk),
+            )?;
+            SealedTree::new(st.record.root, st.record.size, self.geometry)
+        };
+        let chunks = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (first_chunk + i as u64, c))
+            .collect();
+        let updates = self.backend.ingest(chunks).await?;
+        let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
+        self.commit_root(new_root)
+    }
+
+    /// Commits a new sealed root for the volume (caller holds the seal lock).
+    fn commit_root(&self, new_root: NodeId) -> Result<()> {
+        let mut record = self.state.lock().record.clone();
+        record.root = new_root;
+        record.updated_at = now();
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&record);
+        batch.commit()?;
+        let mut st = self.state.lock();
+        st.record.root = new_root;
+        st.record.updated_at = record.updated_at;
+        Ok(())
+    }
+
+    /// Seals, then runs `f` with the committed record while holding the seal
+    /// lock, so the root cannot move underneath (snapshots).
+    pub(crate) async fn with_sealed<T>(&self, f: impl FnOnce(&VolumeRecord) -> Result<T>) -> Result<T> {
+        let _seal = self.seal_lock.lock().await;
+        self.seal_locked().await?;
+        let record = self.state.lock().record.clone();
+        f(&record)
+    }
+
+    /// Takes the volume for a root or record swap (rollback, resize,
+    /// delete): no seal and no write runs until the guard is committed or
+    /// dropped.
+    pub(crate) async fn exclusive(&self) -> Exclusive<'_> {
+        let seal = self.seal_lock.lock().await;
+        let rmw = self.rmw_lock.write().await;
+        Exclusive {
+            volume: self,
+            _seal: seal,
+            _rmw: rmw,
+        }
+    }
+}
+
+/// Exclusive access to a volume for swapping its record (see [`Volume::exclusive`]).
+pub(crate) struct Exclusive<'a> {
+    volume: &'a Volume,
+    _seal: tokio::sync::MutexGuard<'a, ()>,
+    _rmw: tokio::sync::RwLockWriteGuard<'a, ()>,
+}
+
+impl Exclusive<'_> {
+    /// The record as of now.
+    pub fn record(&self) -> VolumeRecord {
+        self.volume.record()
+    }
+
+    /// Commits `batch` (which persists `updated`, or deletes the volume),
+    /// then installs `updated`. With `discard_dirty`, unsealed writes are
+    /// dropped and their journal goes in the same batch.
+    pub fn commit(
+        self,
+        mut batch: crate::catalog::CatalogBatch<'_>,
+        updated: VolumeRecord,
+        discard_dirty: bool,
+        delete: bool,
+    ) -> Result<Vec<crate::records::Event>> {
+        let volume = self.volume;
+        let generation = volume.state.lock().generation;
+        if discard_dirty {
+            batch.drop_journal(volume.id, generation);
+        }
+        let events = batch.commit()?;
+        let mut st = volume.state.lock();
+        if discard_dirty {
+            st.active = Overlay::default();
+            st.generation += 1;
+            st.seq = 0;
+        }
+        st.deleted |= delete;
+        st.record = updated;
+        Ok(events)
+    }
+}

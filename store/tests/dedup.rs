@@ -1,0 +1,59 @@
+//! Dedup and structural sharing: 100 forks of a volume, each writing 1%
+//! new data, add only the new chunks and a few tree nodes each.
+
+mod common;
+
+use cairn_store::Labels;
+use common::*;
+
+#[test]
+fn hundred_forks_writing_one_percent_store_only_new_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        const CHUNK: usize = 64 * 1024;
+        const CHUNKS: usize = 1024; // 64 MiB
+        let base = vol("base");
+        engine.create_volume(&ns(), &actor(), &base, (CHUNK * CHUNKS) as u64, None, Labels::new()).await.unwrap();
+        let image: Vec<u8> = (0..CHUNKS).flat_map(|i| noise(i as u64, CHUNK)).collect();
+        let (_, n, _) = engine
+            .import(&ns(), &actor(), &base, &mut &image[..], None, 0, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(n, image.len() as u64);
+        engine.snapshot(&ns(), &actor(), &base, Some(tag("gold")), Labels::new()).await.unwrap();
+        let (chunks_before, chunk_bytes_before) = count_objects(dir.path(), "chunks");
+        let (nodes_before, _) = count_objects(dir.path(), "nodes");
+        assert_eq!(chunks_before, CHUNKS as u64);
+
+        let per_fork = CHUNKS / 100; // 1% of the chunks
+        for f in 0..100u64 {
+            let name = vol(&format!("fork-{f}"));
+            engine.fork(&ns(), &actor(), &base, &tag("gold"), &name, None, &Labels::new()).await.unwrap();
+            let v = engine.volume(&ns(), &name).unwrap();
+            for k in 0..per_fork as u64 {
+                let chunk = (f * 37 + k * 101) % CHUNKS as u64;
+                v.write(chunk * CHUNK as u64, &noise(1_000_000 + f * 1000 + k, CHUNK)).await.unwrap();
+            }
+            v.seal().await.unwrap();
+        }
+        let (chunks_after, chunk_bytes_after) = count_objects(dir.path(), "chunks");
+        let (nodes_after, node_bytes_after) = count_objects(dir.path(), "nodes");
+        let new_chunks = chunks_after - chunks_before;
+        assert_eq!(new_chunks, 100 * per_fork as u64, "exactly the new chunks are stored");
+        let frame = (CHUNK + cairn_chunker::FRAME_HEADER_LEN) as u64;
+        assert_eq!(chunk_bytes_after - chunk_bytes_before, new_chunks * frame);
+        // Each fork rewrites at most its touched leaves (2 here) and the root.
+        let new_nodes = nodes_after - nodes_before;
+        assert!(new_nodes <= 100 * 3, "{new_nodes} new tree nodes");
+        println!(
+            "base {chunks_before} chunks / {chunk_bytes_before} B; 100 forks added {new_chunks} chunks / {} B and {new_nodes} nodes ({node_bytes_after} B of nodes in all)",
+            chunk_bytes_after - chunk_bytes_before
+        );
+        // The base is untouched by all of it.
+        let src = engine.readable(&ns(), &base, Some(&tag("gold"))).unwrap();
+        let mut buf = vec![0u8; image.len()];
+        engine.read(&src, 0, &mut buf).await.unwrap();
+        assert!(buf == image);
+    });
+}
