@@ -5,6 +5,7 @@
 //! crates).
 
 mod cli;
+mod client;
 mod serve;
 mod size;
 

@@ -1,31 +1,67 @@
-//! `cairn serve`: open the engine on a data directory, run the background
-//! sealer, and on Ctrl-C or SIGTERM seal everything acknowledged and exit 0.
+//! `cairn serve`: open the engine, serve the REST API, run the background
+//! sealer; on Ctrl-C or SIGTERM stop accepting, seal everything
+//! acknowledged and exit 0.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use cairn_api::{AppState, Auth, Metrics};
 use cairn_store::{Engine, EngineConfig};
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub nbd_listen: SocketAddr,
     pub object_store: Option<String>,
     pub chunk_size: u64,
+    pub cache_size: u64,
+    pub tokens: Option<PathBuf>,
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let auth = match &config.tokens {
+        Some(path) => Auth::from_file(path)?,
+        None => Auth::open(),
+    };
+    if !auth.is_enforced() && !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on non-loopback address {} without --tokens: anyone could reach every volume",
+            config.listen
+        );
+    }
     let mut engine_config = EngineConfig::new(&config.data_dir);
     engine_config.object_store = config.object_store.clone();
     engine_config.default_chunk_size = config.chunk_size;
+    engine_config.cache_bytes = config.cache_size as usize;
     let engine = Engine::open(engine_config)
         .await
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding REST listener {}", config.listen))?;
     let volumes = engine.catalog().volumes(None)?.len();
-    tracing::info!(data_dir = %config.data_dir.display(), volumes, "engine open");
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        rest = %listener.local_addr()?,
+        volumes,
+        auth = if auth.is_enforced() { "tokens" } else { "none (namespace default)" },
+        "cairn serving"
+    );
+    tracing::info!(nbd = %config.nbd_listen, "NBD exports are not served by this build yet");
     let sealer = tokio::spawn(Arc::clone(&engine).run_sealer());
-    shutdown_signal().await;
+    let state = AppState {
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+        metrics: Arc::new(Metrics::default()),
+    };
+    axum::serve(listener, cairn_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("REST server")?;
     tracing::info!("shutting down: sealing acknowledged writes");
     sealer.abort();
     engine.seal_all().await.context("sealing on shutdown")?;
@@ -35,15 +71,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

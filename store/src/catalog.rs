@@ -6,7 +6,7 @@
 //! - `events`: big-endian sequence → [`Event`] (JSON), append-only
 //! - `journal`: `volume id, generation, sequence` (big-endian) → write-back
 //!   record (see [`crate::journal`])
-//! - `objects`: object key → first-seen unix seconds: the existence index
+//! - `objects`: object key → (first-seen unix seconds, stored length): the existence index
 //!   that makes a dedup hit cost no upload
 //! - `meta`: counters
 //!
@@ -271,11 +271,22 @@ impl Catalog {
             .is_some())
     }
 
-    /// Records that an object is in the object store.
-    pub(crate) fn object_record(&self, key: &str, unix_secs: u64) -> Result<()> {
-        self.db
-            .put_cf(self.cf(CF_OBJECTS), key.as_bytes(), unix_secs.to_be_bytes())?;
+    /// Records that an object of `len` stored bytes is in the object store.
+    pub(crate) fn object_record(&self, key: &str, unix_secs: u64, len: u64) -> Result<()> {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&unix_secs.to_be_bytes());
+        value[8..].copy_from_slice(&len.to_be_bytes());
+        self.db.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), value)?;
         Ok(())
+    }
+
+    /// Stored (framed) size of a known object.
+    pub(crate) fn object_len(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
+            .filter(|v| v.len() == 16)
+            .map(|v| u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"))))
     }
 
     /// Number of entries in the existence index (scans; for tests and reports).

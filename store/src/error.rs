@@ -68,7 +68,7 @@ pub enum StoreError {
         source_size: u64,
     },
     /// A fork's `require_labels` does not match the snapshot's labels.
-    #[error("snapshot label {key:?} is {actual:?}, required {expected:?}")]
+    #[error("snapshot label {key:?} is {}, required {expected:?}", actual.as_deref().map(|a| format!("{a:?}")).unwrap_or_else(|| "absent".into()))]
     LabelMismatch {
         /// Label key.
         key: String,

@@ -20,6 +20,7 @@ pub mod overlay;
 pub mod records;
 pub mod tree;
 pub mod url;
+pub mod usage;
 pub mod volume;
 
 pub use engine::{Actor, Engine, EngineConfig, Readable};
@@ -27,4 +28,5 @@ pub use error::{Result, StoreError};
 pub use names::{Namespace, SnapshotRef, SnapshotTag, VolumeName};
 pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, VolumeState};
 pub use tree::NodeId;
+pub use usage::{Usage, VolumeUsage};
 pub use volume::Volume;

@@ -119,7 +119,7 @@ impl ObjectLayer {
         // Content addressing makes a blind overwrite safe: any writer of this
         // key writes the same plaintext.
         self.store.put(&path, PutPayload::from(framed)).await?;
-        self.catalog.object_record(path.as_ref(), unix_now())?;
+        self.catalog.object_record(path.as_ref(), unix_now(), len)?;
         bump(&self.stats.puts, 1);
         bump(&self.stats.put_bytes, len);
         Ok(true)
@@ -171,6 +171,14 @@ impl ObjectLayer {
     /// A node's encoded bytes from the store, checked.
     pub async fn node_bytes(&self, id: &[u8; 32]) -> Result<Vec<u8>> {
         self.fetch(ObjectKind::Node, id).await
+    }
+
+    /// Stored (framed) size of a chunk, from the existence index.
+    pub fn stored_len(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<u64> {
+        Ok(self
+            .catalog
+            .object_len(self.path(kind, id).as_ref())?
+            .unwrap_or(0))
     }
 
     /// Bytes held by the chunk cache.

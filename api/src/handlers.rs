@@ -1,0 +1,544 @@
+//! Route handlers: HTTP in, engine call, HTTP out.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_store::{Actor, Labels, Namespace, SnapshotTag, StoreError, VolumeName, VolumeRecord};
+use futures::TryStreamExt;
+use tokio_util::io::StreamReader;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::openapi::openapi_json;
+use crate::stream::export_body;
+use crate::types::*;
+use crate::AppState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// JSON body extractor whose rejections use the API's error shape.
+pub struct Body400<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body400<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body400(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// Like [`Body400`], but an empty body means `T::default()`.
+pub struct OptionalBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalBody<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalBody(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+pub fn routes(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/volumes", post(create_volume).get(list_volumes))
+        .route(
+            "/volumes/{name}",
+            get(show_volume).patch(resize_volume).delete(delete_volume),
+        )
+        .route("/volumes/{name}/data", get(get_data).put(put_data))
+        .route(
+            "/volumes/{name}/snapshots",
+            post(create_snapshot).get(list_volume_snapshots),
+        )
+        .route("/snapshots", get(list_snapshots))
+        .route(
+            "/volumes/{name}/snapshots/{tag}",
+            get(show_snapshot).delete(delete_snapshot),
+        )
+        .route("/volumes/{name}/snapshots/{tag}/data", get(get_snapshot_data))
+        .route("/volumes/{name}/snapshots/{tag}/fork", post(fork))
+        .route("/volumes/{name}/snapshots/{tag}/diff", get(diff))
+        .route("/volumes/{name}/clone", post(clone_volume))
+        .route("/volumes/{name}/rollback", post(rollback))
+        .route("/events", get(events))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.observe(&method, &route, status, elapsed);
+    tracing::info!(%method, %route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::BadRequest("no such route; see /api/v1/openapi.json".into())
+}
+
+fn actor(ns: &Namespace) -> Actor {
+    Actor(ns.to_string())
+}
+
+fn volume_name(name: &str) -> ApiResult<VolumeName> {
+    Ok(VolumeName::new(name)?)
+}
+
+fn tag_name(tag: &str) -> ApiResult<SnapshotTag> {
+    Ok(SnapshotTag::new(tag)?)
+}
+
+fn labels(map: Option<std::collections::BTreeMap<String, String>>) -> Labels {
+    map.unwrap_or_default()
+}
+
+async fn volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
+    let usage = state.engine.usage().await?;
+    let u = usage
+        .volumes
+        .get(&(record.namespace.clone(), record.name.clone()))
+        .copied()
+        .unwrap_or_default();
+    Ok(Volume::from_record(record, u))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolume,
+    responses((status = 201, body = Volume), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Body400(req): Body400<CreateVolume>,
+) -> ApiResult<(StatusCode, Json<Volume>)> {
+    let name = volume_name(&req.name)?;
+    let record = state
+        .engine
+        .create_volume(
+            &ns,
+            &actor(&ns),
+            &name,
+            req.size,
+            req.chunk_size,
+            labels(req.labels),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes", responses((status = 200, body = VolumeList)))]
+pub async fn list_volumes(State(state): State<AppState>, Caller(ns): Caller) -> ApiResult<Json<VolumeList>> {
+    let usage = state.engine.usage().await?;
+    let volumes = state
+        .engine
+        .list_volumes(&ns)
+        .into_iter()
+        .map(|r| {
+            let u = usage
+                .volumes
+                .get(&(r.namespace.clone(), r.name.clone()))
+                .copied()
+                .unwrap_or_default();
+            Volume::from_record(r, u)
+        })
+        .collect();
+    Ok(Json(VolumeList { volumes }))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Volume), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn show_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Volume>> {
+    let record = state.engine.volume(&ns, &volume_name(&name)?)?.record();
+    Ok(Json(volume_body(&state, record).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/volumes/{name}", params(("name" = String, Path)), request_body = ResizeVolume,
+    responses((status = 200, body = Volume), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn resize_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Body400(req): Body400<ResizeVolume>,
+) -> ApiResult<Json<Volume>> {
+    let record = state
+        .engine
+        .resize(&ns, &actor(&ns), &volume_name(&name)?, req.size)
+        .await?;
+    Ok(Json(volume_body(&state, record).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/volumes/{name}", params(("name" = String, Path), DeleteQuery),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn delete_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    state
+        .engine
+        .delete_volume(
+            &ns,
+            &actor(&ns),
+            &volume_name(&name)?,
+            q.keep_snapshots.unwrap_or(false),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), PutDataQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ImportResult), (status = 200, body = ImportResult),
+        (status = 411, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+pub async fn put_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<PutDataQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<ImportResult>)> {
+    let name = volume_name(&name)?;
+    let offset = q.offset.unwrap_or(0);
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let exists = state.engine.volume(&ns, &name).is_ok();
+    let size = match (exists, q.size, content_length) {
+        (true, _, _) => None,
+        (false, Some(size), _) => Some(size),
+        (false, None, Some(len)) => Some((offset + len).div_ceil(4096).max(1) * 4096),
+        (false, None, None) => {
+            return Err(ApiError::LengthRequired(
+                "creating a volume by upload needs ?size= or a Content-Length".into(),
+            ))
+        }
+    };
+    // Refuse an upload that cannot fit before reading a byte of it.
+    if let Some(len) = content_length {
+        let capacity = match size {
+            Some(s) => s,
+            None => state.engine.volume(&ns, &name)?.size(),
+        };
+        if offset.saturating_add(len) > capacity {
+            return Err(StoreError::ImportTooLarge {
+                offset,
+                length: len,
+                size: capacity,
+            }
+            .into());
+        }
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let mut reader = StreamReader::new(stream);
+    let (record, bytes, created) = state
+        .engine
+        .import(&ns, &actor(&ns), &name, &mut reader, size, offset, &|_| {})
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(ImportResult {
+            volume: volume_body(&state, record).await?,
+            bytes,
+        }),
+    ))
+}
+
+fn data_response(
+    state: &AppState,
+    source: cairn_store::Readable,
+    size: u64,
+    q: GetDataQuery,
+) -> ApiResult<Response> {
+    let offset = q.offset.unwrap_or(0);
+    let length = q.length.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(StoreError::OutOfRange { offset, length, size }.into());
+    }
+    let body = export_body(state.engine.clone(), source, offset, length);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), GetDataQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Response> {
+    let source = state.engine.readable(&ns, &volume_name(&name)?, None)?;
+    let size = match &source {
+        cairn_store::Readable::Volume(v) => v.size(),
+        cairn_store::Readable::Snapshot { size, .. } => *size,
+    };
+    data_response(&state, source, size, q)
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/data", params(("name" = String, Path), ("tag" = String, Path), GetDataQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_snapshot_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Response> {
+    let name = volume_name(&name)?;
+    let tag = tag_name(&tag)?;
+    let size = state.engine.snapshot_record(&ns, &name, &tag)?.size;
+    let source = state.engine.readable(&ns, &name, Some(&tag))?;
+    data_response(&state, source, size, q)
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/snapshots", params(("name" = String, Path)), request_body = CreateSnapshot,
+    responses((status = 201, body = Snapshot), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create_snapshot(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    OptionalBody(req): OptionalBody<CreateSnapshot>,
+) -> ApiResult<(StatusCode, Json<Snapshot>)> {
+    let tag = req.tag.as_deref().map(tag_name).transpose()?;
+    let snap = state
+        .engine
+        .snapshot(&ns, &actor(&ns), &volume_name(&name)?, tag, labels(req.labels))
+        .await?;
+    Ok((StatusCode::CREATED, Json(snap.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots", params(("name" = String, Path)),
+    responses((status = 200, body = SnapshotList), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_volume_snapshots(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SnapshotList>> {
+    let snaps = state.engine.list_snapshots(&ns, Some(&volume_name(&name)?))?;
+    Ok(Json(SnapshotList {
+        snapshots: snaps.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/snapshots", responses((status = 200, body = SnapshotList)))]
+pub async fn list_snapshots(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+) -> ApiResult<Json<SnapshotList>> {
+    let snaps = state.engine.list_snapshots(&ns, None)?;
+    Ok(Json(SnapshotList {
+        snapshots: snaps.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}", params(("name" = String, Path), ("tag" = String, Path)),
+    responses((status = 200, body = Snapshot), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn show_snapshot(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+) -> ApiResult<Json<Snapshot>> {
+    let snap = state
+        .engine
+        .snapshot_record(&ns, &volume_name(&name)?, &tag_name(&tag)?)?;
+    Ok(Json(snap.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/volumes/{name}/snapshots/{tag}", params(("name" = String, Path), ("tag" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .engine
+        .delete_snapshot(&ns, &actor(&ns), &volume_name(&name)?, &tag_name(&tag)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/snapshots/{tag}/fork", params(("name" = String, Path), ("tag" = String, Path)),
+    request_body = ForkRequest,
+    responses((status = 201, body = Volume), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody)))]
+pub async fn fork(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+    Body400(req): Body400<ForkRequest>,
+) -> ApiResult<(StatusCode, Json<Volume>)> {
+    let new = volume_name(&req.name)?;
+    let record = state
+        .engine
+        .fork(
+            &ns,
+            &actor(&ns),
+            &volume_name(&name)?,
+            &tag_name(&tag)?,
+            &new,
+            req.size,
+            &labels(req.require_labels),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/clone", params(("name" = String, Path)), request_body = CloneRequest,
+    responses((status = 201, body = Volume), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn clone_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    OptionalBody(req): OptionalBody<CloneRequest>,
+) -> ApiResult<(StatusCode, Json<Volume>)> {
+    let new = req.name.as_deref().map(volume_name).transpose()?;
+    let record = state
+        .engine
+        .clone_volume(&ns, &actor(&ns), &volume_name(&name)?, new, req.size)
+        .await?;
+    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/rollback", params(("name" = String, Path)), request_body = RollbackRequest,
+    responses((status = 200, body = Volume), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Body400(req): Body400<RollbackRequest>,
+) -> ApiResult<Json<Volume>> {
+    let record = state
+        .engine
+        .rollback(&ns, &actor(&ns), &volume_name(&name)?, &tag_name(&req.tag)?)
+        .await?;
+    Ok(Json(volume_body(&state, record).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/diff", params(("name" = String, Path), ("tag" = String, Path), DiffQuery),
+    responses((status = 200, body = Vec<Extent>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn diff(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<Vec<Extent>>> {
+    let name = volume_name(&name)?;
+    let base = q.base.as_deref().map(tag_name).transpose()?;
+    let extents = state
+        .engine
+        .diff(&ns, &name, &tag_name(&tag)?, base.as_ref().map(|b| (&name, b)))
+        .await?;
+    Ok(Json(
+        extents
+            .into_iter()
+            .map(|r| Extent {
+                offset: r.offset,
+                length: r.length,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/events", params(EventsQuery), responses((status = 200, body = EventList)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<EventList>> {
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let (since_seq, since_time) = match q.since.as_deref() {
+        None | Some("") => (0, None),
+        Some(s) => match s.parse::<u64>() {
+            Ok(seq) => (seq, None),
+            Err(_) => {
+                let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "since={s:?}: expected an RFC 3339 time or an event number"
+                        ))
+                    })?;
+                (0, Some(t))
+            }
+        },
+    };
+    let mut events = state
+        .engine
+        .events(&ns, q.volume.as_deref(), since_seq, usize::MAX)?;
+    if let Some(t) = since_time {
+        events.retain(|e| e.time >= t);
+    }
+    events.truncate(limit);
+    Ok(Json(EventList {
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state.engine).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,120 @@
+//! Prometheus metrics: requests by route and status with latency, and the
+//! store's space figures, rendered as text on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cairn_store::Engine;
+use parking_lot::Mutex;
+
+#[derive(Default, Clone, Copy)]
+struct RouteStats {
+    count: u64,
+    seconds: f64,
+}
+
+/// Request metrics.
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<(String, String, u16), RouteStats>>,
+}
+
+impl Metrics {
+    /// Records one request.
+    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let mut routes = self.routes.lock();
+        let entry = routes
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default();
+        entry.count += 1;
+        entry.seconds += elapsed.as_secs_f64();
+    }
+
+    /// Renders everything in the Prometheus text format.
+    pub async fn render(&self, engine: &Engine) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP cairn_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE cairn_http_requests_total counter\n");
+        let routes = self.routes.lock().clone();
+        for ((method, route, status), s) in &routes {
+            let _ = writeln!(
+                out,
+                "cairn_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP cairn_http_request_seconds_total Time spent answering, by route and status.\n");
+        out.push_str("# TYPE cairn_http_request_seconds_total counter\n");
+        for ((method, route, status), s) in &routes {
+            let _ = writeln!(
+                out,
+                "cairn_http_request_seconds_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {:.6}",
+                s.seconds
+            );
+        }
+        let stats = &engine.objects().stats;
+        for (name, help, value) in [
+            (
+                "cairn_object_puts_total",
+                "Objects uploaded.",
+                stats.puts.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_put_bytes_total",
+                "Bytes uploaded.",
+                stats.put_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_dedup_hits_total",
+                "Chunk or node puts skipped as already stored.",
+                stats.dedup_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_gets_total",
+                "Objects fetched from the object store.",
+                stats.gets.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_chunk_cache_hits_total",
+                "Chunk reads served from the cache.",
+                stats.cache_hits.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_chunk_cache_bytes Bytes in the decompressed chunk cache.\n# TYPE cairn_chunk_cache_bytes gauge\ncairn_chunk_cache_bytes {}",
+            engine.objects().cache_bytes()
+        );
+        match engine.usage().await {
+            Ok(usage) => {
+                for (name, help, value) in [
+                    ("cairn_volumes", "Volumes.", usage.volume_count as f64),
+                    ("cairn_snapshots", "Snapshots.", usage.snapshot_count as f64),
+                    (
+                        "cairn_stored_bytes",
+                        "Stored bytes of all referenced chunks.",
+                        usage.stored_bytes as f64,
+                    ),
+                    (
+                        "cairn_logical_bytes",
+                        "Referenced non-zero chunk bytes of all volumes and snapshots.",
+                        usage.logical_bytes as f64,
+                    ),
+                    (
+                        "cairn_dedup_ratio",
+                        "Logical bytes per stored byte.",
+                        usage.dedup_ratio(),
+                    ),
+                ] {
+                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "space accounting failed for /metrics"),
+        }
+        out
+    }
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and
+//! the request/response types.
+
+use utoipa::OpenApi;
+
+use crate::handlers;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cairn",
+        description = "Content-addressed block storage: volumes, snapshots, forks, clones, rollbacks."
+    ),
+    paths(
+        handlers::create_volume,
+        handlers::list_volumes,
+        handlers::show_volume,
+        handlers::resize_volume,
+        handlers::delete_volume,
+        handlers::put_data,
+        handlers::get_data,
+        handlers::create_snapshot,
+        handlers::list_volume_snapshots,
+        handlers::list_snapshots,
+        handlers::show_snapshot,
+        handlers::delete_snapshot,
+        handlers::get_snapshot_data,
+        handlers::fork,
+        handlers::clone_volume,
+        handlers::rollback,
+        handlers::diff,
+        handlers::events,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document as JSON text.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
