@@ -15,5 +15,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+echo "== schemathesis against a live server (bounded)"
+bash scripts/schemathesis.sh
 echo "== benches compile"
 cargo bench --workspace --no-run >/dev/null

@@ -595,6 +595,19 @@ async fn import(
         let len = f.metadata().await?.len();
         (Box::new(f), Some(len))
     };
+    // Check the fit first: the server refuses an oversized upload before
+    // reading it, which a streaming client would only see as a broken pipe.
+    if let Some(len) = length {
+        let probe = client.request(Method::GET, &format!("/volumes/{name}"));
+        if let Ok((existing, _)) = client.json::<Volume>(probe).await {
+            if offset.saturating_add(len) > existing.size {
+                bail!(
+                    "import of {len} bytes at offset {offset} exceeds volume size {} (import_too_large)",
+                    existing.size
+                );
+            }
+        }
+    }
     let progress = std::sync::Arc::new(byte_counter::Counter::default());
     let counter = progress.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |chunk| {

@@ -530,15 +530,18 @@ pub async fn events(
     }))
 }
 
-async fn openapi() -> Response {
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "This OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-async fn healthz() -> &'static str {
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Ready", content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&state.engine).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -30,6 +30,9 @@ use crate::handlers;
         handlers::rollback,
         handlers::diff,
         handlers::events,
+        handlers::openapi,
+        handlers::healthz,
+        handlers::metrics,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail))
 )]
