@@ -133,6 +133,23 @@ fn labels(map: Option<std::collections::BTreeMap<String, String>>) -> Labels {
     map.unwrap_or_default()
 }
 
+/// The body of a volume that was just created, forked or cloned: it shares
+/// every chunk with its source snapshot (or has none), so `unique_bytes` is
+/// 0 by construction and `stored_bytes` is the root's, memoised.
+async fn fresh_volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
+    let stored_bytes = state
+        .engine
+        .stored_bytes_of(record.root, record.size, record.chunk_size)
+        .await?;
+    Ok(Volume::from_record(
+        record,
+        cairn_store::VolumeUsage {
+            stored_bytes,
+            unique_bytes: 0,
+        },
+    ))
+}
+
 async fn volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
     let usage = state.engine.usage().await?;
     let u = usage
@@ -162,7 +179,10 @@ pub async fn create_volume(
             labels(req.labels),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fresh_volume_body(&state, record).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes", responses((status = 200, body = VolumeList)))]
@@ -437,7 +457,10 @@ pub async fn fork(
             &labels(req.require_labels),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fresh_volume_body(&state, record).await?),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/clone", params(("name" = String, Path)), request_body = CloneRequest,
@@ -453,7 +476,10 @@ pub async fn clone_volume(
         .engine
         .clone_volume(&ns, &actor(&ns), &volume_name(&name)?, new, req.size)
         .await?;
-    Ok((StatusCode::CREATED, Json(volume_body(&state, record).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fresh_volume_body(&state, record).await?),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/rollback", params(("name" = String, Path)), request_body = RollbackRequest,

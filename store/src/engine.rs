@@ -104,6 +104,8 @@ pub struct Engine {
     /// Serialises name-level changes (create, delete, fork) so name checks
     /// and inserts are atomic.
     names: tokio::sync::Mutex<()>,
+    /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
+    stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -173,7 +175,14 @@ impl Engine {
             config,
             volumes: Mutex::new(volumes),
             names: tokio::sync::Mutex::new(()),
+            stored_memo: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            )),
         }))
+    }
+
+    pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
+        &self.stored_memo
     }
 
     /// The engine's configuration.

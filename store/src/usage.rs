@@ -69,6 +69,25 @@ async fn chunks_of(engine: &Engine, root: NodeId, size: u64, chunk_size: u64) ->
 }
 
 impl Engine {
+    /// Stored bytes of the distinct chunks under one root. Roots are
+    /// immutable, so the answer is memoised per root: the clone of a
+    /// snapshot pays for the walk once.
+    pub async fn stored_bytes_of(&self, root: NodeId, size: u64, chunk_size: u64) -> Result<u64> {
+        if root.is_zero() {
+            return Ok(0);
+        }
+        if let Some(hit) = self.stored_memo().lock().get(&root) {
+            return Ok(*hit);
+        }
+        let chunks = chunks_of(self, root, size, chunk_size).await?;
+        let mut total = 0;
+        for id in &chunks {
+            total += self.objects().stored_len(ObjectKind::Chunk, &id.0)?;
+        }
+        self.stored_memo().lock().put(root, total);
+        Ok(total)
+    }
+
     /// Computes space usage over every volume and snapshot.
     pub async fn usage(&self) -> Result<Usage> {
         let volumes = self.catalog().volumes(None)?;

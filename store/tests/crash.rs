@@ -20,8 +20,8 @@ const SIZE: u64 = BLOCKS * 4096;
 /// Block and contents of write number `i`: odd sizes and offsets too.
 fn write_of(i: u64) -> (u64, Vec<u8>) {
     let block = i.wrapping_mul(7919) % (BLOCKS - 4);
-    let len = 4096 * (1 + i % 3) as usize - if i % 5 == 0 { 100 } else { 0 };
-    let offset = block * 4096 + if i % 5 == 0 { 50 } else { 0 };
+    let len = 4096 * (1 + i % 3) as usize - if i.is_multiple_of(5) { 100 } else { 0 };
+    let offset = block * 4096 + if i.is_multiple_of(5) { 50 } else { 0 };
     (offset, noise(i + 1, len))
 }
 

@@ -1,0 +1,145 @@
+//! The engine's state rules: transitional volumes cannot be cloned, forked
+//! from, rolled back or deleted; attached volumes cannot be rolled back;
+//! volumes only grow; labels required by a fork must match.
+
+mod common;
+
+use cairn_store::{Labels, StoreError, VolumeState};
+use common::*;
+
+#[test]
+fn transitional_and_attached_states_refuse_what_they_must() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        let (ns, a) = (ns(), actor());
+        engine
+            .create_volume(&ns, &a, &vol("src"), 1 << 20, None, Labels::new())
+            .await
+            .unwrap();
+        engine
+            .snapshot(&ns, &a, &vol("src"), Some(tag("t")), Labels::new())
+            .await
+            .unwrap();
+        for state in [
+            VolumeState::Creating,
+            VolumeState::Deleting,
+            VolumeState::RollingBack,
+        ] {
+            engine.set_state(&ns, &a, &vol("src"), state).await.unwrap();
+            let results = [
+                engine
+                    .clone_volume(&ns, &a, &vol("src"), Some(vol("c")), None)
+                    .await
+                    .map(|_| ()),
+                engine
+                    .fork(&ns, &a, &vol("src"), &tag("t"), &vol("f"), None, &Labels::new())
+                    .await
+                    .map(|_| ()),
+                engine.rollback(&ns, &a, &vol("src"), &tag("t")).await.map(|_| ()),
+                engine.delete_volume(&ns, &a, &vol("src"), false).await,
+            ];
+            for r in results {
+                assert!(
+                    matches!(r, Err(StoreError::WrongState { .. })),
+                    "{state:?}: {r:?}"
+                );
+            }
+        }
+        engine
+            .set_state(&ns, &a, &vol("src"), VolumeState::Attached)
+            .await
+            .unwrap();
+        let r = engine.rollback(&ns, &a, &vol("src"), &tag("t")).await;
+        assert!(matches!(r, Err(StoreError::WrongState { .. })), "{r:?}");
+        // Attached volumes can still be snapshotted and cloned.
+        engine
+            .snapshot(&ns, &a, &vol("src"), Some(tag("live")), Labels::new())
+            .await
+            .unwrap();
+        engine
+            .clone_volume(&ns, &a, &vol("src"), None, None)
+            .await
+            .unwrap();
+        engine
+            .set_state(&ns, &a, &vol("src"), VolumeState::Ready)
+            .await
+            .unwrap();
+        engine.rollback(&ns, &a, &vol("src"), &tag("t")).await.unwrap();
+        let kinds: Vec<_> = engine
+            .events(&ns, Some("src"), 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(
+            kinds.contains(&cairn_store::EventKind::Attach)
+                && kinds.contains(&cairn_store::EventKind::Detach)
+        );
+    });
+}
+
+#[test]
+fn sizes_only_grow_and_labels_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        let (ns, a) = (ns(), actor());
+        engine
+            .create_volume(&ns, &a, &vol("v"), 8 << 20, Some(4096), Labels::new())
+            .await
+            .unwrap();
+        let v = engine.volume(&ns, &vol("v")).unwrap();
+        v.write((8 << 20) - 4096, &[9u8; 4096]).await.unwrap();
+        let labels: Labels = [("kernel".to_string(), "abc".to_string())].into();
+        engine
+            .snapshot(&ns, &a, &vol("v"), Some(tag("k")), labels)
+            .await
+            .unwrap();
+        assert!(matches!(
+            engine.resize(&ns, &a, &vol("v"), 4 << 20).await,
+            Err(StoreError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            engine
+                .fork(
+                    &ns,
+                    &a,
+                    &vol("v"),
+                    &tag("k"),
+                    &vol("f"),
+                    Some(4 << 20),
+                    &Labels::new()
+                )
+                .await,
+            Err(StoreError::TooSmall { .. })
+        ));
+        let wrong: Labels = [("kernel".to_string(), "xyz".to_string())].into();
+        assert!(matches!(
+            engine
+                .fork(&ns, &a, &vol("v"), &tag("k"), &vol("f"), None, &wrong)
+                .await,
+            Err(StoreError::LabelMismatch { .. })
+        ));
+        // Growing far past the tree's capacity keeps every byte (root re-levelled).
+        engine.resize(&ns, &a, &vol("v"), 1 << 40).await.unwrap();
+        let right: Labels = [("kernel".to_string(), "abc".to_string())].into();
+        engine
+            .fork(&ns, &a, &vol("v"), &tag("k"), &vol("big"), Some(1 << 41), &right)
+            .await
+            .unwrap();
+        for name in ["v", "big"] {
+            let src = engine.readable(&ns, &vol(name), None).unwrap();
+            let mut buf = vec![0u8; 8192];
+            engine.read(&src, (8 << 20) - 8192, &mut buf).await.unwrap();
+            assert_eq!(&buf[4096..], &[9u8; 4096][..], "{name}");
+            assert!(buf[..4096].iter().all(|&b| b == 0));
+        }
+        let big = engine.volume(&ns, &vol("big")).unwrap();
+        big.write((1 << 41) - 4096, &[5u8; 4096]).await.unwrap();
+        big.seal().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        big.read((1 << 41) - 4096, &mut buf).await.unwrap();
+        assert_eq!(buf, vec![5u8; 4096]);
+    });
+}
