@@ -48,7 +48,7 @@ struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: REST API and background sealer.
+    /// Run the server: REST API, NBD exports and background sealer.
     Serve(ServeArgs),
     /// Create, list, show, grow and delete volumes.
     #[command(subcommand)]
@@ -131,7 +131,7 @@ struct ServeArgs {
     /// REST API address.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// NBD address (reserved: NBD exports are not served by this build yet).
+    /// NBD address: exports VOLUME (read-write) and VOLUME@TAG (read-only).
     #[arg(long, env = "CAIRN_NBD_LISTEN", default_value = "127.0.0.1:10809")]
     nbd_listen: SocketAddr,
     /// Object store URL: file:///path or memory:// (default file://<data-dir>/objects).

@@ -6,6 +6,7 @@
 
 mod cli;
 mod client;
+mod nbd;
 mod serve;
 mod size;
 

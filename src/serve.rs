@@ -51,7 +51,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         auth = if auth.is_enforced() { "tokens" } else { "none (namespace default)" },
         "cairn serving"
     );
-    tracing::info!(nbd = %config.nbd_listen, "NBD exports are not served by this build yet");
+    let nbd_listener = tokio::net::TcpListener::bind(config.nbd_listen)
+        .await
+        .with_context(|| format!("binding NBD listener {}", config.nbd_listen))?;
+    let exports = Arc::new(crate::nbd::EngineExports::new(engine.clone()));
+    let nbd = tokio::spawn(cairn_nbd_server::serve(nbd_listener, exports));
     let sealer = tokio::spawn(Arc::clone(&engine).run_sealer());
     let state = AppState {
         engine: engine.clone(),
@@ -64,6 +68,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .context("REST server")?;
     tracing::info!("shutting down: sealing acknowledged writes");
     sealer.abort();
+    nbd.abort();
     engine.seal_all().await.context("sealing on shutdown")?;
     tracing::info!("shutdown complete");
     Ok(())

@@ -828,6 +828,25 @@ impl Engine {
         }
     }
 
+    /// Allocation runs `(bytes, hole)` of a volume or snapshot range.
+    pub async fn allocation(&self, source: &Readable, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
+        match source {
+            Readable::Volume(v) => v.allocation(offset, length).await,
+            Readable::Snapshot { tree, size } => {
+                if offset.checked_add(length).is_none_or(|end| end > *size) {
+                    return Err(StoreError::OutOfRange {
+                        offset,
+                        length,
+                        size: *size,
+                    });
+                }
+                self.backend
+                    .allocation(*tree, offset, length, &HashMap::new())
+                    .await
+            }
+        }
+    }
+
     /// Streams `[offset, +length)` of a volume or snapshot into `out`.
     /// Returns the bytes written.
     pub async fn export<W: AsyncWrite + Unpin>(

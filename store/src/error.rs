@@ -153,6 +153,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The POSIX errno a block-device client (NBD) should see.
+    pub fn errno(&self) -> u32 {
+        match self {
+            StoreError::OutOfRange { .. } | StoreError::InvalidSize(_) | StoreError::InvalidName { .. } => 22,
+            StoreError::ReadOnly(_) | StoreError::WrongState { .. } => 1,
+            StoreError::Io(e) if e.raw_os_error() == Some(28) => 28,
+            StoreError::ImportTooLarge { .. } => 28,
+            _ => 5,
+        }
+    }
+
     /// True when the error says the data (not the request) is bad or gone:
     /// the caller should answer with an I/O error for that range.
     pub fn is_data_error(&self) -> bool {

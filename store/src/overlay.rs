@@ -194,6 +194,17 @@ impl Overlay {
         }
     }
 
+    /// What the overlay knows of a chunk's allocation: None when it holds
+    /// nothing for it; else (whole chunk zeroed first, any data block).
+    pub fn peek(&self, chunk: u64) -> Option<(bool, bool)> {
+        self.chunks.get(&chunk).map(|c| {
+            (
+                c.zero_base,
+                c.blocks.values().any(|b| matches!(b, Block::Data(_))),
+            )
+        })
+    }
+
     /// Lays `newer` over `self`: used to put a frozen layer back under the
     /// active one when a seal fails.
     pub fn absorb_newer(&mut self, newer: Overlay) {

@@ -95,6 +95,32 @@ impl Backend {
         self.read_sealed(tree, &holes, buf).await
     }
 
+    /// Allocation runs of a sealed tree; `known` overrides chunks (true = hole).
+    pub(crate) async fn allocation(
+        &self,
+        tree: SealedTree,
+        offset: u64,
+        length: u64,
+        known: &std::collections::HashMap<u64, bool>,
+    ) -> Result<Vec<(u64, bool)>> {
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for span in tree.geometry.spans(ByteRange::new(offset, length)) {
+            let hole = match known.get(&span.index) {
+                Some(h) => *h,
+                None => self
+                    .trees
+                    .lookup(tree.root, tree.level, span.index)
+                    .await?
+                    .is_zero(),
+            };
+            match runs.last_mut() {
+                Some((len, h)) if *h == hole => *len += span.len as u64,
+                _ => runs.push((span.len as u64, hole)),
+            }
+        }
+        Ok(runs)
+    }
+
     /// Stores whole chunks (hash, dedup, compress, upload) and returns the
     /// manifest updates for them. Zero chunks become the zero sentinel.
     pub(crate) async fn ingest(&self, chunks: Vec<(u64, Vec<u8>)>) -> Result<Vec<(u64, ChunkId)>> {
@@ -293,6 +319,42 @@ impl Volume {
             holes = deeper;
         }
         self.backend.read_sealed(tree, &holes, buf).await
+    }
+
+    /// Allocation of `[offset, +length)` at chunk granularity: `(bytes,
+    /// hole)` runs in order. A chunk is a hole when it is zero in the tree
+    /// and no dirty data covers it.
+    pub async fn allocation(&self, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
+        let (dirty, tree) = {
+            let st = self.state.lock();
+            self.check_range(&st, offset, length)?;
+            let dirty: Vec<(u64, Option<(bool, bool)>)> = self
+                .geometry
+                .spans(ByteRange::new(offset, length))
+                .map(|s| {
+                    let active = st.active.peek(s.index);
+                    let frozen = st.frozen.as_ref().and_then(|f| f.peek(s.index));
+                    (s.index, active.or(frozen))
+                })
+                .collect();
+            (
+                dirty,
+                SealedTree::new(st.record.root, st.record.size, self.geometry),
+            )
+        };
+        let mut known = std::collections::HashMap::new();
+        for (index, state) in dirty {
+            match state {
+                Some((_, true)) => {
+                    known.insert(index, false);
+                }
+                Some((true, false)) => {
+                    known.insert(index, true);
+                }
+                _ => {}
+            }
+        }
+        self.backend.allocation(tree, offset, length, &known).await
     }
 
     /// Writes `data` at `offset`; acknowledged once journaled (not yet

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod nbd;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 pub fn free_port() -> u16 {
@@ -31,7 +33,7 @@ impl Server {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(data_dir, port, &extra);
-        let server = Server {
+        let mut server = Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
             data_dir: data_dir.to_path_buf(),
@@ -42,9 +44,12 @@ impl Server {
         server
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cairn serve exited during start-up: {status}");
+            }
             if let Ok(out) = Command::new("curl")
                 .args(["-sf", &format!("{}/healthz", self.url)])
                 .output()
@@ -138,12 +143,14 @@ impl Server {
 }
 
 fn spawn(data_dir: &Path, port: u16, extra: &[String]) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--data-dir"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(extra)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if !extra.iter().any(|a| a == "--nbd-listen") {
+        cmd.args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())]);
+    }
+    cmd.args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

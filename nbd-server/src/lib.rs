@@ -1,0 +1,15 @@
+//! cairn's NBD server: the protocol (fixed newstyle handshake, INFO/GO/
+//! LIST/ABORT/EXPORT_NAME, structured replies, `base:allocation`
+//! metadata, READ/WRITE/FLUSH/TRIM/WRITE_ZEROES/BLOCK_STATUS/DISC with
+//! FUA) over a [`BlockDevice`] trait. It knows nothing of cairn's store.
+//!
+//! [`proto`] holds the wire formats as pure functions; [`server`] runs
+//! connections: requests are read in order, served concurrently (bounded
+//! per connection) and answered as they complete.
+
+pub mod device;
+pub mod proto;
+pub mod server;
+
+pub use device::{BlockDevice, DeviceError, Exports, Extent};
+pub use server::{serve, ServerConfig};

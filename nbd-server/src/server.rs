@@ -1,0 +1,537 @@
+//! Connections: handshake, option haggling, transmission.
+//!
+//! Transport: tokio sockets (portable). Each connection reads requests in
+//! order and runs up to [`MAX_IN_FLIGHT`] at once; replies are written as
+//! requests complete (out of order, as the protocol allows), each reply
+//! whole under a writer lock. A malformed header closes the connection; a
+//! bad request gets an errno and the connection goes on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::device::{BlockDevice, DeviceError, Exports};
+use crate::proto::{self, cflag, chunk, cmd, errno, opt, rep, tflag, Request};
+
+/// Requests served at once per connection.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Largest READ or WRITE payload accepted (32 MiB, as qemu and the kernel use).
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Largest option payload accepted during the handshake.
+const MAX_OPTION: u32 = 64 << 10;
+/// The only metadata context served.
+const BASE_ALLOCATION: &str = "base:allocation";
+const BASE_ALLOCATION_ID: u32 = 1;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Accepts connections forever.
+pub async fn serve(listener: TcpListener, exports: Arc<dyn Exports>) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, transport = "tokio (portable)", "NBD server listening");
+    loop {
+        let (socket, peer) = listener.accept().await?;
+        let _ = socket.set_nodelay(true);
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            let (reader, writer) = socket.into_split();
+            match handle(reader, writer, exports).await {
+                Ok(()) => tracing::debug!(%peer, "NBD client done"),
+                Err(e) => tracing::info!(%peer, error = %e, "NBD connection closed"),
+            }
+        });
+    }
+}
+
+struct Session {
+    structured: bool,
+    meta_allocation: bool,
+}
+
+/// Runs one connection on any byte stream.
+pub async fn handle<R, W>(mut reader: R, mut writer: W, exports: Arc<dyn Exports>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut greeting = Vec::with_capacity(18);
+    greeting.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
+    greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
+    writer.write_all(&greeting).await?;
+    let client_flags = reader.read_u32().await?;
+    if client_flags & proto::CLIENT_FIXED_NEWSTYLE == 0 {
+        return Err(invalid("client does not speak fixed newstyle"));
+    }
+    let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    let mut session = Session {
+        structured: false,
+        meta_allocation: false,
+    };
+    let (name, device) = loop {
+        let mut header = [0u8; 16];
+        reader.read_exact(&mut header).await?;
+        let (option, len) = proto::parse_option_header(&header).map_err(|e| invalid(&e.to_string()))?;
+        if len > MAX_OPTION {
+            // Too big to read: refuse and close, as the spec allows.
+            writer
+                .write_all(&proto::option_reply(
+                    option,
+                    rep::ERR_TOO_BIG,
+                    b"option too large",
+                ))
+                .await?;
+            return Err(invalid("option too large"));
+        }
+        let mut data = vec![0u8; len as usize];
+        reader.read_exact(&mut data).await?;
+        if let Some(entered) = negotiate(
+            option,
+            &data,
+            &mut session,
+            no_zeroes,
+            &mut writer,
+            exports.as_ref(),
+        )
+        .await?
+        {
+            break entered;
+        }
+    };
+    transmit(reader, writer, name, device, session, exports).await
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn transmission_flags(device: &dyn BlockDevice) -> u16 {
+    let mut flags =
+        tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::CAN_MULTI_CONN | tflag::SEND_DF;
+    if device.read_only() {
+        flags |= tflag::READ_ONLY;
+    } else {
+        flags |= tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES;
+    }
+    flags
+}
+
+/// Handles one option; returns the export when transmission starts.
+async fn negotiate<W: AsyncWrite + Unpin>(
+    option: u32,
+    data: &[u8],
+    session: &mut Session,
+    no_zeroes: bool,
+    w: &mut W,
+    exports: &dyn Exports,
+) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>)>> {
+    match option {
+        opt::EXPORT_NAME => {
+            let name = String::from_utf8_lossy(data).into_owned();
+            let Some(device) = exports.open(&name).await else {
+                // EXPORT_NAME has no error reply: closing is the answer.
+                return Err(invalid(&format!("unknown export {name:?}")));
+            };
+            let mut out = Vec::with_capacity(134);
+            out.extend_from_slice(&device.size().to_be_bytes());
+            out.extend_from_slice(&transmission_flags(device.as_ref()).to_be_bytes());
+            if !no_zeroes {
+                out.extend_from_slice(&[0u8; 124]);
+            }
+            w.write_all(&out).await?;
+            Ok(Some((name, device)))
+        }
+        opt::ABORT => {
+            w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "client aborted",
+            ))
+        }
+        opt::LIST => {
+            if !data.is_empty() {
+                w.write_all(&proto::option_reply(
+                    option,
+                    rep::ERR_INVALID,
+                    b"LIST takes no data",
+                ))
+                .await?;
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            for name in exports.list().await {
+                let mut item = (name.len() as u32).to_be_bytes().to_vec();
+                item.extend_from_slice(name.as_bytes());
+                out.extend(proto::option_reply(option, rep::SERVER, &item));
+            }
+            out.extend(proto::option_reply(option, rep::ACK, &[]));
+            w.write_all(&out).await?;
+            Ok(None)
+        }
+        opt::STRUCTURED_REPLY => {
+            if !data.is_empty() {
+                w.write_all(&proto::option_reply(
+                    option,
+                    rep::ERR_INVALID,
+                    b"no data expected",
+                ))
+                .await?;
+            } else {
+                session.structured = true;
+                w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+            }
+            Ok(None)
+        }
+        opt::INFO | opt::GO => {
+            let (name, items) = match proto::parse_info_request(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    w.write_all(&proto::option_reply(
+                        option,
+                        rep::ERR_INVALID,
+                        e.to_string().as_bytes(),
+                    ))
+                    .await?;
+                    return Ok(None);
+                }
+            };
+            let Some(device) = exports.open(&name).await else {
+                let msg = format!("no export named {name:?}");
+                w.write_all(&proto::option_reply(option, rep::ERR_UNKNOWN, msg.as_bytes()))
+                    .await?;
+                return Ok(None);
+            };
+            let mut out = proto::option_reply(
+                option,
+                rep::INFO,
+                &proto::info_export(device.size(), transmission_flags(device.as_ref())),
+            );
+            if items.contains(&proto::info::BLOCK_SIZE) || option == opt::GO {
+                out.extend(proto::option_reply(
+                    option,
+                    rep::INFO,
+                    &proto::info_block_size(1, 4096, MAX_PAYLOAD),
+                ));
+            }
+            if items.contains(&proto::info::NAME) {
+                let mut item = proto::info::NAME.to_be_bytes().to_vec();
+                item.extend_from_slice(name.as_bytes());
+                out.extend(proto::option_reply(option, rep::INFO, &item));
+            }
+            out.extend(proto::option_reply(option, rep::ACK, &[]));
+            w.write_all(&out).await?;
+            Ok((option == opt::GO).then_some((name, device)))
+        }
+        opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+            if !session.structured {
+                w.write_all(&proto::option_reply(
+                    option,
+                    rep::ERR_INVALID,
+                    b"structured replies first",
+                ))
+                .await?;
+                return Ok(None);
+            }
+            let (name, queries) = match proto::parse_meta_request(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    w.write_all(&proto::option_reply(
+                        option,
+                        rep::ERR_INVALID,
+                        e.to_string().as_bytes(),
+                    ))
+                    .await?;
+                    return Ok(None);
+                }
+            };
+            if exports.open(&name).await.is_none() {
+                w.write_all(&proto::option_reply(option, rep::ERR_UNKNOWN, b"no such export"))
+                    .await?;
+                return Ok(None);
+            }
+            let listing = option == opt::LIST_META_CONTEXT;
+            let matches = |q: &str| q == BASE_ALLOCATION || (listing && (q == "base:" || q.is_empty()));
+            let selected = (listing && queries.is_empty()) || queries.iter().any(|q| matches(q));
+            let mut out = Vec::new();
+            if selected {
+                let mut item = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                item.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                out.extend(proto::option_reply(option, rep::META_CONTEXT, &item));
+            }
+            if !listing {
+                session.meta_allocation = selected;
+            }
+            out.extend(proto::option_reply(option, rep::ACK, &[]));
+            w.write_all(&out).await?;
+            Ok(None)
+        }
+        opt::STARTTLS => {
+            w.write_all(&proto::option_reply(
+                option,
+                rep::ERR_POLICY,
+                b"TLS is not offered",
+            ))
+            .await?;
+            Ok(None)
+        }
+        _ => {
+            w.write_all(&proto::option_reply(
+                option,
+                rep::ERR_UNSUP,
+                b"unsupported option",
+            ))
+            .await?;
+            Ok(None)
+        }
+    }
+}
+
+type SharedWriter<W> = Arc<Mutex<W>>;
+
+async fn transmit<R, W>(
+    mut reader: R,
+    writer: W,
+    name: String,
+    device: Arc<dyn BlockDevice>,
+    session: Session,
+    exports: Arc<dyn Exports>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer: SharedWriter<W> = Arc::new(Mutex::new(writer));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let session = Arc::new(session);
+    let rw = !device.read_only();
+    if rw {
+        exports.attached(&name, true).await;
+    }
+    let result = async {
+        loop {
+            let mut header = [0u8; proto::REQUEST_LEN];
+            match reader.read_exact(&mut header).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let req = Request::parse(&header).map_err(|e| invalid(&e.to_string()))?;
+            if req.kind == cmd::DISC {
+                return Ok(());
+            }
+            // The payload must be consumed in order, before the next header.
+            let payload = if req.kind == cmd::WRITE {
+                if req.length > MAX_PAYLOAD {
+                    // Cannot resync without reading it; refuse and close.
+                    let w = writer.clone();
+                    send_error(
+                        &w,
+                        &session,
+                        req.cookie,
+                        errno::EOVERFLOW,
+                        "write payload too large",
+                    )
+                    .await?;
+                    return Err(invalid("write payload too large"));
+                }
+                let mut data = vec![0u8; req.length as usize];
+                reader.read_exact(&mut data).await?;
+                Some(data)
+            } else {
+                None
+            };
+            let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
+            let (device, writer, session) = (device.clone(), writer.clone(), session.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve_request(req, payload, device.as_ref(), &writer, &session).await {
+                    tracing::debug!(error = %e, "reply failed");
+                }
+            });
+        }
+    }
+    .await;
+    // Let in-flight requests finish before the export is released.
+    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+    if rw {
+        exports.attached(&name, false).await;
+    }
+    result
+}
+
+fn check_range(device: &dyn BlockDevice, req: &Request) -> Result<(), DeviceError> {
+    let end = req.offset.checked_add(req.length as u64);
+    if end.is_none_or(|end| end > device.size()) {
+        return Err(DeviceError {
+            errno: if req.kind == cmd::WRITE || req.kind == cmd::WRITE_ZEROES {
+                errno::ENOSPC
+            } else {
+                errno::EINVAL
+            },
+            message: format!(
+                "request {}+{} beyond export size {}",
+                req.offset,
+                req.length,
+                device.size()
+            ),
+        });
+    }
+    Ok(())
+}
+
+async fn serve_request<W: AsyncWrite + Unpin>(
+    req: Request,
+    payload: Option<Vec<u8>>,
+    device: &dyn BlockDevice,
+    writer: &SharedWriter<W>,
+    session: &Session,
+) -> std::io::Result<()> {
+    let fua = req.flags & cflag::FUA != 0;
+    let result: Result<Option<Vec<u8>>, DeviceError> = async {
+        let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
+        if writes && device.read_only() {
+            return Err(DeviceError {
+                errno: errno::EPERM,
+                message: "export is read-only".into(),
+            });
+        }
+        match req.kind {
+            cmd::READ => {
+                if req.length > MAX_PAYLOAD {
+                    return Err(DeviceError {
+                        errno: errno::EOVERFLOW,
+                        message: "read too large".into(),
+                    });
+                }
+                check_range(device, &req)?;
+                let mut buf = vec![0u8; req.length as usize];
+                device.read(req.offset, &mut buf).await?;
+                Ok(Some(buf))
+            }
+            cmd::WRITE => {
+                check_range(device, &req)?;
+                device
+                    .write(req.offset, payload.as_deref().unwrap_or(&[]), fua)
+                    .await?;
+                Ok(None)
+            }
+            cmd::TRIM | cmd::WRITE_ZEROES => {
+                check_range(device, &req)?;
+                device.write_zeroes(req.offset, req.length as u64, fua).await?;
+                Ok(None)
+            }
+            cmd::FLUSH => {
+                device.flush().await?;
+                Ok(None)
+            }
+            cmd::CACHE => {
+                check_range(device, &req)?;
+                Ok(None)
+            }
+            cmd::BLOCK_STATUS => {
+                if !session.structured || !session.meta_allocation {
+                    return Err(DeviceError {
+                        errno: errno::EINVAL,
+                        message: "no metadata context negotiated".into(),
+                    });
+                }
+                check_range(device, &req)?;
+                if req.length == 0 {
+                    return Err(DeviceError {
+                        errno: errno::EINVAL,
+                        message: "zero-length block status".into(),
+                    });
+                }
+                let mut extents = device.extents(req.offset, req.length as u64).await?;
+                if req.flags & cflag::REQ_ONE != 0 {
+                    extents.truncate(1);
+                }
+                let mut body = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                for e in extents {
+                    let flags = if e.hole {
+                        proto::STATE_HOLE | proto::STATE_ZERO
+                    } else {
+                        0
+                    };
+                    body.extend_from_slice(&(e.length.min(u32::MAX as u64) as u32).to_be_bytes());
+                    body.extend_from_slice(&flags.to_be_bytes());
+                }
+                Ok(Some(body))
+            }
+            _ => Err(DeviceError {
+                errno: errno::EINVAL,
+                message: format!("unknown command {}", req.kind),
+            }),
+        }
+    }
+    .await;
+    match result {
+        Err(e) => {
+            tracing::debug!(cookie = req.cookie, kind = req.kind, errno = e.errno, error = %e.message, "request failed");
+            send_error(writer, session, req.cookie, e.errno, &e.message).await
+        }
+        Ok(data) => {
+            let mut w = writer.lock().await;
+            if !session.structured {
+                w.write_all(&proto::simple_reply(0, req.cookie)).await?;
+                if req.kind == cmd::READ {
+                    w.write_all(data.as_deref().unwrap_or(&[])).await?;
+                }
+            } else if req.kind == cmd::READ {
+                let data = data.unwrap_or_default();
+                let header = proto::structured_header(
+                    chunk::FLAG_DONE,
+                    chunk::OFFSET_DATA,
+                    req.cookie,
+                    8 + data.len() as u32,
+                );
+                w.write_all(&header).await?;
+                w.write_all(&req.offset.to_be_bytes()).await?;
+                w.write_all(&data).await?;
+            } else if req.kind == cmd::BLOCK_STATUS {
+                let body = data.unwrap_or_default();
+                w.write_all(&proto::structured_header(
+                    chunk::FLAG_DONE,
+                    chunk::BLOCK_STATUS,
+                    req.cookie,
+                    body.len() as u32,
+                ))
+                .await?;
+                w.write_all(&body).await?;
+            } else {
+                w.write_all(&proto::structured_header(
+                    chunk::FLAG_DONE,
+                    chunk::NONE,
+                    req.cookie,
+                    0,
+                ))
+                .await?;
+            }
+            w.flush().await
+        }
+    }
+}
+
+async fn send_error<W: AsyncWrite + Unpin>(
+    writer: &SharedWriter<W>,
+    session: &Session,
+    cookie: u64,
+    error: u32,
+    message: &str,
+) -> std::io::Result<()> {
+    let mut w = writer.lock().await;
+    if session.structured {
+        w.write_all(&proto::structured_error(cookie, error, message))
+            .await?;
+    } else {
+        w.write_all(&proto::simple_reply(error, cookie)).await?;
+    }
+    w.flush().await
+}
