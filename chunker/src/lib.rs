@@ -15,6 +15,7 @@ pub mod frame;
 pub mod geometry;
 mod id;
 pub mod pipeline;
+pub mod testdata;
 mod zero;
 
 pub use frame::{decode, encode, Codec, FrameError, FRAME_HEADER_LEN};

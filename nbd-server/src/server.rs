@@ -157,13 +157,7 @@ async fn negotiate<W: AsyncWrite + Unpin>(
         }
         opt::LIST => {
             if !data.is_empty() {
-                w.write_all(&proto::option_reply(
-                    option,
-                    rep::ERR_INVALID,
-                    b"LIST takes no data",
-                ))
-                .await?;
-                return Ok(None);
+                return refuse(w, option, rep::ERR_INVALID, b"LIST takes no data").await;
             }
             let mut out = Vec::new();
             for name in exports.list().await {
@@ -177,36 +171,22 @@ async fn negotiate<W: AsyncWrite + Unpin>(
         }
         opt::STRUCTURED_REPLY => {
             if !data.is_empty() {
-                w.write_all(&proto::option_reply(
-                    option,
-                    rep::ERR_INVALID,
-                    b"no data expected",
-                ))
-                .await?;
-            } else {
-                session.structured = true;
-                w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+                return refuse(w, option, rep::ERR_INVALID, b"no data expected").await;
             }
+            session.structured = true;
+            w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
             Ok(None)
         }
         opt::INFO | opt::GO => {
             let (name, items) = match proto::parse_info_request(data) {
                 Ok(v) => v,
                 Err(e) => {
-                    w.write_all(&proto::option_reply(
-                        option,
-                        rep::ERR_INVALID,
-                        e.to_string().as_bytes(),
-                    ))
-                    .await?;
-                    return Ok(None);
+                    return refuse(w, option, rep::ERR_INVALID, e.to_string().as_bytes()).await;
                 }
             };
             let Some(device) = exports.open(&name).await else {
                 let msg = format!("no export named {name:?}");
-                w.write_all(&proto::option_reply(option, rep::ERR_UNKNOWN, msg.as_bytes()))
-                    .await?;
-                return Ok(None);
+                return refuse(w, option, rep::ERR_UNKNOWN, msg.as_bytes()).await;
             };
             let mut out = proto::option_reply(
                 option,
@@ -231,30 +211,16 @@ async fn negotiate<W: AsyncWrite + Unpin>(
         }
         opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
             if !session.structured {
-                w.write_all(&proto::option_reply(
-                    option,
-                    rep::ERR_INVALID,
-                    b"structured replies first",
-                ))
-                .await?;
-                return Ok(None);
+                return refuse(w, option, rep::ERR_INVALID, b"structured replies first").await;
             }
             let (name, queries) = match proto::parse_meta_request(data) {
                 Ok(v) => v,
                 Err(e) => {
-                    w.write_all(&proto::option_reply(
-                        option,
-                        rep::ERR_INVALID,
-                        e.to_string().as_bytes(),
-                    ))
-                    .await?;
-                    return Ok(None);
+                    return refuse(w, option, rep::ERR_INVALID, e.to_string().as_bytes()).await;
                 }
             };
             if exports.open(&name).await.is_none() {
-                w.write_all(&proto::option_reply(option, rep::ERR_UNKNOWN, b"no such export"))
-                    .await?;
-                return Ok(None);
+                return refuse(w, option, rep::ERR_UNKNOWN, b"no such export").await;
             }
             let listing = option == opt::LIST_META_CONTEXT;
             let matches = |q: &str| q == BASE_ALLOCATION || (listing && (q == "base:" || q.is_empty()));
@@ -272,25 +238,20 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             w.write_all(&out).await?;
             Ok(None)
         }
-        opt::STARTTLS => {
-            w.write_all(&proto::option_reply(
-                option,
-                rep::ERR_POLICY,
-                b"TLS is not offered",
-            ))
-            .await?;
-            Ok(None)
-        }
-        _ => {
-            w.write_all(&proto::option_reply(
-                option,
-                rep::ERR_UNSUP,
-                b"unsupported option",
-            ))
-            .await?;
-            Ok(None)
-        }
+        opt::STARTTLS => refuse(w, option, rep::ERR_POLICY, b"TLS is not offered").await,
+        _ => refuse(w, option, rep::ERR_UNSUP, b"unsupported option").await,
     }
+}
+
+/// Answers an option with an error reply; the session goes on.
+async fn refuse<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    option: u32,
+    kind: u32,
+    message: &[u8],
+) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>)>> {
+    w.write_all(&proto::option_reply(option, kind, message)).await?;
+    Ok(None)
 }
 
 type SharedWriter<W> = Arc<Mutex<W>>;

@@ -28,19 +28,8 @@ pub async fn engine(dir: &std::path::Path) -> Arc<Engine> {
     Engine::open(config).await.unwrap()
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+#[allow(unused_imports)]
+pub use cairn_chunker::testdata::noise;
 
 /// Number of files under `dir/objects/<kind>`.
 pub fn count_objects(dir: &std::path::Path, kind: &str) -> (u64, u64) {
