@@ -41,6 +41,19 @@ struct Device {
     size: u64,
 }
 
+impl Device {
+    /// The live volume behind a read-write export.
+    fn writable(&self) -> Result<&Arc<cairn_store::Volume>, DeviceError> {
+        match &self.source {
+            Readable::Volume(v) => Ok(v),
+            Readable::Snapshot { .. } => Err(DeviceError {
+                errno: 1,
+                message: "snapshot exports are read-only".into(),
+            }),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl BlockDevice for Device {
     fn size(&self) -> u64 {
@@ -59,12 +72,7 @@ impl BlockDevice for Device {
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
-        let Readable::Volume(v) = &self.source else {
-            return Err(DeviceError {
-                errno: 1,
-                message: "snapshot exports are read-only".into(),
-            });
-        };
+        let v = self.writable()?;
         v.write(offset, data).await.map_err(device_error)?;
         if fua {
             v.flush().map_err(device_error)?;
@@ -73,12 +81,7 @@ impl BlockDevice for Device {
     }
 
     async fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError> {
-        let Readable::Volume(v) = &self.source else {
-            return Err(DeviceError {
-                errno: 1,
-                message: "snapshot exports are read-only".into(),
-            });
-        };
+        let v = self.writable()?;
         v.write_zeroes(offset, length).await.map_err(device_error)?;
         if fua {
             v.flush().map_err(device_error)?;
