@@ -488,24 +488,21 @@ impl Volume {
                 SealedTree::new(st.record.root, st.record.size, self.geometry),
             )
         };
-        match self.seal_layer(&frozen, tree).await {
+        let sealed = match self.seal_layer(&frozen, tree).await {
+            Ok(new_root) => self.commit_root(new_root, Some(generation)).map(|()| new_root),
+            Err(e) => Err(e),
+        };
+        match sealed {
             Ok(new_root) => {
-                let mut record = self.state.lock().record.clone();
-                record.root = new_root;
-                record.updated_at = now();
-                let mut batch = self.backend.catalog.batch();
-                batch.put_volume(&record).drop_journal(self.id, generation);
-                batch.commit()?;
                 let mut st = self.state.lock();
-                st.record.root = new_root;
-                st.record.updated_at = record.updated_at;
                 st.frozen = None;
-                tracing::debug!(volume = %record.name, chunks = frozen.chunk_count(), dirty_bytes = frozen.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
+                tracing::debug!(volume = %st.record.name, chunks = frozen.chunk_count(), dirty_bytes = frozen.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
                 Ok(frozen.chunk_count())
             }
             Err(e) => {
-                // Put the frozen layer back under whatever was written since;
-                // its journal records are still there, so nothing is lost.
+                // Sealing or committing failed: put the frozen layer back under
+                // whatever was written since; its journal records are still
+                // there, so nothing is lost.
                 let mut st = self.state.lock();
                 let newer = std::mem::take(&mut st.active);
                 let mut restored = (*frozen).clone();
@@ -565,16 +562,21 @@ impl Volume {
             .collect();
         let updates = self.backend.ingest(chunks).await?;
         let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
-        self.commit_root(new_root)
+        self.commit_root(new_root, None)
     }
 
     /// Commits a new sealed root for the volume (caller holds the seal lock).
-    fn commit_root(&self, new_root: NodeId) -> Result<()> {
+    /// With `sealed_generation`, the journal records of that generation and
+    /// older go in the same atomic batch.
+    fn commit_root(&self, new_root: NodeId, sealed_generation: Option<u64>) -> Result<()> {
         let mut record = self.state.lock().record.clone();
         record.root = new_root;
         record.updated_at = now();
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&record);
+        if let Some(generation) = sealed_generation {
+            batch.drop_journal(self.id, generation);
+        }
         batch.commit()?;
         let mut st = self.state.lock();
         st.record.root = new_root;
