@@ -134,6 +134,10 @@ struct ServeArgs {
     /// NBD address: exports VOLUME (read-write) and VOLUME@TAG (read-only).
     #[arg(long, env = "CAIRN_NBD_LISTEN", default_value = "127.0.0.1:10809")]
     nbd_listen: SocketAddr,
+    /// NBD transmission I/O: io-uring, tokio (portable), or auto (io_uring
+    /// where the kernel allows it, else tokio, logged).
+    #[arg(long, env = "CAIRN_NBD_TRANSPORT", default_value = "auto")]
+    nbd_transport: cairn_nbd_server::Transport,
     /// Object store URL: file:///path or memory:// (default file://<data-dir>/objects).
     #[arg(long, env = "CAIRN_OBJECT_STORE")]
     object_store: Option<String>,
@@ -237,6 +241,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 nbd_listen: args.nbd_listen,
+                nbd_transport: args.nbd_transport,
                 object_store: args.object_store,
                 chunk_size: args.chunk_size,
                 cache_size: args.cache_size,

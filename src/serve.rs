@@ -16,6 +16,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub nbd_listen: SocketAddr,
+    pub nbd_transport: cairn_nbd_server::Transport,
     pub object_store: Option<String>,
     pub chunk_size: u64,
     pub cache_size: u64,
@@ -55,7 +56,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding NBD listener {}", config.nbd_listen))?;
     let exports = Arc::new(crate::nbd::EngineExports::new(engine.clone()));
-    let nbd = tokio::spawn(cairn_nbd_server::serve(nbd_listener, exports));
+    let transport = cairn_nbd_server::choose_transport(config.nbd_transport)?;
+    let nbd = tokio::spawn(cairn_nbd_server::serve_with(nbd_listener, exports, transport));
     let sealer = tokio::spawn(Arc::clone(&engine).run_sealer());
     let state = AppState {
         engine: engine.clone(),

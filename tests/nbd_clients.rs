@@ -27,10 +27,19 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn start(dir: &std::path::Path) -> (Server, u16) {
+    start_with(dir, "auto")
+}
+
+fn start_with(dir: &std::path::Path, transport: &str) -> (Server, u16) {
     let nbd_port = free_port();
     let server = Server::start(
         &dir.join("data"),
-        &["--nbd-listen", &format!("127.0.0.1:{nbd_port}")],
+        &[
+            "--nbd-listen",
+            &format!("127.0.0.1:{nbd_port}"),
+            "--nbd-transport",
+            transport,
+        ],
     );
     (server, nbd_port)
 }
@@ -159,10 +168,17 @@ fn qemu_io_patterns_snapshot_export_and_image_copies() {
 fn fio_verify_single_and_multi_connection() {
     assert!(have("fio"), "fio is not installed: run scripts/setup.sh");
     let dir = tempfile::tempdir().unwrap();
-    let (server, port) = start(dir.path());
-    server.json(&["volume", "create", "fio", "--size", "64M"]);
-    for (jobs, size) in [("1", "32M"), ("4", "16M")] {
-        let out = dir.path().join(format!("fio-{jobs}.json"));
+    let mut servers = Vec::new();
+    for transport in ["io-uring", "tokio"] {
+        let (server, port) = start_with(&dir.path().join(transport), transport);
+        server.json(&["volume", "create", "fio", "--size", "64M"]);
+        servers.push((transport, server, port));
+    }
+    let runs = servers
+        .iter()
+        .flat_map(|(t, _, port)| [(*t, *port, "1", "32M"), (*t, *port, "4", "16M")]);
+    for (transport, port, jobs, size) in runs {
+        let out = dir.path().join(format!("fio-{transport}-{jobs}.json"));
         run(Command::new("fio").args([
             "--name=verify",
             "--ioengine=nbd",
@@ -181,7 +197,7 @@ fn fio_verify_single_and_multi_connection() {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         for job in report["jobs"].as_array().unwrap() {
-            assert_eq!(job["error"], 0, "fio job failed: {job}");
+            assert_eq!(job["error"], 0, "fio job failed over {transport}: {job}");
             assert!(job["write"]["io_bytes"].as_u64().unwrap() > 0);
         }
     }

@@ -9,11 +9,16 @@ use std::io::{Read, Write};
 use common::nbd::*;
 use common::*;
 
-fn start(dir: &std::path::Path) -> (Server, u16) {
+fn start(dir: &std::path::Path, transport: &str) -> (Server, u16) {
     let nbd_port = free_port();
     let server = Server::start(
         &dir.join("data"),
-        &["--nbd-listen", &format!("127.0.0.1:{nbd_port}")],
+        &[
+            "--nbd-listen",
+            &format!("127.0.0.1:{nbd_port}"),
+            "--nbd-transport",
+            transport,
+        ],
     );
     server.json(&["volume", "create", "v", "--size", "1M"]);
     server.json(&["snapshot", "create", "v", "--tag", "ro"]);
@@ -26,9 +31,18 @@ fn closed(s: &mut std::net::TcpStream) -> bool {
 }
 
 #[test]
-fn malformed_and_hostile_inputs() {
+fn malformed_and_hostile_inputs_io_uring() {
+    hostile_inputs("io-uring");
+}
+
+#[test]
+fn malformed_and_hostile_inputs_tokio() {
+    hostile_inputs("tokio");
+}
+
+fn hostile_inputs(transport: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, port) = start(dir.path());
+    let (server, port) = start(dir.path(), transport);
 
     // Client flags without fixed newstyle: closed.
     let mut s = connect(port);
@@ -133,5 +147,32 @@ fn malformed_and_hostile_inputs() {
     let mut ok = RawNbd::open(port, "v");
     assert_eq!(ok.read(0, 4096).unwrap(), vec![0u8; 4096]);
     assert_eq!(ok.read(4096, 4096).unwrap(), vec![3u8; 4096]);
+
+    // A pipelined burst past the in-flight limit: every cookie answered once.
+    let burst = 240u64;
+    let at = |cookie: u64| (4 + cookie) * 4096;
+    for cookie in 0..burst {
+        let offset = at(cookie);
+        ok.send(1, 0, 1000 + cookie, offset, 4096, &[cookie as u8; 4096]);
+    }
+    let mut answered: Vec<u64> = (0..burst)
+        .map(|_| {
+            let (err, cookie) = ok.reply();
+            assert_eq!(err, 0, "burst write {cookie}");
+            cookie - 1000
+        })
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, (0..burst).collect::<Vec<_>>());
+    for cookie in [0, 63, 64, 65, burst - 1] {
+        assert_eq!(ok.read(at(cookie), 4096).unwrap(), vec![cookie as u8; 4096]);
+    }
+
+    // The largest payload allowed (32 MiB) in one WRITE, then read back.
+    server.json(&["volume", "create", "big", "--size", "64M"]);
+    let mut big = RawNbd::open(port, "big");
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i / 4096) as u8).collect();
+    assert_eq!(big.write(8 << 20, &data), 0);
+    assert_eq!(big.read(8 << 20, 32 << 20).unwrap(), data);
     server.json(&["volume", "show", "v"]);
 }

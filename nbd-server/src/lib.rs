@@ -8,8 +8,10 @@
 //! per connection) and answered as they complete.
 
 pub mod device;
+pub mod memory;
 pub mod proto;
 pub mod server;
+mod uring;
 
 pub use device::{BlockDevice, DeviceError, Exports, Extent};
-pub use server::{serve, ServerConfig};
+pub use server::{choose_transport, serve, serve_with, ServerConfig, Transport};

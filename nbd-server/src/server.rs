@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::device::{BlockDevice, DeviceError, Exports};
@@ -33,16 +33,65 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
 }
 
-/// Accepts connections forever.
+/// How transmission-phase I/O is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// io_uring where the kernel allows it, else tokio (logged at start).
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// tokio's portable sockets.
+    Tokio,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "io-uring" | "io_uring" => Ok(Transport::IoUring),
+            "tokio" => Ok(Transport::Tokio),
+            _ => Err(format!("unknown transport {s:?} (auto, io-uring, tokio)")),
+        }
+    }
+}
+
+/// Resolves `Auto` by probing the kernel; says why io_uring is not used.
+pub fn choose_transport(wanted: Transport) -> std::io::Result<Transport> {
+    match (wanted, crate::uring::probe()) {
+        (Transport::Tokio, _) => Ok(Transport::Tokio),
+        (_, Ok(())) => Ok(Transport::IoUring),
+        (Transport::IoUring, Err(e)) => Err(std::io::Error::new(
+            e.kind(),
+            format!("io_uring requested but unavailable: {e}"),
+        )),
+        (Transport::Auto, Err(e)) => {
+            tracing::warn!(error = %e, "io_uring unavailable; NBD falls back to the portable tokio transport");
+            Ok(Transport::Tokio)
+        }
+    }
+}
+
+/// Accepts connections forever, serving transmission with `transport`
+/// (resolve `Auto` with [`choose_transport`] first; `Auto` here probes).
 pub async fn serve(listener: TcpListener, exports: Arc<dyn Exports>) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, transport = "tokio (portable)", "NBD server listening");
+    serve_with(listener, exports, Transport::Auto).await
+}
+
+/// [`serve`] with an explicit transport.
+pub async fn serve_with(
+    listener: TcpListener,
+    exports: Arc<dyn Exports>,
+    transport: Transport,
+) -> std::io::Result<()> {
+    let transport = choose_transport(transport)?;
+    tracing::info!(addr = %listener.local_addr()?, transport = ?transport, "NBD server listening");
     loop {
         let (socket, peer) = listener.accept().await?;
         let _ = socket.set_nodelay(true);
         let exports = exports.clone();
         tokio::spawn(async move {
-            let (reader, writer) = socket.into_split();
-            match handle(reader, writer, exports).await {
+            match connection(socket, exports, transport).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client done"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD connection closed"),
             }
@@ -50,16 +99,91 @@ pub async fn serve(listener: TcpListener, exports: Arc<dyn Exports>) -> std::io:
     }
 }
 
+/// One TCP connection: handshake on tokio, transmission on `transport`.
+async fn connection(
+    mut socket: TcpStream,
+    exports: Arc<dyn Exports>,
+    transport: Transport,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = socket.split();
+    let Some((name, device, session)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
+        return Ok(());
+    };
+    let conn = Arc::new(Connection {
+        device,
+        structured: session.structured,
+        meta_allocation: session.meta_allocation,
+    });
+    attached(exports.as_ref(), &name, &conn, async {
+        if transport == Transport::IoUring {
+            let std_socket = socket.into_std()?;
+            crate::uring::transmit(std_socket, conn.clone()).await
+        } else {
+            let (reader, writer) = socket.into_split();
+            transmit_tokio(reader, writer, conn.clone()).await
+        }
+    })
+    .await
+}
+
+/// Runs `transmission`, with the export marked attached meanwhile when it
+/// is writable.
+async fn attached(
+    exports: &dyn Exports,
+    name: &str,
+    conn: &Connection,
+    transmission: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    let rw = !conn.device.read_only();
+    if rw {
+        exports.attached(name, true).await;
+    }
+    let result = transmission.await;
+    if rw {
+        exports.attached(name, false).await;
+    }
+    result
+}
+
 struct Session {
     structured: bool,
     meta_allocation: bool,
 }
 
-/// Runs one connection on any byte stream.
+/// Runs one connection on any byte stream, with the portable transport
+/// (tests and the fuzz target use it on in-memory streams).
 pub async fn handle<R, W>(mut reader: R, mut writer: W, exports: Arc<dyn Exports>) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((name, device, session)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
+        return Ok(());
+    };
+    let conn = Arc::new(Connection {
+        device,
+        structured: session.structured,
+        meta_allocation: session.meta_allocation,
+    });
+    attached(
+        exports.as_ref(),
+        &name,
+        &conn,
+        transmit_tokio(reader, writer, conn.clone()),
+    )
+    .await
+}
+
+/// The handshake and option haggling: returns the export chosen, or an
+/// error (the connection closes).
+async fn handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    exports: &dyn Exports,
+) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>, Session)>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
@@ -75,7 +199,7 @@ where
         structured: false,
         meta_allocation: false,
     };
-    let (name, device) = loop {
+    loop {
         let mut header = [0u8; 16];
         reader.read_exact(&mut header).await?;
         let (option, len) = proto::parse_option_header(&header).map_err(|e| invalid(&e.to_string()))?;
@@ -92,20 +216,12 @@ where
         }
         let mut data = vec![0u8; len as usize];
         reader.read_exact(&mut data).await?;
-        if let Some(entered) = negotiate(
-            option,
-            &data,
-            &mut session,
-            no_zeroes,
-            &mut writer,
-            exports.as_ref(),
-        )
-        .await?
+        if let Some((name, device)) =
+            negotiate(option, &data, &mut session, no_zeroes, writer, exports).await?
         {
-            break entered;
+            return Ok(Some((name, device, session)));
         }
-    };
-    transmit(reader, writer, name, device, session, exports).await
+    }
 }
 
 fn invalid(msg: &str) -> std::io::Error {
@@ -254,27 +370,33 @@ async fn refuse<W: AsyncWrite + Unpin>(
     Ok(None)
 }
 
-type SharedWriter<W> = Arc<Mutex<W>>;
+/// What a connection in transmission shares with its requests.
+pub(crate) struct Connection {
+    pub device: Arc<dyn BlockDevice>,
+    pub structured: bool,
+    pub meta_allocation: bool,
+}
 
-async fn transmit<R, W>(
-    mut reader: R,
-    writer: W,
-    name: String,
-    device: Arc<dyn BlockDevice>,
-    session: Session,
-    exports: Arc<dyn Exports>,
-) -> std::io::Result<()>
+/// Checks a request header before its payload is read. An error means the
+/// stream cannot be trusted any more (the caller replies, if it can, and
+/// closes).
+pub(crate) fn admit(req: &Request) -> Result<(), (u32, &'static str)> {
+    if req.kind == cmd::WRITE && req.length > MAX_PAYLOAD {
+        return Err((errno::EOVERFLOW, "write payload too large"));
+    }
+    Ok(())
+}
+
+/// The portable transport: tokio sockets, one task per request, replies
+/// written whole under a lock as requests complete.
+async fn transmit_tokio<R, W>(reader: R, writer: W, conn: Arc<Connection>) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let writer: SharedWriter<W> = Arc::new(Mutex::new(writer));
+    let mut reader = tokio::io::BufReader::with_capacity(256 << 10, reader);
+    let writer = Arc::new(Mutex::new(writer));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let session = Arc::new(session);
-    let rw = !device.read_only();
-    if rw {
-        exports.attached(&name, true).await;
-    }
     let result = async {
         loop {
             let mut header = [0u8; proto::REQUEST_LEN];
@@ -287,21 +409,14 @@ where
             if req.kind == cmd::DISC {
                 return Ok(());
             }
+            if let Err((code, message)) = admit(&req) {
+                // Cannot resync without reading the payload; refuse and close.
+                let reply = error_reply(conn.structured, req.cookie, code, message);
+                writer.lock().await.write_all(&reply).await?;
+                return Err(invalid(message));
+            }
             // The payload must be consumed in order, before the next header.
             let payload = if req.kind == cmd::WRITE {
-                if req.length > MAX_PAYLOAD {
-                    // Cannot resync without reading it; refuse and close.
-                    let w = writer.clone();
-                    send_error(
-                        &w,
-                        &session,
-                        req.cookie,
-                        errno::EOVERFLOW,
-                        "write payload too large",
-                    )
-                    .await?;
-                    return Err(invalid("write payload too large"));
-                }
                 let mut data = vec![0u8; req.length as usize];
                 reader.read_exact(&mut data).await?;
                 Some(data)
@@ -309,10 +424,12 @@ where
                 None
             };
             let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
-            let (device, writer, session) = (device.clone(), writer.clone(), session.clone());
+            let (conn, writer) = (conn.clone(), writer.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve_request(req, payload, device.as_ref(), &writer, &session).await {
+                let reply = execute(req, payload, &conn).await;
+                let mut w = writer.lock().await;
+                if let Err(e) = w.write_all(&reply).await {
                     tracing::debug!(error = %e, "reply failed");
                 }
             });
@@ -321,9 +438,6 @@ where
     .await;
     // Let in-flight requests finish before the export is released.
     let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
-    if rw {
-        exports.attached(&name, false).await;
-    }
     result
 }
 
@@ -347,15 +461,21 @@ fn check_range(device: &dyn BlockDevice, req: &Request) -> Result<(), DeviceErro
     Ok(())
 }
 
-async fn serve_request<W: AsyncWrite + Unpin>(
-    req: Request,
-    payload: Option<Vec<u8>>,
-    device: &dyn BlockDevice,
-    writer: &SharedWriter<W>,
-    session: &Session,
-) -> std::io::Result<()> {
+/// Bytes before a READ's data in its reply.
+fn read_header_len(structured: bool) -> usize {
+    if structured {
+        20 + 8
+    } else {
+        16
+    }
+}
+
+/// Serves one request and returns its whole reply, ready to send. READ
+/// data is read straight into the reply buffer after its header.
+pub(crate) async fn execute(req: Request, payload: Option<Vec<u8>>, conn: &Connection) -> Vec<u8> {
+    let device = conn.device.as_ref();
     let fua = req.flags & cflag::FUA != 0;
-    let result: Result<Option<Vec<u8>>, DeviceError> = async {
+    let result: Result<Vec<u8>, DeviceError> = async {
         let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
         if writes && device.read_only() {
             return Err(DeviceError {
@@ -372,32 +492,44 @@ async fn serve_request<W: AsyncWrite + Unpin>(
                     });
                 }
                 check_range(device, &req)?;
-                let mut buf = vec![0u8; req.length as usize];
-                device.read(req.offset, &mut buf).await?;
-                Ok(Some(buf))
+                let at = read_header_len(conn.structured);
+                let mut reply = vec![0u8; at + req.length as usize];
+                device.read(req.offset, &mut reply[at..]).await?;
+                if conn.structured {
+                    reply[..20].copy_from_slice(&proto::structured_header(
+                        chunk::FLAG_DONE,
+                        chunk::OFFSET_DATA,
+                        req.cookie,
+                        8 + req.length,
+                    ));
+                    reply[20..28].copy_from_slice(&req.offset.to_be_bytes());
+                } else {
+                    reply[..16].copy_from_slice(&proto::simple_reply(0, req.cookie));
+                }
+                Ok(reply)
             }
             cmd::WRITE => {
                 check_range(device, &req)?;
                 device
                     .write(req.offset, payload.as_deref().unwrap_or(&[]), fua)
                     .await?;
-                Ok(None)
+                Ok(done_reply(conn.structured, req.cookie))
             }
             cmd::TRIM | cmd::WRITE_ZEROES => {
                 check_range(device, &req)?;
                 device.write_zeroes(req.offset, req.length as u64, fua).await?;
-                Ok(None)
+                Ok(done_reply(conn.structured, req.cookie))
             }
             cmd::FLUSH => {
                 device.flush().await?;
-                Ok(None)
+                Ok(done_reply(conn.structured, req.cookie))
             }
             cmd::CACHE => {
                 check_range(device, &req)?;
-                Ok(None)
+                Ok(done_reply(conn.structured, req.cookie))
             }
             cmd::BLOCK_STATUS => {
-                if !session.structured || !session.meta_allocation {
+                if !conn.structured || !conn.meta_allocation {
                     return Err(DeviceError {
                         errno: errno::EINVAL,
                         message: "no metadata context negotiated".into(),
@@ -424,7 +556,15 @@ async fn serve_request<W: AsyncWrite + Unpin>(
                     body.extend_from_slice(&(e.length.min(u32::MAX as u64) as u32).to_be_bytes());
                     body.extend_from_slice(&flags.to_be_bytes());
                 }
-                Ok(Some(body))
+                let mut reply = proto::structured_header(
+                    chunk::FLAG_DONE,
+                    chunk::BLOCK_STATUS,
+                    req.cookie,
+                    body.len() as u32,
+                )
+                .to_vec();
+                reply.extend_from_slice(&body);
+                Ok(reply)
             }
             _ => Err(DeviceError {
                 errno: errno::EINVAL,
@@ -434,65 +574,28 @@ async fn serve_request<W: AsyncWrite + Unpin>(
     }
     .await;
     match result {
+        Ok(reply) => reply,
         Err(e) => {
             tracing::debug!(cookie = req.cookie, kind = req.kind, errno = e.errno, error = %e.message, "request failed");
-            send_error(writer, session, req.cookie, e.errno, &e.message).await
-        }
-        Ok(data) => {
-            let mut w = writer.lock().await;
-            if !session.structured {
-                w.write_all(&proto::simple_reply(0, req.cookie)).await?;
-                if req.kind == cmd::READ {
-                    w.write_all(data.as_deref().unwrap_or(&[])).await?;
-                }
-            } else if req.kind == cmd::READ {
-                let data = data.unwrap_or_default();
-                let header = proto::structured_header(
-                    chunk::FLAG_DONE,
-                    chunk::OFFSET_DATA,
-                    req.cookie,
-                    8 + data.len() as u32,
-                );
-                w.write_all(&header).await?;
-                w.write_all(&req.offset.to_be_bytes()).await?;
-                w.write_all(&data).await?;
-            } else if req.kind == cmd::BLOCK_STATUS {
-                let body = data.unwrap_or_default();
-                w.write_all(&proto::structured_header(
-                    chunk::FLAG_DONE,
-                    chunk::BLOCK_STATUS,
-                    req.cookie,
-                    body.len() as u32,
-                ))
-                .await?;
-                w.write_all(&body).await?;
-            } else {
-                w.write_all(&proto::structured_header(
-                    chunk::FLAG_DONE,
-                    chunk::NONE,
-                    req.cookie,
-                    0,
-                ))
-                .await?;
-            }
-            w.flush().await
+            error_reply(conn.structured, req.cookie, e.errno, &e.message)
         }
     }
 }
 
-async fn send_error<W: AsyncWrite + Unpin>(
-    writer: &SharedWriter<W>,
-    session: &Session,
-    cookie: u64,
-    error: u32,
-    message: &str,
-) -> std::io::Result<()> {
-    let mut w = writer.lock().await;
-    if session.structured {
-        w.write_all(&proto::structured_error(cookie, error, message))
-            .await?;
+/// Success without data.
+fn done_reply(structured: bool, cookie: u64) -> Vec<u8> {
+    if structured {
+        proto::structured_header(chunk::FLAG_DONE, chunk::NONE, cookie, 0).to_vec()
     } else {
-        w.write_all(&proto::simple_reply(error, cookie)).await?;
+        proto::simple_reply(0, cookie).to_vec()
     }
-    w.flush().await
+}
+
+/// An error reply (with the message when replies are structured).
+pub(crate) fn error_reply(structured: bool, cookie: u64, error: u32, message: &str) -> Vec<u8> {
+    if structured {
+        proto::structured_error(cookie, error, message)
+    } else {
+        proto::simple_reply(error, cookie).to_vec()
+    }
 }

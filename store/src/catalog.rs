@@ -4,15 +4,13 @@
 //! - `volumes`: `ns \0 name` → [`VolumeRecord`] (JSON)
 //! - `snapshots`: `ns \0 volume \0 tag` → [`SnapshotRecord`] (JSON)
 //! - `events`: big-endian sequence → [`Event`] (JSON), append-only
-//! - `journal`: `volume id, generation, sequence` (big-endian) → write-back
-//!   record (see [`crate::journal`])
 //! - `objects`: object key → (first-seen unix seconds, stored length): the existence index
 //!   that makes a dedup hit cost no upload
 //! - `meta`: counters
 //!
 //! Every multi-key change goes through one [`CatalogBatch`], written
-//! atomically. Durability of acknowledged writes comes from the WAL:
-//! [`Catalog::sync`] fsyncs it.
+//! atomically and synced. Acknowledged writes are not here: they live in
+//! the write-back journal files (see [`crate::journal`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,21 +25,10 @@ use crate::records::{Event, SnapshotRecord, VolumeRecord};
 const CF_VOLUMES: &str = "volumes";
 const CF_SNAPSHOTS: &str = "snapshots";
 const CF_EVENTS: &str = "events";
-const CF_JOURNAL: &str = "journal";
 const CF_OBJECTS: &str = "objects";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 6] = [
-    CF_VOLUMES,
-    CF_SNAPSHOTS,
-    CF_EVENTS,
-    CF_JOURNAL,
-    CF_OBJECTS,
-    CF_META,
-];
+const ALL_CFS: [&str; 5] = [CF_VOLUMES, CF_SNAPSHOTS, CF_EVENTS, CF_OBJECTS, CF_META];
 const NEXT_VOLUME_ID: &[u8] = b"next_volume_id";
-
-/// One stored write-back record: generation, sequence, encoded record.
-pub(crate) type JournalEntry = (u64, u64, Box<[u8]>);
 
 /// The RocksDB-backed catalog of one server.
 pub struct Catalog {
@@ -68,15 +55,6 @@ fn snapshot_key(ns: &Namespace, volume: &VolumeName, tag: &SnapshotTag) -> Vec<u
     [snapshot_prefix(ns, volume).as_slice(), tag.as_str().as_bytes()].concat()
 }
 
-/// Journal key of one write-back record.
-pub(crate) fn journal_key(volume_id: u64, generation: u64, seq: u64) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&volume_id.to_be_bytes());
-    key[8..16].copy_from_slice(&generation.to_be_bytes());
-    key[16..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
     serde_json::from_slice(value).map_err(|e| StoreError::CatalogCorrupt {
         key: String::from_utf8_lossy(key).replace('\0', "/"),
@@ -96,9 +74,6 @@ impl Catalog {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // The journal takes every acknowledged write; larger memtables mean
-        // most journal entries are deleted before they are ever compacted.
-        opts.set_write_buffer_size(64 << 20);
         let cfs = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
@@ -231,38 +206,6 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Every unsealed journal record of a volume, in write order.
-    pub(crate) fn journal(&self, volume_id: u64) -> Result<Vec<JournalEntry>> {
-        let prefix = volume_id.to_be_bytes();
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_JOURNAL),
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let generation = u64::from_be_bytes(k[8..16].try_into().expect("journal key"));
-            let seq = u64::from_be_bytes(k[16..24].try_into().expect("journal key"));
-            out.push((generation, seq, v));
-        }
-        Ok(out)
-    }
-
-    /// Appends one write-back record (not synced: see [`Catalog::sync`]).
-    pub(crate) fn journal_put(&self, volume_id: u64, generation: u64, seq: u64, record: &[u8]) -> Result<()> {
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.disable_wal(false);
-        self.db.put_cf_opt(
-            self.cf(CF_JOURNAL),
-            journal_key(volume_id, generation, seq),
-            record,
-            &opts,
-        )?;
-        Ok(())
-    }
-
     /// True when the existence index knows the object.
     pub(crate) fn object_known(&self, key: &str) -> Result<bool> {
         Ok(self
@@ -320,22 +263,10 @@ impl CatalogBatch<'_> {
         self
     }
 
-    /// Removes a volume and its whole write-back journal.
+    /// Removes a volume (its journal files go after the commit).
     pub fn delete_volume(&mut self, v: &VolumeRecord) -> &mut Self {
         self.batch
             .delete_cf(self.catalog.cf(CF_VOLUMES), volume_key(&v.namespace, &v.name));
-        self.drop_journal(v.id, u64::MAX);
-        self
-    }
-
-    /// Drops every journal record of `volume_id` with generation `<= up_to`.
-    pub fn drop_journal(&mut self, volume_id: u64, up_to: u64) -> &mut Self {
-        let from = journal_key(volume_id, 0, 0);
-        let to = match up_to.checked_add(1) {
-            Some(next) => journal_key(volume_id, next, 0),
-            None => journal_key(volume_id + 1, 0, 0),
-        };
-        self.batch.delete_range_cf(self.catalog.cf(CF_JOURNAL), from, to);
         self
     }
 

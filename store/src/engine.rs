@@ -8,7 +8,7 @@
 //! cannot be rolled back; `require_labels` must match the snapshot's labels.
 //! Every change is one atomic catalog batch together with its audit event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
+use crate::journal::JournalDir;
 use crate::names::{Namespace, SnapshotTag, VolumeName};
 use crate::objects::ObjectLayer;
 use crate::records::{
@@ -163,12 +164,19 @@ impl Engine {
             catalog: catalog.clone(),
             trees: TreeStore::new(objects.clone()),
             objects,
+            journal: JournalDir::open(&config.data_dir.join("journal"))?,
             dirty_hard_limit: config.dirty_hard_limit,
         });
         let mut volumes = HashMap::new();
+        let mut live_ids = HashSet::new();
         for record in catalog.volumes(None)? {
             let key = (record.namespace.clone(), record.name.clone());
+            live_ids.insert(record.id);
             volumes.insert(key, Volume::open(backend.clone(), record)?);
+        }
+        let orphans = backend.journal.remove_orphans(&live_ids)?;
+        if orphans > 0 {
+            tracing::info!(files = orphans, "removed journal files of deleted volumes");
         }
         Ok(Arc::new(Self {
             backend,
@@ -320,6 +328,7 @@ impl Engine {
             labels,
             cloned_from: None,
             from_snapshot: None,
+            journal_floor: 0,
         })
     }
 

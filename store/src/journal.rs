@@ -1,16 +1,35 @@
-//! Write-back journal records: the durable form of acknowledged writes
-//! that are not yet sealed into chunk objects.
+//! Write-back journal: the durable form of acknowledged writes that are not
+//! yet sealed into chunk objects.
 //!
-//! Records are stored in the catalog's `journal` column family under
-//! `(volume id, generation, sequence)`; replaying a volume's records in key
-//! order rebuilds its dirty overlay exactly. All offsets and lengths are
-//! 4 KiB aligned: unaligned writes are merged to whole blocks before they
-//! are journaled.
+//! Each volume appends to one log file per *generation*
+//! (`<data-dir>/journal/<volume id>-<generation>.log`, both 16 hex
+//! digits); sealing freezes a generation and starts the next. A record on
+//! disk is `[len u32 LE][crc32 u32 LE][payload]`, the payload an encoded
+//! [`Record`]. Replaying a volume's live generations in order rebuilds its
+//! dirty overlay exactly.
+//!
+//! Which generations are live is decided by the catalog, not by the files:
+//! the volume record's `journal_floor` says that every generation below it
+//! is sealed (or discarded by a rollback), and it changes in the same
+//! synced batch as the root. Files below the floor are garbage, removed
+//! after the commit or at the next open, so a crash between the two never
+//! replays stale writes.
+//!
+//! All offsets and lengths are 4 KiB aligned: unaligned writes are merged
+//! to whole blocks before they are journaled.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 
 const WRITE: u8 = 1;
 const ZERO: u8 = 2;
+/// Bytes before each record's payload: length and crc32.
+const HEADER: usize = 8;
 
 /// One acknowledged change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,28 +51,36 @@ pub enum Record<'a> {
 }
 
 impl Record<'_> {
-    /// Serialises the record.
+    /// Serialises the record with its on-disk header (length, crc32), in
+    /// one buffer so an append is one write.
     pub fn encode(&self) -> Vec<u8> {
-        match self {
+        let mut out = match self {
             Record::Write { offset, data } => {
-                let mut out = Vec::with_capacity(9 + data.len());
+                let mut out = Vec::with_capacity(HEADER + 9 + data.len());
+                out.extend_from_slice(&[0u8; HEADER]);
                 out.push(WRITE);
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(data);
                 out
             }
             Record::Zero { offset, length } => {
-                let mut out = Vec::with_capacity(17);
+                let mut out = Vec::with_capacity(HEADER + 17);
+                out.extend_from_slice(&[0u8; HEADER]);
                 out.push(ZERO);
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&length.to_le_bytes());
                 out
             }
-        }
+        };
+        let len = (out.len() - HEADER) as u32;
+        let crc = crc32fast::hash(&out[HEADER..]);
+        out[..4].copy_from_slice(&len.to_le_bytes());
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
     }
 }
 
-/// Parses a stored record.
+/// Parses one record payload (without its header).
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     let bad = || StoreError::CatalogCorrupt {
         key: "journal".into(),
@@ -76,9 +103,209 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     }
 }
 
+/// Splits a log file's bytes into record payloads. A torn record at the
+/// very end (a crash mid-append) ends the log; damage anywhere else is an
+/// error, never silently skipped.
+pub fn records(bytes: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < HEADER {
+            break;
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let Some(payload) = rest.get(HEADER..HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            if at + HEADER + len == bytes.len() {
+                break;
+            }
+            return Err(StoreError::CatalogCorrupt {
+                key: "journal".into(),
+                reason: format!("record at byte {at} fails its crc"),
+            });
+        }
+        out.push(payload);
+        at += HEADER + len;
+    }
+    Ok(out)
+}
+
+/// The journal directory.
+#[derive(Debug)]
+pub struct JournalDir {
+    dir: PathBuf,
+    /// A log file was created since the directory was last synced.
+    dir_dirty: AtomicBool,
+}
+
+/// One generation's log file, appended under the volume's state lock.
+#[derive(Debug)]
+pub struct LogFile {
+    /// Generation number.
+    pub generation: u64,
+    file: File,
+    /// Bytes of whole records appended.
+    len: AtomicU64,
+}
+
+impl LogFile {
+    fn new(generation: u64, file: File) -> Result<Arc<Self>> {
+        let len = file.metadata()?.len();
+        Ok(Arc::new(Self {
+            generation,
+            file,
+            len: AtomicU64::new(len),
+        }))
+    }
+
+    /// Appends one encoded record (see [`Record::encode`]). Callers
+    /// serialise appends. A failed append (disk full) is cut off again, so
+    /// the next record does not follow a torn one.
+    pub fn append(&self, encoded: &[u8]) -> Result<()> {
+        let before = self.len.load(Ordering::Acquire);
+        if let Err(e) = (&self.file).write_all(encoded) {
+            if let Err(cut) = self.file.set_len(before) {
+                tracing::error!(generation = self.generation, error = %cut, "could not cut a failed journal append");
+            }
+            return Err(e.into());
+        }
+        self.len.store(before + encoded.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+}
+
+fn file_name(volume_id: u64, generation: u64) -> String {
+    format!("{volume_id:016x}-{generation:016x}.log")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".log")?;
+    let (id, generation) = stem.split_once('-')?;
+    if id.len() != 16 || generation.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(id, 16).ok()?,
+        u64::from_str_radix(generation, 16).ok()?,
+    ))
+}
+
+impl JournalDir {
+    /// Opens (creating) the journal directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dir_dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Every log file as (volume id, generation), unordered.
+    fn files(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(ids) = entry.file_name().to_str().and_then(parse_name) {
+                out.push(ids);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the log file of a new generation.
+    pub fn create(&self, volume_id: u64, generation: u64) -> Result<Arc<LogFile>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(file_name(volume_id, generation)))?;
+        self.dir_dirty.store(true, Ordering::Release);
+        LogFile::new(generation, file)
+    }
+
+    /// Makes newly created log files' directory entries durable.
+    pub fn sync_dir(&self) -> Result<()> {
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                self.dir_dirty.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a volume's live generations (`>= floor`) in order, removing
+    /// dead ones. Returns each generation's number, its bytes and its file
+    /// (opened for appending, so flushes still cover it).
+    pub fn replay(&self, volume_id: u64, floor: u64) -> Result<Vec<(Arc<LogFile>, Vec<u8>)>> {
+        let mut generations: Vec<u64> = self
+            .files()?
+            .into_iter()
+            .filter(|(id, _)| *id == volume_id)
+            .map(|(_, g)| g)
+            .collect();
+        generations.sort_unstable();
+        let mut out = Vec::new();
+        for generation in generations {
+            let path = self.dir.join(file_name(volume_id, generation));
+            if generation < floor {
+                remove(&path)?;
+                continue;
+            }
+            let bytes = std::fs::read(&path)?;
+            let file = OpenOptions::new().append(true).open(&path)?;
+            out.push((LogFile::new(generation, file)?, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Removes a volume's generations `<= up_to` (after the catalog has
+    /// moved its floor past them).
+    pub fn remove_through(&self, volume_id: u64, up_to: u64) -> Result<()> {
+        for (id, generation) in self.files()? {
+            if id == volume_id && generation <= up_to {
+                remove(&self.dir.join(file_name(id, generation)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the logs of volumes that no longer exist.
+    pub fn remove_orphans(&self, live: &std::collections::HashSet<u64>) -> Result<usize> {
+        let mut removed = 0;
+        for (id, generation) in self.files()? {
+            if !live.contains(&id) {
+                remove(&self.dir.join(file_name(id, generation)))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn payload(encoded: &[u8]) -> &[u8] {
+        &encoded[HEADER..]
+    }
 
     #[test]
     fn records_round_trip() {
@@ -93,9 +320,70 @@ mod tests {
                 length: 1 << 30,
             },
         ] {
-            assert_eq!(decode(&r.encode()).unwrap(), r);
+            let encoded = r.encode();
+            assert_eq!(decode(payload(&encoded)).unwrap(), r);
+            assert_eq!(records(&encoded).unwrap(), vec![payload(&encoded)]);
         }
         assert!(decode(&[1, 2]).is_err());
         assert!(decode(&[9; 17]).is_err());
+    }
+
+    #[test]
+    fn torn_tail_ends_the_log_but_damage_inside_is_an_error() {
+        let a = Record::Zero {
+            offset: 0,
+            length: 4096,
+        }
+        .encode();
+        let data = [3u8; 4096];
+        let b = Record::Write {
+            offset: 8192,
+            data: &data,
+        }
+        .encode();
+        let mut log = [a.clone(), b.clone()].concat();
+        assert_eq!(records(&log).unwrap().len(), 2);
+        // Every truncation inside the second record: the first survives.
+        for cut in a.len()..log.len() {
+            assert_eq!(records(&log[..cut]).unwrap().len(), 1, "cut at {cut}");
+        }
+        // A flipped byte in the last record: torn, dropped.
+        let last = log.len() - 1;
+        log[last] ^= 1;
+        assert_eq!(records(&log).unwrap().len(), 1);
+        // A flipped byte in the first record, with a record after it: error.
+        let mut log = [a, b].concat();
+        log[HEADER + 3] ^= 1;
+        assert!(records(&log).is_err());
+    }
+
+    #[test]
+    fn files_replay_in_order_and_dead_generations_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        for generation in [3, 1, 2] {
+            let f = j.create(9, generation).unwrap();
+            f.append(
+                &Record::Zero {
+                    offset: generation * 4096,
+                    length: 4096,
+                }
+                .encode(),
+            )
+            .unwrap();
+        }
+        j.create(10, 1).unwrap();
+        j.sync_dir().unwrap();
+        let live = j.replay(9, 2).unwrap();
+        assert_eq!(
+            live.iter().map(|(f, _)| f.generation).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(j.files().unwrap().len(), 3, "generation 1 of volume 9 removed");
+        j.remove_through(9, 2).unwrap();
+        assert_eq!(j.files().unwrap().len(), 2);
+        let removed = j.remove_orphans(&[9].into_iter().collect()).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(j.files().unwrap(), vec![(9, 3)]);
     }
 }

@@ -90,6 +90,10 @@ pub struct VolumeRecord {
     /// The snapshot this one was forked or cloned from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<SnapshotOrigin>,
+    /// Write-back journal generations below this one are sealed into
+    /// `root` (or were discarded): never replayed.
+    #[serde(default)]
+    pub journal_floor: u64,
 }
 
 /// An immutable snapshot.

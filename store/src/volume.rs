@@ -1,14 +1,15 @@
 //! One open volume: the write-back overlay over a sealed manifest tree.
 //!
-//! Writes are journaled in the catalog and applied to the in-memory dirty
-//! overlay under one lock, so journal order equals overlay order, and are
-//! then acknowledged. [`Volume::flush`] fsyncs the journal. Sealing freezes
-//! the overlay (new writes go to a new generation), turns each dirty chunk
-//! into a chunk object (merging with the sealed chunk only when the overlay
-//! does not cover it whole), writes the changed tree path, and commits the
-//! new root together with the removal of the sealed generations' journal
-//! records in one atomic catalog batch. Reads look in the active overlay,
-//! then the frozen one, then the tree.
+//! Writes are appended to the volume's journal file and applied to the
+//! in-memory dirty overlay under one lock, so journal order equals overlay
+//! order, and are then acknowledged. [`Volume::flush`] fsyncs the journal
+//! files. Sealing freezes the overlay (new writes go to a new generation
+//! and file), turns each dirty chunk into a chunk object (merging with the
+//! sealed chunk only when the overlay does not cover it whole), writes the
+//! changed tree path, and commits the new root together with the new
+//! journal floor in one synced catalog batch; the sealed generations' files
+//! are removed after. Reads look in the active overlay, then the frozen
+//! one, then the tree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,14 +23,16 @@ use parking_lot::Mutex;
 
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
-use crate::journal::{self, Record};
+use crate::journal::{self, JournalDir, LogFile, Record};
 use crate::objects::{ObjectKind, ObjectLayer};
-use crate::overlay::{Hole, Overlay};
+use crate::overlay::{DirtyChunk, Hole, Overlay};
 use crate::records::{now, VolumeRecord};
 use crate::tree::{levels_for, NodeId, TreeStore};
 
 /// Chunks hashed and compressed together while sealing or importing.
 const SEAL_BATCH: usize = 64;
+/// Seal batches in progress at once (pipelining hashing with uploads).
+const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 /// Object uploads in flight at once.
 const UPLOAD_CONCURRENCY: usize = 16;
 
@@ -39,6 +42,8 @@ pub(crate) struct Backend {
     pub catalog: Arc<Catalog>,
     pub objects: Arc<ObjectLayer>,
     pub trees: TreeStore,
+    /// Write-back journal files.
+    pub journal: JournalDir,
     /// Dirty bytes per volume past which a writer seals inline (backpressure).
     pub dirty_hard_limit: usize,
 }
@@ -168,8 +173,13 @@ struct State {
     record: VolumeRecord,
     active: Overlay,
     frozen: Option<Arc<Overlay>>,
+    /// Generation that new writes belong to.
     generation: u64,
-    seq: u64,
+    /// Its log file, created at the generation's first write.
+    log: Option<Arc<LogFile>>,
+    /// Log files of unsealed older generations (frozen or replayed):
+    /// flushes sync them too.
+    older_logs: Vec<Arc<LogFile>>,
     deleted: bool,
 }
 
@@ -213,13 +223,17 @@ impl Volume {
         let geometry =
             ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
         let mut active = Overlay::default();
-        let mut generation = 0;
-        for (gen, _seq, bytes) in backend.catalog.journal(record.id)? {
-            generation = generation.max(gen);
-            match journal::decode(&bytes)? {
-                Record::Write { offset, data } => active.write(geometry, offset, data),
-                Record::Zero { offset, length } => active.zero(geometry, offset, length),
+        let mut generation = record.journal_floor;
+        let mut older_logs = Vec::new();
+        for (log, bytes) in backend.journal.replay(record.id, record.journal_floor)? {
+            for payload in journal::records(&bytes)? {
+                match journal::decode(payload)? {
+                    Record::Write { offset, data } => active.write(geometry, offset, data),
+                    Record::Zero { offset, length } => active.zero(geometry, offset, length),
+                }
             }
+            generation = generation.max(log.generation + 1);
+            older_logs.push(log);
         }
         if !active.is_empty() {
             tracing::info!(volume = %record.name, dirty_bytes = active.dirty_bytes(), chunks = active.chunk_count(), "replayed write-back journal");
@@ -232,8 +246,9 @@ impl Volume {
                 record,
                 active,
                 frozen: None,
-                generation: generation + 1,
-                seq: 0,
+                generation,
+                log: None,
+                older_logs,
                 deleted: false,
             }),
             seal_lock: tokio::sync::Mutex::new(()),
@@ -438,10 +453,15 @@ impl Volume {
                 name: st.record.name.to_string(),
             });
         }
-        st.seq += 1;
-        self.backend
-            .catalog
-            .journal_put(self.id, st.generation, st.seq, &encoded)?;
+        let log = match &st.log {
+            Some(log) => log.clone(),
+            None => {
+                let log = self.backend.journal.create(self.id, st.generation)?;
+                st.log = Some(log.clone());
+                log
+            }
+        };
+        log.append(&encoded)?;
         match record {
             Record::Write { offset, data } => st.active.write(self.geometry, offset, data),
             Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
@@ -460,7 +480,14 @@ impl Volume {
 
     /// Makes every acknowledged write durable on local disk.
     pub fn flush(&self) -> Result<()> {
-        self.backend.catalog.sync()
+        let logs: Vec<Arc<LogFile>> = {
+            let st = self.state.lock();
+            st.older_logs.iter().chain(st.log.as_ref()).cloned().collect()
+        };
+        for log in &logs {
+            log.sync()?;
+        }
+        self.backend.journal.sync_dir()
     }
 
     /// Seals all dirty data into the object store and commits a new root.
@@ -481,7 +508,9 @@ impl Volume {
             st.frozen = Some(frozen.clone());
             let generation = st.generation;
             st.generation += 1;
-            st.seq = 0;
+            if let Some(log) = st.log.take() {
+                st.older_logs.push(log);
+            }
             (
                 frozen,
                 generation,
@@ -496,6 +525,7 @@ impl Volume {
             Ok(new_root) => {
                 let mut st = self.state.lock();
                 st.frozen = None;
+                st.older_logs.retain(|l| l.generation > generation);
                 tracing::debug!(volume = %st.record.name, chunks = frozen.chunk_count(), dirty_bytes = frozen.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
                 Ok(frozen.chunk_count())
             }
@@ -516,27 +546,47 @@ impl Volume {
     }
 
     async fn seal_layer(&self, frozen: &Overlay, tree: SealedTree) -> Result<NodeId> {
+        let sorted = frozen.sorted_chunks();
+        // Batches overlap (hashing one while another uploads); `buffered`
+        // keeps their order, so updates stay sorted by chunk index.
+        let batches: Vec<_> = sorted
+            .chunks(SEAL_BATCH)
+            .map(|batch| self.seal_batch(batch, tree))
+            .collect();
+        let updates: Vec<(u64, ChunkId)> = futures::stream::iter(batches)
+            .buffered(SEAL_BATCHES_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        self.backend.trees.update(tree.root, tree.level, &updates).await
+    }
+
+    /// Materialises one batch of dirty chunks (merging partial ones with
+    /// their sealed base) and ingests them.
+    async fn seal_batch(
+        &self,
+        batch: &[(u64, &DirtyChunk)],
+        tree: SealedTree,
+    ) -> Result<Vec<(u64, ChunkId)>> {
         let chunk_size = self.geometry.chunk_size();
         let blocks = self.geometry.blocks_per_chunk();
-        let mut updates = Vec::with_capacity(frozen.chunk_count());
-        for batch in frozen.sorted_chunks().chunks(SEAL_BATCH) {
-            let mut contents = Vec::with_capacity(batch.len());
-            for (index, dirty) in batch {
-                let base = if dirty.is_complete(blocks) {
+        let mut contents = Vec::with_capacity(batch.len());
+        for (index, dirty) in batch {
+            let base = if dirty.is_complete(blocks) {
+                None
+            } else {
+                let id = self.backend.trees.lookup(tree.root, tree.level, *index).await?;
+                if id.is_zero() {
                     None
                 } else {
-                    let id = self.backend.trees.lookup(tree.root, tree.level, *index).await?;
-                    if id.is_zero() {
-                        None
-                    } else {
-                        Some(self.backend.objects.chunk(id).await?)
-                    }
-                };
-                contents.push((*index, dirty.materialize(chunk_size, base.as_deref())));
-            }
-            updates.extend(self.backend.ingest(contents).await?);
+                    Some(self.backend.objects.chunk(id).await?)
+                }
+            };
+            contents.push((*index, dirty.materialize(chunk_size, base.as_deref())));
         }
-        self.backend.trees.update(tree.root, tree.level, &updates).await
+        self.backend.ingest(contents).await
     }
 
     /// Writes whole, chunk-aligned chunks straight into the object store and
@@ -566,21 +616,27 @@ impl Volume {
     }
 
     /// Commits a new sealed root for the volume (caller holds the seal lock).
-    /// With `sealed_generation`, the journal records of that generation and
-    /// older go in the same atomic batch.
+    /// With `sealed_generation`, the journal floor moves past it in the same
+    /// batch, and its files (and older) are removed after.
     fn commit_root(&self, new_root: NodeId, sealed_generation: Option<u64>) -> Result<()> {
         let mut record = self.state.lock().record.clone();
         record.root = new_root;
         record.updated_at = now();
+        if let Some(generation) = sealed_generation {
+            record.journal_floor = generation + 1;
+        }
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&record);
-        if let Some(generation) = sealed_generation {
-            batch.drop_journal(self.id, generation);
-        }
         batch.commit()?;
-        let mut st = self.state.lock();
-        st.record.root = new_root;
-        st.record.updated_at = record.updated_at;
+        {
+            let mut st = self.state.lock();
+            st.record.root = new_root;
+            st.record.updated_at = record.updated_at;
+            st.record.journal_floor = record.journal_floor;
+        }
+        if let Some(generation) = sealed_generation {
+            self.backend.journal.remove_through(self.id, generation)?;
+        }
         Ok(())
     }
 
@@ -622,28 +678,36 @@ impl Exclusive<'_> {
 
     /// Commits `batch` (which persists `updated`, or deletes the volume),
     /// then installs `updated`. With `discard_dirty`, unsealed writes are
-    /// dropped and their journal goes in the same batch.
+    /// dropped: the journal floor moves past them in the same batch and
+    /// their files are removed after.
     pub fn commit(
         self,
         mut batch: crate::catalog::CatalogBatch<'_>,
-        updated: VolumeRecord,
+        mut updated: VolumeRecord,
         discard_dirty: bool,
         delete: bool,
     ) -> Result<Vec<crate::records::Event>> {
         let volume = self.volume;
         let generation = volume.state.lock().generation;
-        if discard_dirty {
-            batch.drop_journal(volume.id, generation);
+        if discard_dirty && !delete {
+            updated.journal_floor = generation + 1;
+            batch.put_volume(&updated);
         }
         let events = batch.commit()?;
-        let mut st = volume.state.lock();
-        if discard_dirty {
-            st.active = Overlay::default();
-            st.generation += 1;
-            st.seq = 0;
+        {
+            let mut st = volume.state.lock();
+            if discard_dirty {
+                st.active = Overlay::default();
+                st.generation = generation + 1;
+                st.log = None;
+                st.older_logs.clear();
+            }
+            st.deleted |= delete;
+            st.record = updated;
         }
-        st.deleted |= delete;
-        st.record = updated;
+        if discard_dirty {
+            volume.backend.journal.remove_through(volume.id, generation)?;
+        }
         Ok(events)
     }
 }
