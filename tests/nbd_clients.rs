@@ -179,7 +179,8 @@ fn fio_verify_single_and_multi_connection() {
         .flat_map(|(t, _, port)| [(*t, *port, "1", "32M"), (*t, *port, "4", "16M")]);
     for (transport, port, jobs, size) in runs {
         let out = dir.path().join(format!("fio-{transport}-{jobs}.json"));
-        run(Command::new("fio").args([
+        // fio leaves verify state files in its working directory.
+        run(Command::new("fio").current_dir(dir.path()).args([
             "--name=verify",
             "--ioengine=nbd",
             &format!("--uri=nbd://127.0.0.1:{port}/fio"),
