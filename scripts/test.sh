@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: format and lint checks (clippy --all-targets
 # also type-checks the benches), then every unit, property, integration,
-# crash and NBD-client test of the workspace, then bounded API fuzzing.
+# crash and NBD-client test of the workspace, then bounded API fuzzing
+# and bounded NBD parser/session fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,3 +19,5 @@ else
 fi
 echo "== schemathesis against a live server (bounded)"
 bash scripts/schemathesis.sh
+echo "== cargo fuzz, NBD parsers and sessions (bounded)"
+bash scripts/fuzz.sh
