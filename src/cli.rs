@@ -112,6 +112,23 @@ enum Command {
         /// NAME@BASE (same volume).
         base: Option<String>,
     },
+    /// Reclaim space: delete objects no volume or snapshot references
+    /// (older than the grace period). Exits 1 if GC fails, so cron mails it.
+    Gc {
+        /// Report what would be reclaimed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this (0s, 90s, 15m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Scrub: re-read every object of all volumes and snapshots (or of
+    /// NAME, or NAME@TAG) and check it. Exits 1 if anything is missing or
+    /// corrupt.
+    Verify {
+        /// NAME or NAME@TAG (default: everything in the namespace).
+        target: Option<String>,
+    },
     /// Show the audit log.
     Events {
         /// Only events of this volume.
@@ -224,6 +241,28 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("invalid label {text:?}: expected KEY=VALUE"))
+}
+
+fn gc_summary(r: &cairn_store::GcReport) -> String {
+    format!(
+        "{verb} {ro} objects ({rb}) of {so} scanned ({sb}); {mo} reachable ({mb}) from {roots} roots; \
+         kept {yo} unreachable objects ({yb}) newer than the cutoff; dropped {stale} stale index entries; \
+         took {ms} ms (mark {mark} ms, mark set {set})",
+        verb = if r.dry_run { "would reclaim" } else { "reclaimed" },
+        ro = r.reclaimed_objects,
+        rb = format_size(r.reclaimed_bytes),
+        so = r.scanned_objects,
+        sb = format_size(r.scanned_bytes),
+        mo = r.marked_objects,
+        mb = format_size(r.marked_bytes),
+        roots = r.roots,
+        yo = r.skipped_young_objects,
+        yb = format_size(r.skipped_young_bytes),
+        stale = r.stale_index_entries,
+        ms = r.duration_ms,
+        mark = r.mark_ms,
+        set = format_size(r.mark_set_bytes),
+    )
 }
 
 fn split_snapshot(text: &str) -> anyhow::Result<(&str, &str)> {
@@ -503,6 +542,78 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
                 );
                 let total: u64 = extents.iter().map(|e| e.length).sum();
                 eprintln!("{} extents, {} changed", extents.len(), format_size(total));
+            }
+        }
+        Command::Gc { dry_run, grace } => {
+            let body = serde_json::json!({ "dry_run": dry_run, "grace_seconds": grace.as_secs() });
+            let (report, raw): (cairn_store::GcReport, _) = client
+                .json(client.request(Method::POST, "/gc").json(&body))
+                .await?;
+            if as_json {
+                print_json(&raw)
+            } else {
+                println!("{}", gc_summary(&report));
+            }
+        }
+        Command::Verify { target } => {
+            let body = match target.as_deref() {
+                None => serde_json::json!({}),
+                Some(t) => match t.split_once('@') {
+                    Some(_) => {
+                        let (volume, tag) = split_snapshot(t)?;
+                        serde_json::json!({ "volume": volume, "tag": tag })
+                    }
+                    None => serde_json::json!({ "volume": t }),
+                },
+            };
+            let (report, raw): (cairn_store::VerifyReport, _) = client
+                .json(client.request(Method::POST, "/verify").json(&body))
+                .await?;
+            if as_json {
+                print_json(&raw)
+            } else {
+                println!(
+                    "checked {} objects ({}) of {} volumes and snapshots in {} ms: {} missing, {} corrupt",
+                    report.objects_checked,
+                    format_size(report.bytes_checked),
+                    report.targets,
+                    report.duration_ms,
+                    report.missing,
+                    report.corrupt
+                );
+                let rows = report
+                    .problems
+                    .iter()
+                    .flat_map(|p| {
+                        p.affected.iter().map(move |a| {
+                            let source = match &a.tag {
+                                Some(tag) => format!("{}@{tag}", a.volume),
+                                None => a.volume.clone(),
+                            };
+                            vec![
+                                p.problem.clone(),
+                                p.kind.clone(),
+                                p.id[..16].to_string(),
+                                source,
+                                a.offset.to_string(),
+                                a.length.to_string(),
+                            ]
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                if !rows.is_empty() {
+                    table(
+                        &["PROBLEM", "KIND", "OBJECT", "AFFECTS", "OFFSET", "LENGTH"],
+                        rows,
+                    );
+                }
+            }
+            if !report.is_clean() {
+                bail!(
+                    "verify found {} missing and {} corrupt objects",
+                    report.missing,
+                    report.corrupt
+                );
             }
         }
         Command::Events { volume, since } => {

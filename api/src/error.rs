@@ -59,6 +59,7 @@ impl ApiError {
                 StoreError::SnapshotExists { .. } => (StatusCode::CONFLICT, "snapshot_exists"),
                 StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
                 StoreError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
+                StoreError::GcRunning => (StatusCode::CONFLICT, "gc_running"),
                 StoreError::LabelMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "label_mismatch"),
                 StoreError::ImportTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "import_too_large"),
                 StoreError::ImportStream(_) => (StatusCode::BAD_REQUEST, "import_stream"),

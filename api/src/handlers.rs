@@ -87,6 +87,8 @@ pub fn routes(state: AppState) -> Router {
         .route("/volumes/{name}/clone", post(clone_volume))
         .route("/volumes/{name}/rollback", post(rollback))
         .route("/events", get(events))
+        .route("/gc", post(gc))
+        .route("/verify", post(verify))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
@@ -570,4 +572,45 @@ pub async fn healthz() -> &'static str {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&state.engine).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[utoipa::path(post, path = "/api/v1/gc", request_body = GcRequest,
+    responses((status = 200, body = cairn_store::GcReport), (status = 400, body = crate::error::ErrorBody),
+        (status = 409, description = "a garbage collection is already running", body = crate::error::ErrorBody)))]
+pub async fn gc(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    OptionalBody(req): OptionalBody<GcRequest>,
+) -> ApiResult<Json<cairn_store::GcReport>> {
+    let mut options = cairn_store::GcOptions {
+        dry_run: req.dry_run.unwrap_or(false),
+        ..Default::default()
+    };
+    if let Some(grace) = req.grace_seconds {
+        if grace > 10 * 365 * 24 * 3600 {
+            return Err(ApiError::BadRequest(
+                "grace_seconds is more than ten years".into(),
+            ));
+        }
+        options.grace = std::time::Duration::from_secs(grace);
+    }
+    let report = state.engine.gc(&ns, &actor(&ns), options).await?;
+    Ok(Json(report))
+}
+
+#[utoipa::path(post, path = "/api/v1/verify", request_body = VerifyRequest,
+    responses((status = 200, body = cairn_store::VerifyReport), (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    OptionalBody(req): OptionalBody<VerifyRequest>,
+) -> ApiResult<Json<cairn_store::VerifyReport>> {
+    let volume = req.volume.as_deref().map(volume_name).transpose()?;
+    let tag = req.tag.as_deref().map(tag_name).transpose()?;
+    if tag.is_some() && volume.is_none() {
+        return Err(ApiError::BadRequest("tag needs a volume".into()));
+    }
+    let report = state.engine.verify(&ns, volume.as_ref(), tag.as_ref()).await?;
+    Ok(Json(report))
 }

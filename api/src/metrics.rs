@@ -115,6 +115,37 @@ impl Metrics {
             }
             Err(e) => tracing::warn!(error = %e, "space accounting failed for /metrics"),
         }
+        if let Some(gc) = engine.last_gc() {
+            for (name, help, value) in [
+                (
+                    "cairn_gc_last_run_timestamp_seconds",
+                    "Unix time the last garbage collection started.",
+                    gc.started_unix as f64,
+                ),
+                (
+                    "cairn_gc_last_duration_seconds",
+                    "Wall time of the last garbage collection.",
+                    gc.duration_ms as f64 / 1000.0,
+                ),
+                (
+                    "cairn_gc_last_reclaimed_bytes",
+                    "Stored bytes the last garbage collection deleted (or would have, dry run).",
+                    gc.reclaimed_bytes as f64,
+                ),
+                (
+                    "cairn_gc_last_reclaimed_objects",
+                    "Objects the last garbage collection deleted (or would have, dry run).",
+                    gc.reclaimed_objects as f64,
+                ),
+                (
+                    "cairn_gc_last_scanned_objects",
+                    "Objects in the store at the last garbage collection.",
+                    gc.scanned_objects as f64,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            }
+        }
         out
     }
 }

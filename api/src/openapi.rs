@@ -13,6 +13,8 @@ use crate::handlers;
     ),
     paths(
         handlers::create_volume,
+        handlers::gc,
+        handlers::verify,
         handlers::list_volumes,
         handlers::show_volume,
         handlers::resize_volume,

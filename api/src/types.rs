@@ -299,3 +299,27 @@ pub struct ImportResult {
     /// Bytes written.
     pub bytes: u64,
 }
+
+/// `POST /gc`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Report what would be reclaimed; delete nothing.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Unreachable objects younger than this are kept (default 3600).
+    #[serde(default)]
+    pub grace_seconds: Option<u64>,
+}
+
+/// `POST /verify`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// One volume (default: every volume and snapshot of the namespace).
+    #[serde(default)]
+    pub volume: Option<String>,
+    /// With `volume`: one of its snapshots instead of the live volume.
+    #[serde(default)]
+    pub tag: Option<String>,
+}

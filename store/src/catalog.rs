@@ -206,14 +206,6 @@ impl Catalog {
         Ok(out)
     }
 
-    /// True when the existence index knows the object.
-    pub(crate) fn object_known(&self, key: &str) -> Result<bool> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
-            .is_some())
-    }
-
     /// Records that an object of `len` stored bytes is in the object store.
     pub(crate) fn object_record(&self, key: &str, unix_secs: u64, len: u64) -> Result<()> {
         let mut value = [0u8; 16];
@@ -221,6 +213,61 @@ impl Catalog {
         value[8..].copy_from_slice(&len.to_be_bytes());
         self.db.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), value)?;
         Ok(())
+    }
+
+    /// Last-claimed time (unix seconds) and stored length of an object.
+    pub(crate) fn object_entry(&self, key: &str) -> Result<Option<(u64, u64)>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
+            .filter(|v| v.len() == 16)
+            .map(|v| {
+                (
+                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                    u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
+                )
+            }))
+    }
+
+    /// Removes objects from the existence index.
+    pub(crate) fn object_forget(&self, keys: &[String]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for key in keys {
+            batch.delete_cf(self.cf(CF_OBJECTS), key.as_bytes());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Every existence-index entry as (key, time, length), in key order.
+    pub(crate) fn object_entries(&self) -> impl Iterator<Item = Result<(String, u64, u64)>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                if v.len() != 16 {
+                    return Err(StoreError::CatalogCorrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        reason: "existence index entry is not 16 bytes".into(),
+                    });
+                }
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                    u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
+                ))
+            })
+    }
+
+    /// Stores a small metadata value (the last GC report).
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.db.put_cf(self.cf(CF_META), key.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// A small metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
     }
 
     /// Stored (framed) size of a known object.

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
+use crate::gc::{GcOptions, GcReport};
 use crate::journal::JournalDir;
 use crate::names::{Namespace, SnapshotTag, VolumeName};
 use crate::objects::ObjectLayer;
@@ -28,12 +29,15 @@ use crate::records::{
 };
 use crate::tree::{levels_for, NodeId, TreeStore};
 use crate::url::open_object_store;
+use crate::verify::VerifyReport;
 use crate::volume::{Backend, SealedTree, Volume};
 
 /// Default chunk size: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
 /// Bytes moved per step of an import or export.
 const STREAM_STEP: usize = 4 << 20;
+/// Catalog meta key of the last GC report.
+const LAST_GC: &str = "gc_last";
 
 /// How to open an engine.
 #[derive(Clone, Debug)]
@@ -105,6 +109,8 @@ pub struct Engine {
     /// Serialises name-level changes (create, delete, fork) so name checks
     /// and inserts are atomic.
     names: tokio::sync::Mutex<()>,
+    /// Held by the running garbage collection (one at a time).
+    gc_running: tokio::sync::Mutex<()>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
 }
@@ -183,14 +189,78 @@ impl Engine {
             config,
             volumes: Mutex::new(volumes),
             names: tokio::sync::Mutex::new(()),
+            gc_running: tokio::sync::Mutex::new(()),
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
         }))
     }
 
+    /// Every live root with its tree level, read at one moment: no fork,
+    /// rollback or delete moves or drops a root meanwhile (they hold
+    /// `names`). For GC's mark.
+    pub(crate) async fn live_roots(&self) -> Result<Vec<(NodeId, u8)>> {
+        let _names = self.names.lock().await;
+        let catalog = &self.backend.catalog;
+        let mut roots = Vec::new();
+        for v in catalog.volumes(None)? {
+            let geometry = Self::geometry(v.chunk_size)?;
+            roots.push((v.root, levels_for(geometry.chunk_count(v.size))));
+        }
+        for s in catalog.snapshots(None, None)? {
+            let geometry = Self::geometry(s.chunk_size)?;
+            roots.push((s.root, levels_for(geometry.chunk_count(s.size))));
+        }
+        Ok(roots)
+    }
+
     pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
         &self.stored_memo
+    }
+
+    /// Runs a garbage collection now (see [`crate::gc`]). A second one
+    /// while one runs gets [`StoreError::GcRunning`]. Recorded in the
+    /// audit log (namespace `ns`) and kept as the last report.
+    pub async fn gc(&self, ns: &Namespace, actor: &Actor, options: GcOptions) -> Result<GcReport> {
+        let Ok(_running) = self.gc_running.try_lock() else {
+            return Err(StoreError::GcRunning);
+        };
+        let report = crate::gc::run(self, options).await?;
+        tracing::info!(
+            dry_run = report.dry_run,
+            scanned = report.scanned_objects,
+            marked = report.marked_objects,
+            reclaimed_objects = report.reclaimed_objects,
+            reclaimed_bytes = report.reclaimed_bytes,
+            skipped_young = report.skipped_young_objects,
+            ms = report.duration_ms,
+            "garbage collection done"
+        );
+        let detail = serde_json::to_value(&report).expect("reports serialise");
+        let mut batch = self.backend.catalog.batch();
+        batch.event(event(EventKind::Gc, ns, actor, None, None, detail.clone()));
+        batch.commit()?;
+        self.backend
+            .catalog
+            .put_meta(LAST_GC, detail.to_string().as_bytes())?;
+        Ok(report)
+    }
+
+    /// The last garbage collection's report, if any ran.
+    pub fn last_gc(&self) -> Option<GcReport> {
+        let bytes = self.backend.catalog.meta(LAST_GC).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Scrubs every volume and snapshot of `ns`, or one volume (`tag`
+    /// None) or snapshot of it (see [`crate::verify`]).
+    pub async fn verify(
+        &self,
+        ns: &Namespace,
+        volume: Option<&VolumeName>,
+        tag: Option<&SnapshotTag>,
+    ) -> Result<VerifyReport> {
+        crate::verify::run(self, Some(ns), volume.map(|v| (v, tag))).await
     }
 
     /// The engine's configuration.
@@ -274,7 +344,7 @@ impl Engine {
         out
     }
 
-    fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
+    pub(crate) fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
         ChunkGeometry::new(chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
     }
 
@@ -436,6 +506,8 @@ impl Engine {
             levels_for(geometry.chunk_count(updated.size)),
             levels_for(geometry.chunk_count(size)),
         );
+        // New tree nodes are not reachable until the commit below.
+        let _writing = self.backend.objects.begin_write();
         let old_size = updated.size;
         updated.root = self.backend.trees.grow(updated.root, from, to).await?;
         updated.size = size;
@@ -567,6 +639,9 @@ impl Engine {
         volume: &VolumeName,
         tag: &SnapshotTag,
     ) -> Result<()> {
+        // Under `names`: a fork or rollback copying this root, and GC
+        // reading the roots, see it either here or in its new place.
+        let _names = self.names.lock().await;
         let snapshot = self.snapshot_record(ns, volume, tag)?;
         let mut batch = self.backend.catalog.batch();
         batch.delete_snapshot(&snapshot).event(event(
@@ -595,6 +670,7 @@ impl Engine {
         size: Option<u64>,
         require_labels: &Labels,
     ) -> Result<VolumeRecord> {
+        let _names = self.names.lock().await;
         let snapshot = self.snapshot_record(ns, volume, tag)?;
         if let Ok(source) = self.volume(ns, volume) {
             Self::check_not_transitional(&source.record(), "fork")?;
@@ -609,7 +685,6 @@ impl Engine {
                 });
             }
         }
-        let _names = self.names.lock().await;
         let mut record = self.derived_record(ns, new, &snapshot, size).await?;
         record.from_snapshot = Some(SnapshotOrigin {
             volume: volume.clone(),
@@ -637,6 +712,8 @@ impl Engine {
                 source_size: snapshot.size,
             });
         }
+        // New tree nodes are not reachable until the commit below.
+        let _writing = self.backend.objects.begin_write();
         let geometry = Self::geometry(snapshot.chunk_size)?;
         let root = self
             .backend
@@ -726,6 +803,7 @@ impl Engine {
         name: &VolumeName,
         tag: &SnapshotTag,
     ) -> Result<VolumeRecord> {
+        let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
         let snapshot = self.snapshot_record(ns, name, tag)?;
         let guard = volume.exclusive().await;
@@ -738,6 +816,8 @@ impl Engine {
                 operation: "rollback",
             });
         }
+        // New tree nodes are not reachable until the commit below.
+        let _writing = self.backend.objects.begin_write();
         let geometry = volume.geometry();
         updated.root = self
             .backend

@@ -150,6 +150,9 @@ pub enum StoreError {
     /// Input stream failed during import.
     #[error("import stream: {0}")]
     ImportStream(String),
+    /// Another garbage collection is running; one runs at a time.
+    #[error("a garbage collection is already running; try again when it ends")]
+    GcRunning,
 }
 
 impl StoreError {

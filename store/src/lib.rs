@@ -6,6 +6,7 @@
 //! - [`overlay`] and [`journal`]: the write-back layer of acknowledged writes
 //! - [`volume`]: one open volume (read, write, flush, seal)
 //! - [`engine`]: every user-visible operation, for the API and NBD server
+//! - [`gc`] and [`verify`]: space reclamation and scrubbing
 //!
 //! This crate knows nothing of HTTP or NBD.
 
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod gc;
 pub mod journal;
 pub mod names;
 pub mod objects;
@@ -21,12 +23,15 @@ pub mod records;
 pub mod tree;
 pub mod url;
 pub mod usage;
+pub mod verify;
 pub mod volume;
 
 pub use engine::{Actor, Engine, EngineConfig, Readable};
 pub use error::{Result, StoreError};
+pub use gc::{GcOptions, GcReport};
 pub use names::{Namespace, SnapshotRef, SnapshotTag, VolumeName};
 pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, VolumeState};
 pub use tree::NodeId;
 pub use usage::{Usage, VolumeUsage};
+pub use verify::{VerifyProblem, VerifyReport};
 pub use volume::Volume;

@@ -66,6 +66,25 @@ pub struct ObjectLayer {
     cache: ChunkCache,
     /// Traffic counters.
     pub stats: ObjectStats,
+    /// Dedup claims share it; GC's deletions take it alone, so no claim
+    /// can pick an object GC is deleting.
+    pub(crate) sweep_lock: tokio::sync::RwLock<()>,
+    /// Start times (unix seconds) of writes in progress: seals and direct
+    /// imports, from their first upload to their root commit.
+    writers: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
+    next_writer: std::sync::atomic::AtomicU64,
+}
+
+/// A write in progress (see [`ObjectLayer::begin_write`]); ends on drop.
+pub struct WriteSession<'a> {
+    layer: &'a ObjectLayer,
+    token: u64,
+}
+
+impl Drop for WriteSession<'_> {
+    fn drop(&mut self) {
+        self.layer.writers.lock().remove(&self.token);
+    }
 }
 
 fn unix_now() -> u64 {
@@ -88,7 +107,58 @@ impl ObjectLayer {
             catalog,
             cache: ChunkCache::new(cache_bytes),
             stats: ObjectStats::default(),
+            sweep_lock: tokio::sync::RwLock::new(()),
+            writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+            next_writer: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// Registers a write that uploads objects and later commits a root
+    /// referencing them: until it ends, GC sweeps nothing newer than its
+    /// start.
+    pub fn begin_write(&self) -> WriteSession<'_> {
+        let token = self
+            .next_writer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writers.lock().insert(token, unix_now());
+        WriteSession { layer: self, token }
+    }
+
+    /// Start (unix seconds) of the oldest write still in progress.
+    pub fn oldest_write(&self) -> Option<u64> {
+        self.writers.lock().values().min().copied()
+    }
+
+    /// The catalog behind the existence index.
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Kind and id of an object key, if it is one of ours.
+    pub fn parse_path(&self, path: &Path) -> Option<(ObjectKind, [u8; 32])> {
+        let rel: Vec<_> = path.prefix_match(&self.prefix)?.collect();
+        let [dir, fan, name] = rel.as_slice() else {
+            return None;
+        };
+        let kind = match dir.as_ref() {
+            "chunks" => ObjectKind::Chunk,
+            "nodes" => ObjectKind::Node,
+            _ => return None,
+        };
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(name.as_ref(), &mut id).ok()?;
+        (fan.as_ref() == &name.as_ref()[..2]).then_some((kind, id))
+    }
+
+    /// The key prefix of all objects.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// Fetches and checks an object from the store, bypassing the cache
+    /// (scrub). Returns its plaintext length.
+    pub async fn fetch_checked(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<usize> {
+        self.fetch(kind, id).await.map(|plain| plain.len())
     }
 
     /// The object store behind this layer.
@@ -106,16 +176,36 @@ impl ObjectLayer {
             .join(hex.as_str())
     }
 
-    /// True when the existence index says the object is stored.
-    pub fn is_known(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<bool> {
-        self.catalog.object_known(self.path(kind, id).as_ref())
+    /// True when the existence index says the object is stored; then the
+    /// caller may reference it instead of uploading it (a dedup hit), and
+    /// its index time is refreshed so GC's cutoff protects it (see
+    /// [`crate::gc`]). Atomic with respect to GC's deletions.
+    pub async fn claim(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<bool> {
+        let _shared = self.sweep_lock.read().await;
+        self.claim_locked(&self.path(kind, id))
+    }
+
+    fn claim_locked(&self, path: &Path) -> Result<bool> {
+        match self.catalog.object_entry(path.as_ref())? {
+            Some((seen, len)) => {
+                let now = unix_now();
+                if seen < now {
+                    self.catalog.object_record(path.as_ref(), now, len)?;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Stores a framed object unless it is known to be stored already.
-    /// Returns whether it was uploaded.
+    /// Returns whether it was uploaded. The claim, upload and index record
+    /// happen under the sweep lock (shared), so GC cannot delete the key
+    /// in between.
     pub async fn put_if_absent(&self, kind: ObjectKind, id: [u8; 32], framed: Bytes) -> Result<bool> {
         let path = self.path(kind, &id);
-        if self.catalog.object_known(path.as_ref())? {
+        let _shared = self.sweep_lock.read().await;
+        if self.claim_locked(&path)? {
             bump(&self.stats.dedup_hits, 1);
             return Ok(false);
         }

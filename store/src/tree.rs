@@ -48,13 +48,13 @@ pub fn levels_for(chunks: u64) -> u8 {
 }
 
 /// Chunks addressable below a node of `level`.
-fn capacity(level: u8) -> u64 {
+pub(crate) fn capacity(level: u8) -> u64 {
     1u64.checked_shl(FANOUT_BITS * (level as u32 + 1))
         .unwrap_or(u64::MAX)
 }
 
 /// Chunks covered by one entry of a node at `level`.
-fn span(level: u8) -> u64 {
+pub(crate) fn span(level: u8) -> u64 {
     1u64 << (FANOUT_BITS * level as u32)
 }
 

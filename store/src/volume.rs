@@ -137,7 +137,7 @@ impl Backend {
         let mut fresh = Vec::new();
         for (i, class) in classes.iter().enumerate() {
             if let Classified::Data(id) = class {
-                if seen.insert(*id) && !self.objects.is_known(ObjectKind::Chunk, &id.0)? {
+                if seen.insert(*id) && !self.objects.claim(ObjectKind::Chunk, &id.0).await? {
                     fresh.push(i);
                 }
             }
@@ -499,6 +499,9 @@ impl Volume {
 
     async fn seal_locked(&self) -> Result<usize> {
         let started = Instant::now();
+        // Objects uploaded or claimed from here to the commit are not yet
+        // reachable from any root: GC must not sweep them.
+        let _writing = self.backend.objects.begin_write();
         let (frozen, generation, tree) = {
             let mut st = self.state.lock();
             if st.active.is_empty() || st.deleted {
@@ -595,6 +598,7 @@ impl Volume {
         let _seal = self.seal_lock.lock().await;
         // Older dirty data in these chunks must not be sealed over the import later.
         self.seal_locked().await?;
+        let _writing = self.backend.objects.begin_write();
         let end = self.geometry.chunk_start(first_chunk + data.len() as u64);
         let tree = {
             let st = self.state.lock();

@@ -1,0 +1,274 @@
+//! Garbage collection: mark every object reachable from a live root, sweep
+//! the rest once it is old enough.
+//!
+//! **Mark.** Roots are every volume and snapshot in the catalog, read at the
+//! start. Each tree is walked from its root; a node already marked is not
+//! entered again, so subtrees shared by forks, clones and snapshots are
+//! visited once. The mark set holds a 64-bit fingerprint (the id's first 8
+//! bytes) per object, not the 32-byte id: about 8 bytes per object plus
+//! the hash table's control byte and slack ([`GcReport::mark_set_bytes`]
+//! reports the real figure). Two objects sharing a fingerprint can only
+//! make GC *keep* an unreachable object, never delete a reachable one.
+//!
+//! **Cutoff.** An unmarked object is deleted only if its time is before
+//! the cutoff: the earlier of (GC start − grace) and the start of the
+//! oldest write still in progress (seals and imports upload objects before
+//! the root that references them commits). An object's time is the later
+//! of its upload and its last dedup claim: a writer that deduplicates
+//! against an existing object refreshes it ([`ObjectLayer::claim`]), and
+//! claims and deletions exclude each other, so an object picked up by a
+//! concurrent writer is never deleted, even with a zero grace period.
+//!
+//! **Sweep.** The object store is listed (the source of truth: objects the
+//! index does not know are found too); each unmarked, old-enough object is
+//! removed from the existence index and then from the store, in batches
+//! under the sweep lock. Index entries whose object is gone are dropped so
+//! no writer deduplicates against a missing object.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::objects::{ObjectKind, ObjectLayer};
+use crate::tree::Reachable;
+
+/// Objects deleted per batch under the sweep lock.
+const SWEEP_BATCH: usize = 256;
+
+/// Settings of one GC run.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Report what would be deleted; delete nothing.
+    pub dry_run: bool,
+    /// Unreachable objects younger than this are kept.
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a GC run found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GcReport {
+    /// Nothing was deleted.
+    pub dry_run: bool,
+    /// Grace period, seconds.
+    pub grace_seconds: u64,
+    /// Objects older than this (unix seconds) could go.
+    pub cutoff_unix: u64,
+    /// Unix seconds at start.
+    pub started_unix: u64,
+    /// Live roots walked (volumes and snapshots, before dedup of equal roots).
+    pub roots: u64,
+    /// Objects in the store.
+    pub scanned_objects: u64,
+    /// Their stored bytes.
+    pub scanned_bytes: u64,
+    /// Objects reachable from a root.
+    pub marked_objects: u64,
+    /// Their stored bytes.
+    pub marked_bytes: u64,
+    /// Objects deleted (or, in a dry run, that would be).
+    pub reclaimed_objects: u64,
+    /// Their stored bytes.
+    pub reclaimed_bytes: u64,
+    /// Unreachable objects kept because they are newer than the cutoff.
+    pub skipped_young_objects: u64,
+    /// Their stored bytes.
+    pub skipped_young_bytes: u64,
+    /// Existence-index entries dropped because their object is gone.
+    pub stale_index_entries: u64,
+    /// Bytes held by the mark set at its largest.
+    pub mark_set_bytes: u64,
+    /// Wall time of the mark phase, milliseconds.
+    pub mark_ms: u64,
+    /// Wall time of the whole run, milliseconds.
+    pub duration_ms: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 64-bit fingerprint of an object id, tagged by kind.
+fn fingerprint(kind: ObjectKind, id: &[u8; 32]) -> u64 {
+    let head = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
+    match kind {
+        ObjectKind::Chunk => head,
+        ObjectKind::Node => head.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+    }
+}
+
+/// Heap bytes of a `HashSet<u64>` (hashbrown: a slot and a control byte
+/// per bucket, buckets a power of two at most 7/8 full).
+fn set_bytes(set: &HashSet<u64>) -> u64 {
+    if set.capacity() == 0 {
+        return 0;
+    }
+    let buckets = (set.capacity() * 8 / 7).next_power_of_two();
+    (buckets * (8 + 1)) as u64
+}
+
+/// Marks everything reachable from the catalog's roots.
+async fn mark(engine: &Engine, report: &mut GcReport) -> Result<HashSet<u64>> {
+    let roots = engine.live_roots().await?;
+    report.roots = roots.len() as u64;
+    let mut marked = HashSet::new();
+    for (root, level) in roots {
+        engine
+            .trees()
+            .walk(root, level, &mut |r| match r {
+                Reachable::Node(id) => marked.insert(fingerprint(ObjectKind::Node, &id.0)),
+                Reachable::Chunk { id, .. } => {
+                    if !id.is_zero() {
+                        marked.insert(fingerprint(ObjectKind::Chunk, &id.0));
+                    }
+                    true
+                }
+            })
+            .await?;
+    }
+    report.mark_set_bytes = set_bytes(&marked);
+    Ok(marked)
+}
+
+/// Runs one GC. The caller makes sure only one runs at a time.
+pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
+    let started = Instant::now();
+    let objects = engine.objects();
+    let now = unix_now();
+    let mut report = GcReport {
+        dry_run: options.dry_run,
+        grace_seconds: options.grace.as_secs(),
+        started_unix: now,
+        ..GcReport::default()
+    };
+    // The cutoff is fixed before the roots are read: anything written
+    // since is newer than it.
+    let mut cutoff = now.saturating_sub(options.grace.as_secs());
+    if let Some(oldest) = objects.oldest_write() {
+        cutoff = cutoff.min(oldest);
+    }
+    report.cutoff_unix = cutoff;
+
+    let marked = mark(engine, &mut report).await?;
+    report.mark_ms = started.elapsed().as_millis() as u64;
+
+    let mut listed = HashSet::new();
+    let mut batch: Vec<(String, u64)> = Vec::new();
+    let mut listing = objects.store().list(Some(objects.prefix()));
+    while let Some(meta) = listing.next().await {
+        let meta = meta?;
+        let Some((kind, id)) = objects.parse_path(&meta.location) else {
+            continue;
+        };
+        let fp = fingerprint(kind, &id);
+        listed.insert(fp);
+        report.scanned_objects += 1;
+        report.scanned_bytes += meta.size;
+        if marked.contains(&fp) {
+            report.marked_objects += 1;
+            report.marked_bytes += meta.size;
+            continue;
+        }
+        let key = meta.location.to_string();
+        let uploaded = meta.last_modified.timestamp().max(0) as u64;
+        let claimed = objects.catalog().object_entry(&key)?.map_or(0, |(t, _)| t);
+        if uploaded.max(claimed) >= cutoff {
+            report.skipped_young_objects += 1;
+            report.skipped_young_bytes += meta.size;
+            continue;
+        }
+        batch.push((key, meta.size));
+        if batch.len() >= SWEEP_BATCH {
+            sweep(objects, &mut batch, cutoff, options.dry_run, &mut report).await?;
+        }
+    }
+    sweep(objects, &mut batch, cutoff, options.dry_run, &mut report).await?;
+    report.mark_set_bytes = report.mark_set_bytes.max(set_bytes(&marked) + set_bytes(&listed));
+    drop(marked);
+
+    // Index entries without an object (lost or deleted by hand) must go, or
+    // a writer would deduplicate against nothing. Entries newer than the
+    // start may belong to uploads that finished after the listing.
+    let mut stale = Vec::new();
+    for entry in objects.catalog().object_entries() {
+        let (key, seen, _) = entry?;
+        let path = object_store::path::Path::from(key.as_str());
+        let Some((kind, id)) = objects.parse_path(&path) else {
+            continue;
+        };
+        if seen < now && !listed.contains(&fingerprint(kind, &id)) {
+            stale.push(key);
+        }
+    }
+    report.stale_index_entries = stale.len() as u64;
+    if !options.dry_run && !stale.is_empty() {
+        let _exclusive = objects.sweep_lock.write().await;
+        objects.catalog().object_forget(&stale)?;
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Deletes a batch of candidates. Under the sweep lock (no dedup claim
+/// and no upload runs meanwhile), each is checked again (a writer may have
+/// claimed it since it was listed), deleted from the store, then dropped
+/// from the index: a writer that needs the same content afterwards finds
+/// it unknown and uploads it again.
+async fn sweep(
+    objects: &ObjectLayer,
+    batch: &mut Vec<(String, u64)>,
+    cutoff: u64,
+    dry_run: bool,
+    report: &mut GcReport,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let candidates = std::mem::take(batch);
+    if dry_run {
+        report.reclaimed_objects += candidates.len() as u64;
+        report.reclaimed_bytes += candidates.iter().map(|(_, len)| len).sum::<u64>();
+        return Ok(());
+    }
+    let _exclusive = objects.sweep_lock.write().await;
+    let mut gone = Vec::with_capacity(candidates.len());
+    for (key, len) in candidates {
+        if let Some((seen, _)) = objects.catalog().object_entry(&key)? {
+            if seen >= cutoff {
+                report.skipped_young_objects += 1;
+                report.skipped_young_bytes += len;
+                continue;
+            }
+        }
+        let path = object_store::path::Path::from(key.as_str());
+        match objects.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                objects.catalog().object_forget(&gone)?;
+                return Err(e.into());
+            }
+        }
+        report.reclaimed_objects += 1;
+        report.reclaimed_bytes += len;
+        gone.push(key);
+    }
+    objects.catalog().object_forget(&gone)?;
+    Ok(())
+}
