@@ -790,7 +790,12 @@ async fn export(client: &Client, source: &str, file: &str) -> anyhow::Result<()>
     let mut done = 0u64;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| anyhow!("export interrupted after {done} bytes: {e}"))?;
+        let chunk = chunk.map_err(|e| {
+            anyhow!(
+                "export interrupted after {done} bytes ({e}): the server stopped the stream, usually because \
+                 an object of {source} is missing or corrupt; `cairn verify {source}` shows which ranges"
+            )
+        })?;
         out.write_all(&chunk).await?;
         done += chunk.len() as u64;
         if file != "-" {

@@ -71,6 +71,12 @@ impl BlockDevice for Device {
             .map_err(device_error)
     }
 
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
+        self.engine
+            .try_read(&self.source, offset, buf)
+            .map(|r| r.map_err(device_error))
+    }
+
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         let v = self.writable()?;
         v.write(offset, data).await.map_err(device_error)?;

@@ -30,6 +30,12 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool;
     /// Reads `buf.len()` bytes at `offset`.
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Reads without waiting on I/O, if the device can (cached data);
+    /// `None` means "use [`BlockDevice::read`]". Transports use it to
+    /// answer from the I/O thread without a hand-off.
+    fn try_read(&self, _offset: u64, _buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
+        None
+    }
     /// Writes; durable before returning when `fua`.
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
     /// Makes a range read as zeros (WRITE_ZEROES and TRIM).

@@ -71,6 +71,13 @@ impl BlockDevice for MemoryDevice {
         Ok(())
     }
 
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
+        Some(
+            self.range(offset, buf.len() as u64)
+                .map(|range| buf.copy_from_slice(&self.data.read()[range])),
+        )
+    }
+
     async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), DeviceError> {
         let range = self.range(offset, data.len() as u64)?;
         self.data.write()[range.clone()].copy_from_slice(data);

@@ -492,20 +492,8 @@ pub(crate) async fn execute(req: Request, payload: Option<Vec<u8>>, conn: &Conne
                     });
                 }
                 check_range(device, &req)?;
-                let at = read_header_len(conn.structured);
-                let mut reply = vec![0u8; at + req.length as usize];
+                let (mut reply, at) = read_reply(conn.structured, &req);
                 device.read(req.offset, &mut reply[at..]).await?;
-                if conn.structured {
-                    reply[..20].copy_from_slice(&proto::structured_header(
-                        chunk::FLAG_DONE,
-                        chunk::OFFSET_DATA,
-                        req.cookie,
-                        8 + req.length,
-                    ));
-                    reply[20..28].copy_from_slice(&req.offset.to_be_bytes());
-                } else {
-                    reply[..16].copy_from_slice(&proto::simple_reply(0, req.cookie));
-                }
                 Ok(reply)
             }
             cmd::WRITE => {
@@ -579,6 +567,43 @@ pub(crate) async fn execute(req: Request, payload: Option<Vec<u8>>, conn: &Conne
             tracing::debug!(cookie = req.cookie, kind = req.kind, errno = e.errno, error = %e.message, "request failed");
             error_reply(conn.structured, req.cookie, e.errno, &e.message)
         }
+    }
+}
+
+/// A READ's reply buffer with its header filled in, and where the data goes.
+fn read_reply(structured: bool, req: &Request) -> (Vec<u8>, usize) {
+    let at = read_header_len(structured);
+    let mut reply = vec![0u8; at + req.length as usize];
+    if structured {
+        reply[..20].copy_from_slice(&proto::structured_header(
+            chunk::FLAG_DONE,
+            chunk::OFFSET_DATA,
+            req.cookie,
+            8 + req.length,
+        ));
+        reply[20..28].copy_from_slice(&req.offset.to_be_bytes());
+    } else {
+        reply[..16].copy_from_slice(&proto::simple_reply(0, req.cookie));
+    }
+    (reply, at)
+}
+
+/// READs up to this size are tried inline (cached data) by the io_uring
+/// transport before being handed to the runtime.
+pub(crate) const INLINE_READ_MAX: u32 = 256 << 10;
+
+/// Answers a READ at once when the device has the data cached; `None`
+/// when it must go through [`execute`].
+pub(crate) fn try_execute_read(req: &Request, conn: &Connection) -> Option<Vec<u8>> {
+    if req.kind != cmd::READ || req.length > INLINE_READ_MAX || req.length == 0 {
+        return None;
+    }
+    let device = conn.device.as_ref();
+    check_range(device, req).ok()?;
+    let (mut reply, at) = read_reply(conn.structured, req);
+    match device.try_read(req.offset, &mut reply[at..])? {
+        Ok(()) => Some(reply),
+        Err(e) => Some(error_reply(conn.structured, req.cookie, e.errno, &e.message)),
     }
 }
 

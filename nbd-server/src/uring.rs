@@ -24,7 +24,7 @@ use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
 
 use crate::proto::{cmd, Request, REQUEST_LEN};
-use crate::server::{admit, error_reply, execute, Connection, MAX_IN_FLIGHT};
+use crate::server::{admit, error_reply, execute, try_execute_read, Connection, MAX_IN_FLIGHT};
 
 const RING_ENTRIES: u32 = 64;
 const RECV: u64 = 1;
@@ -343,6 +343,11 @@ impl RingLoop {
             if self.start == self.end {
                 self.start = 0;
                 self.end = 0;
+            }
+            if let Some(reply) = try_execute_read(&req, &self.conn) {
+                // Cached: answered here, no hand-off.
+                self.queue.push_back(reply);
+                continue;
             }
             self.in_flight += 1;
             let (conn, outbox) = (self.conn.clone(), self.outbox.clone());

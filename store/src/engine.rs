@@ -917,6 +917,32 @@ impl Engine {
         }
     }
 
+    /// Reads from dirty data and caches only, without waiting; `None` when
+    /// [`Engine::read`] is needed.
+    pub fn try_read(&self, source: &Readable, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        match source {
+            Readable::Volume(v) => v.try_read(offset, buf),
+            Readable::Snapshot { tree, size } => {
+                if offset.checked_add(buf.len() as u64).is_none_or(|end| end > *size) {
+                    return None;
+                }
+                let holes = tree
+                    .geometry
+                    .spans(ByteRange::new(offset, buf.len() as u64))
+                    .map(|s| crate::overlay::Hole {
+                        chunk: s.index,
+                        offset_in_chunk: s.offset_in_chunk,
+                        len: s.len,
+                        buf_offset: s.offset_in_range,
+                    })
+                    .collect::<Vec<_>>();
+                self.backend
+                    .read_sealed_cached(*tree, &holes, buf)
+                    .then_some(Ok(()))
+            }
+        }
+    }
+
     /// Allocation runs `(bytes, hole)` of a volume or snapshot range.
     pub async fn allocation(&self, source: &Readable, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
         match source {

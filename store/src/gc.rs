@@ -38,7 +38,9 @@ use crate::objects::{ObjectKind, ObjectLayer};
 use crate::tree::Reachable;
 
 /// Objects deleted per batch under the sweep lock.
-const SWEEP_BATCH: usize = 256;
+const SWEEP_BATCH: usize = 1024;
+/// Deletes in flight at once.
+const DELETE_CONCURRENCY: usize = 32;
 
 /// Settings of one GC run.
 #[derive(Clone, Copy, Debug)]
@@ -248,27 +250,45 @@ async fn sweep(
         return Ok(());
     }
     let _exclusive = objects.sweep_lock.write().await;
-    let mut gone = Vec::with_capacity(candidates.len());
+    let mut doomed = Vec::with_capacity(candidates.len());
     for (key, len) in candidates {
-        if let Some((seen, _)) = objects.catalog().object_entry(&key)? {
-            if seen >= cutoff {
+        match objects.catalog().object_entry(&key)? {
+            Some((seen, _)) if seen >= cutoff => {
                 report.skipped_young_objects += 1;
                 report.skipped_young_bytes += len;
-                continue;
             }
+            _ => doomed.push((key, len)),
         }
-        let path = object_store::path::Path::from(key.as_str());
-        match objects.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+    }
+    let results: Vec<(String, u64, Result<()>)> = futures::stream::iter(doomed)
+        .map(|(key, len)| async move {
+            let path = object_store::path::Path::from(key.as_str());
+            let result = match objects.store().delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            (key, len, result)
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut gone = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for (key, len, result) in results {
+        match result {
+            Ok(()) => {
+                report.reclaimed_objects += 1;
+                report.reclaimed_bytes += len;
+                gone.push(key);
+            }
             Err(e) => {
-                objects.catalog().object_forget(&gone)?;
-                return Err(e.into());
+                first_error.get_or_insert(e);
             }
         }
-        report.reclaimed_objects += 1;
-        report.reclaimed_bytes += len;
-        gone.push(key);
     }
     objects.catalog().object_forget(&gone)?;
-    Ok(())
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

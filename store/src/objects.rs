@@ -264,6 +264,13 @@ impl ObjectLayer {
         Ok(data)
     }
 
+    /// A chunk's plaintext if it is cached.
+    pub fn chunk_cached(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+        let hit = self.cache.get(id)?;
+        bump(&self.stats.cache_hits, 1);
+        Some(hit)
+    }
+
     /// Puts a chunk's plaintext straight into the cache (it was just written).
     pub fn cache_chunk(&self, id: ChunkId, data: Arc<[u8]>) {
         self.cache.insert(id, data);

@@ -181,6 +181,27 @@ impl TreeStore {
         Ok(node)
     }
 
+    /// The chunk id at `index` if every node on its path is cached.
+    pub fn lookup_cached(&self, root: NodeId, level: u8, index: u64) -> Option<ChunkId> {
+        if index >= capacity(level) {
+            return Some(ChunkId::ZERO);
+        }
+        let mut cache = self.cache.lock();
+        let (mut id, mut lvl) = (root, level);
+        loop {
+            if id.is_zero() {
+                return Some(ChunkId::ZERO);
+            }
+            let node = cache.get(&id)?;
+            let child = node.get(((index / span(lvl)) % FANOUT) as u16);
+            if lvl == 0 {
+                return Some(ChunkId(child));
+            }
+            id = NodeId(child);
+            lvl -= 1;
+        }
+    }
+
     /// The chunk id at `index` (`ChunkId::ZERO` for holes).
     pub async fn lookup(&self, root: NodeId, level: u8, index: u64) -> Result<ChunkId> {
         if index >= capacity(level) {

@@ -85,6 +85,26 @@ impl Backend {
         Ok(())
     }
 
+    /// Fills `holes` from cached nodes and chunks only; false when anything
+    /// is not cached (the caller takes the async path).
+    pub(crate) fn read_sealed_cached(&self, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> bool {
+        for hole in holes {
+            let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
+            let Some(id) = self.trees.lookup_cached(tree.root, tree.level, hole.chunk) else {
+                return false;
+            };
+            if id.is_zero() {
+                out.fill(0);
+            } else {
+                let Some(chunk) = self.objects.chunk_cached(&id) else {
+                    return false;
+                };
+                out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]);
+            }
+        }
+        true
+    }
+
     /// Reads `buf.len()` bytes at `offset` of a sealed tree.
     pub(crate) async fn read_tree(&self, tree: SealedTree, offset: u64, buf: &mut [u8]) -> Result<()> {
         let holes: Vec<Hole> = tree
@@ -299,6 +319,39 @@ impl Volume {
                 size: st.record.size,
             }),
         }
+    }
+
+    /// Reads without waiting: `None` when some of the range is neither
+    /// dirty nor cached (then [`Volume::read`] is needed).
+    pub fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        let mut holes = Vec::new();
+        let st = self.state.lock();
+        if let Err(e) = self.check_range(&st, offset, buf.len() as u64) {
+            return Some(Err(e));
+        }
+        for span in self.geometry.spans(ByteRange::new(offset, buf.len() as u64)) {
+            let out = &mut buf[span.offset_in_range..span.offset_in_range + span.len];
+            st.active.fill(
+                span.index,
+                span.offset_in_chunk,
+                out,
+                span.offset_in_range,
+                &mut holes,
+            );
+        }
+        if let Some(frozen) = &st.frozen {
+            let mut deeper = Vec::new();
+            for h in &holes {
+                let out = &mut buf[h.buf_offset..h.buf_offset + h.len];
+                frozen.fill(h.chunk, h.offset_in_chunk, out, h.buf_offset, &mut deeper);
+            }
+            holes = deeper;
+        }
+        let tree = SealedTree::new(st.record.root, st.record.size, self.geometry);
+        drop(st);
+        self.backend
+            .read_sealed_cached(tree, &holes, buf)
+            .then_some(Ok(()))
     }
 
     /// Reads `buf.len()` bytes at `offset`.
