@@ -24,3 +24,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "setup: system packages present"
 fi
+
+# S3-compatible server for the S3 backend tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto[server]"
+  python3 -m pip install -q "moto[server]"
+fi

@@ -17,6 +17,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+echo "== end-to-end API and NBD tests again, objects in S3 (moto)"
+e2e=(--test api_workflow --test api_errors --test openapi --test nbd_clients --test nbd_protocol --test nbd_mount)
+if cargo nextest --version >/dev/null 2>&1; then
+  CAIRN_TEST_OBJECT_STORE=s3 cargo nextest run -p cairn "${e2e[@]}" --no-fail-fast
+else
+  CAIRN_TEST_OBJECT_STORE=s3 cargo test -p cairn "${e2e[@]}" --no-fail-fast
+fi
 echo "== schemathesis against a live server (bounded)"
 bash scripts/schemathesis.sh
 echo "== cargo fuzz, NBD parsers and sessions (bounded)"

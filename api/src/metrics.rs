@@ -55,6 +55,7 @@ impl Metrics {
             );
         }
         let stats = &engine.objects().stats;
+        let store = &engine.objects().store_stats;
         for (name, help, value) in [
             (
                 "cairn_object_puts_total",
@@ -80,6 +81,31 @@ impl Metrics {
                 "cairn_chunk_cache_hits_total",
                 "Chunk reads served from the cache.",
                 stats.cache_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_store_put_requests_total",
+                "PUT requests to the object store that succeeded (after retries).",
+                store.puts_ok.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_store_put_failures_total",
+                "PUT requests to the object store that failed after retries.",
+                store.puts_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_store_get_requests_total",
+                "GET requests to the object store that succeeded (after retries).",
+                store.gets_ok.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_store_get_failures_total",
+                "GET requests to the object store that failed (not-found included).",
+                store.gets_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_object_store_retries_total",
+                "Object store requests retried after a transient error.",
+                store.retries.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -31,6 +31,7 @@ use crate::tree::{levels_for, NodeId, TreeStore};
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
 use crate::volume::{Backend, SealedTree, Volume};
+use crate::wrap::{layered, Faults, StoreStats};
 
 /// Default chunk size: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
@@ -159,13 +160,14 @@ impl Engine {
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"))?);
-        let (store, prefix) = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
-        let objects = Arc::new(ObjectLayer::new(
-            store,
-            prefix,
-            catalog.clone(),
-            config.cache_bytes,
-        ));
+        let (backend_store, prefix) = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
+        let faults = Faults::from_env();
+        let store_stats = Arc::new(StoreStats::default());
+        let store = layered(backend_store, faults.clone(), store_stats.clone());
+        let objects = Arc::new(
+            ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes)
+                .with_store_stats(store_stats, faults),
+        );
         let backend = Arc::new(Backend {
             catalog: catalog.clone(),
             trees: TreeStore::new(objects.clone()),

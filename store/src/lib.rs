@@ -25,6 +25,7 @@ pub mod url;
 pub mod usage;
 pub mod verify;
 pub mod volume;
+pub mod wrap;
 
 pub use engine::{Actor, Engine, EngineConfig, Readable};
 pub use error::{Result, StoreError};

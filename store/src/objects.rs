@@ -73,6 +73,10 @@ pub struct ObjectLayer {
     /// imports, from their first upload to their root commit.
     writers: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
     next_writer: std::sync::atomic::AtomicU64,
+    /// Request counters of the store stack (see [`crate::wrap`]).
+    pub store_stats: Arc<crate::wrap::StoreStats>,
+    /// Fault injection switches of the store stack (tests).
+    pub faults: Arc<crate::wrap::Faults>,
 }
 
 /// A write in progress (see [`ObjectLayer::begin_write`]); ends on drop.
@@ -110,7 +114,20 @@ impl ObjectLayer {
             sweep_lock: tokio::sync::RwLock::new(()),
             writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             next_writer: std::sync::atomic::AtomicU64::new(1),
+            store_stats: Arc::default(),
+            faults: Arc::default(),
         }
+    }
+
+    /// Shares the counters and fault switches of the wrapped store.
+    pub fn with_store_stats(
+        mut self,
+        stats: Arc<crate::wrap::StoreStats>,
+        faults: Arc<crate::wrap::Faults>,
+    ) -> Self {
+        self.store_stats = stats;
+        self.faults = faults;
+        self
     }
 
     /// Registers a write that uploads objects and later commits a root

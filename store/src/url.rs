@@ -1,5 +1,7 @@
-//! Object store URLs: `file:///path` (default `<data-dir>/objects`) and
-//! `memory://`.
+//! Object store URLs: `file:///path` (default `<data-dir>/objects`),
+//! `memory://`, and `s3://bucket/prefix` (credentials, region and endpoint
+//! from the standard `AWS_*` variables; `AWS_ENDPOINT_URL` and
+//! `AWS_ALLOW_HTTP=true` for S3-compatible servers; path-style requests).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,8 +36,46 @@ pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<(Arc<dyn 
             Ok((Arc::new(store), ObjectPath::default()))
         }
         "memory" => Ok((Arc::new(InMemory::new()), ObjectPath::default())),
+        "s3" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| refuse("no bucket: write s3://BUCKET/PREFIX"))?;
+            let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
+            Ok((Arc::new(s3(bucket).map_err(|e| refuse(&e.to_string()))?), prefix))
+        }
         other => Err(refuse(&format!(
-            "unsupported scheme {other:?}; use file:// or memory://"
+            "unsupported scheme {other:?}; use file://, memory:// or s3://"
         ))),
     }
+}
+
+/// An S3 client for `bucket`: the standard `AWS_*` environment, path-style
+/// addressing, timeouts. Retries are the [`crate::wrap`] layer's job, so the
+/// client's own are off.
+fn s3(bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
+    // reqwest is built without a bundled TLS provider: install ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        })
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_timeout(std::time::Duration::from_secs(30))
+                .with_connect_timeout(std::time::Duration::from_secs(5)),
+        );
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1") {
+        builder = builder.with_allow_http(true);
+    }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        builder = builder.with_region("us-east-1");
+    }
+    builder.build()
 }

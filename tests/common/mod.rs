@@ -20,25 +20,108 @@ pub fn free_port() -> u16 {
 }
 
 /// A running `cairn serve`; killed (SIGKILL) when dropped.
+///
+/// With `CAIRN_TEST_OBJECT_STORE=s3` every server stores its objects in a
+/// bucket of its own S3-compatible server (moto, started here on a free
+/// loopback port) instead of the local default, so the same tests run
+/// against both backends.
 pub struct Server {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
     pub port: u16,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The S3 server behind this one (S3 mode, or [`Server::start_on_s3`]).
+    pub s3: Option<S3Server>,
+}
+
+/// A moto S3 server process with one bucket.
+pub struct S3Server {
+    pub child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; scripts/setup.sh does)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let bucket = "cairn-test".to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("curl")
+                .args(["-sf", "-X", "PUT", &format!("{endpoint}/{bucket}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "moto did not start on {endpoint}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server {
+            child,
+            endpoint,
+            bucket,
+        }
+    }
+
+    /// Environment and flag that point a cairn server at this bucket.
+    fn apply(&self, cmd: &mut Command) {
+        cmd.args(["--object-store", &format!("s3://{}/objects", self.bucket)])
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when the tests run against S3 (see [`Server`]).
+pub fn s3_mode() -> bool {
+    std::env::var("CAIRN_TEST_OBJECT_STORE").is_ok_and(|v| v == "s3")
 }
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let s3 = s3_mode().then(S3Server::start);
+        Self::launch(data_dir, extra, &[], s3)
+    }
+
+    /// A server on a fresh S3 bucket of its own, whatever the mode, with
+    /// extra environment (e.g. `CAIRN_FAULTS`).
+    pub fn start_on_s3(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::launch(data_dir, extra, env, Some(S3Server::start()))
+    }
+
+    fn launch(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], s3: Option<S3Server>) -> Server {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(data_dir, port, &extra);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = spawn(data_dir, port, &extra, &env, s3.as_ref());
         let mut server = Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
             data_dir: data_dir.to_path_buf(),
             port,
             extra,
+            env,
+            s3,
         };
         server.wait_ready();
         server
@@ -67,7 +150,13 @@ impl Server {
     pub fn kill9_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = spawn(&self.data_dir, self.port, &self.extra);
+        self.child = spawn(
+            &self.data_dir,
+            self.port,
+            &self.extra,
+            &self.env,
+            self.s3.as_ref(),
+        );
         self.wait_ready();
     }
 
@@ -142,11 +231,21 @@ impl Server {
     }
 }
 
-fn spawn(data_dir: &Path, port: u16, extra: &[String]) -> Child {
+fn spawn(
+    data_dir: &Path,
+    port: u16,
+    extra: &[String],
+    env: &[(String, String)],
+    s3: Option<&S3Server>,
+) -> Child {
     let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(["serve", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if let Some(s3) = s3 {
+        s3.apply(&mut cmd);
+    }
     if !extra.iter().any(|a| a == "--nbd-listen") {
         cmd.args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())]);
     }
