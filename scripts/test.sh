@@ -18,11 +18,12 @@ else
   cargo test --workspace --no-fail-fast
 fi
 echo "== end-to-end API and NBD tests again, objects in S3 (moto)"
+# --workspace (not -p cairn) keeps feature unification, so nothing rebuilds.
 e2e=(--test api_workflow --test api_errors --test openapi --test nbd_clients --test nbd_protocol --test nbd_mount)
 if cargo nextest --version >/dev/null 2>&1; then
-  CAIRN_TEST_OBJECT_STORE=s3 cargo nextest run -p cairn "${e2e[@]}" --no-fail-fast
+  CAIRN_TEST_OBJECT_STORE=s3 cargo nextest run --workspace "${e2e[@]}" --no-fail-fast
 else
-  CAIRN_TEST_OBJECT_STORE=s3 cargo test -p cairn "${e2e[@]}" --no-fail-fast
+  CAIRN_TEST_OBJECT_STORE=s3 cargo test --workspace "${e2e[@]}" --no-fail-fast
 fi
 echo "== schemathesis against a live server (bounded)"
 bash scripts/schemathesis.sh
