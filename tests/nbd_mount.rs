@@ -14,14 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Why this machine cannot run the test, if it cannot.
 fn missing() -> Option<String> {
     for tool in [
@@ -52,17 +44,6 @@ fn missing() -> Option<String> {
         )),
         Err(e) => Some(format!("losetup: {e}")),
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// An export mounted through nbdfuse + loop + ext4; torn down in reverse
@@ -104,7 +85,9 @@ impl Mounted {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&file));
+        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&file))
+            .trim()
+            .to_string();
         m.loop_dev = Some(dev.clone());
         if format {
             run(Command::new("mkfs.ext4").args(["-q", "-F", &dev]));

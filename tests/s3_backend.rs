@@ -11,14 +11,6 @@ use std::time::Duration;
 use common::nbd::RawNbd;
 use common::*;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// A server on a fresh moto bucket, with extra environment.
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (Server, u16) {
     assert!(

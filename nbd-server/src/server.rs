@@ -106,14 +106,9 @@ async fn connection(
     transport: Transport,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = socket.split();
-    let Some((name, device, session)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
+    let Some((name, conn)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
         return Ok(());
     };
-    let conn = Arc::new(Connection {
-        device,
-        structured: session.structured,
-        meta_allocation: session.meta_allocation,
-    });
     attached(exports.as_ref(), &name, &conn, async {
         if transport == Transport::IoUring {
             let std_socket = socket.into_std()?;
@@ -157,14 +152,9 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let Some((name, device, session)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
+    let Some((name, conn)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
         return Ok(());
     };
-    let conn = Arc::new(Connection {
-        device,
-        structured: session.structured,
-        meta_allocation: session.meta_allocation,
-    });
     attached(
         exports.as_ref(),
         &name,
@@ -180,7 +170,7 @@ async fn handshake<R, W>(
     reader: &mut R,
     writer: &mut W,
     exports: &dyn Exports,
-) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>, Session)>>
+) -> std::io::Result<Option<(String, Arc<Connection>)>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -219,7 +209,12 @@ where
         if let Some((name, device)) =
             negotiate(option, &data, &mut session, no_zeroes, writer, exports).await?
         {
-            return Ok(Some((name, device, session)));
+            let conn = Connection {
+                device,
+                structured: session.structured,
+                meta_allocation: session.meta_allocation,
+            };
+            return Ok(Some((name, Arc::new(conn))));
         }
     }
 }

@@ -321,14 +321,11 @@ impl Volume {
         }
     }
 
-    /// Reads without waiting: `None` when some of the range is neither
-    /// dirty nor cached (then [`Volume::read`] is needed).
-    pub fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    /// Copies what the dirty layers (active, then frozen) hold of
+    /// `[offset, +buf.len())` into `buf`; returns the parts left for the
+    /// sealed tree.
+    fn fill_dirty(&self, st: &State, offset: u64, buf: &mut [u8]) -> Vec<Hole> {
         let mut holes = Vec::new();
-        let st = self.state.lock();
-        if let Err(e) = self.check_range(&st, offset, buf.len() as u64) {
-            return Some(Err(e));
-        }
         for span in self.geometry.spans(ByteRange::new(offset, buf.len() as u64)) {
             let out = &mut buf[span.offset_in_range..span.offset_in_range + span.len];
             st.active.fill(
@@ -347,8 +344,27 @@ impl Volume {
             }
             holes = deeper;
         }
-        let tree = SealedTree::new(st.record.root, st.record.size, self.geometry);
-        drop(st);
+        holes
+    }
+
+    /// The dirty part of a read, under the state lock: holes and the tree.
+    fn read_dirty(&self, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, SealedTree)> {
+        let st = self.state.lock();
+        self.check_range(&st, offset, buf.len() as u64)?;
+        let holes = self.fill_dirty(&st, offset, buf);
+        Ok((
+            holes,
+            SealedTree::new(st.record.root, st.record.size, self.geometry),
+        ))
+    }
+
+    /// Reads without waiting: `None` when some of the range is neither
+    /// dirty nor cached (then [`Volume::read`] is needed).
+    pub fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        let (holes, tree) = match self.read_dirty(offset, buf) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
         self.backend
             .read_sealed_cached(tree, &holes, buf)
             .then_some(Ok(()))
@@ -356,35 +372,9 @@ impl Volume {
 
     /// Reads `buf.len()` bytes at `offset`.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut holes = Vec::new();
-        let (frozen, tree) = {
-            let st = self.state.lock();
-            self.check_range(&st, offset, buf.len() as u64)?;
-            for span in self.geometry.spans(ByteRange::new(offset, buf.len() as u64)) {
-                let out = &mut buf[span.offset_in_range..span.offset_in_range + span.len];
-                st.active.fill(
-                    span.index,
-                    span.offset_in_chunk,
-                    out,
-                    span.offset_in_range,
-                    &mut holes,
-                );
-            }
-            (
-                st.frozen.clone(),
-                SealedTree::new(st.record.root, st.record.size, self.geometry),
-            )
-        };
+        let (holes, tree) = self.read_dirty(offset, buf)?;
         if holes.is_empty() {
             return Ok(());
-        }
-        if let Some(frozen) = frozen {
-            let mut deeper = Vec::new();
-            for h in &holes {
-                let out = &mut buf[h.buf_offset..h.buf_offset + h.len];
-                frozen.fill(h.chunk, h.offset_in_chunk, out, h.buf_offset, &mut deeper);
-            }
-            holes = deeper;
         }
         self.backend.read_sealed(tree, &holes, buf).await
     }
