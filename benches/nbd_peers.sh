@@ -32,7 +32,7 @@ declare -A pid uri
 # cairn
 cp=$(port); cn=$(port)
 RUST_LOG=warn ./target/release/cairn serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
-  --nbd-listen "127.0.0.1:$cn" --cache-size "$CACHE" --nbd-transport "$TRANSPORT" & pids+=($!); pid[cairn]=$!
+  --nbd-listen "127.0.0.1:$cn" --memory-cache-size "$CACHE" --nbd-transport "$TRANSPORT" & pids+=($!); pid[cairn]=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$cp/healthz" >/dev/null && break; sleep 0.1; done
 ./target/release/cairn --server "http://127.0.0.1:$cp" volume create bench --size "$SIZE" >/dev/null
 uri[cairn]="nbd://127.0.0.1:$cn/bench"

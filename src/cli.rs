@@ -155,15 +155,27 @@ struct ServeArgs {
     /// where the kernel allows it, else tokio, logged).
     #[arg(long, env = "CAIRN_NBD_TRANSPORT", default_value = "auto")]
     nbd_transport: cairn_nbd_server::Transport,
-    /// Object store URL: file:///path or memory:// (default file://<data-dir>/objects).
+    /// Object store URL: file:///path, memory:// or s3://bucket/prefix
+    /// (default file://<data-dir>/objects). S3 reads the standard AWS_*
+    /// variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
     #[arg(long, env = "CAIRN_OBJECT_STORE")]
     object_store: Option<String>,
     /// Chunk size of new volumes that do not choose one (power of two, 4K..4M).
     #[arg(long, env = "CAIRN_CHUNK_SIZE", default_value = "64K", value_parser = parse_size)]
     chunk_size: u64,
+    /// Local disk for chunks of a remote (s3://) object store, under
+    /// <data-dir>/cache; least recently used chunks are evicted past it
+    /// (default: a quarter of the free space, at least 1G).
+    #[arg(long, env = "CAIRN_CACHE_SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Memory for decompressed chunks.
-    #[arg(long, env = "CAIRN_CACHE_SIZE", default_value = "256M", value_parser = parse_size)]
-    cache_size: u64,
+    #[arg(long, env = "CAIRN_MEMORY_CACHE_SIZE", default_value = "256M", value_parser = parse_size)]
+    memory_cache_size: u64,
+    /// Acknowledged bytes per volume not yet in the object store (the
+    /// write-back backlog). Past it writers wait for sealing; when the
+    /// object store is unreachable they get ENOSPC (NBD) or 503 (HTTP).
+    #[arg(long, env = "CAIRN_BACKLOG_SIZE", default_value = "512M", value_parser = parse_size)]
+    backlog_size: u64,
     /// Token file: one `TOKEN NAMESPACE` per line. Without it, everything is
     /// namespace `default` and only loopback addresses are allowed.
     #[arg(long, env = "CAIRN_TOKENS")]
@@ -192,6 +204,15 @@ enum VolumeCmd {
     Show {
         /// Volume name.
         name: String,
+    },
+    /// Fetch the volume's data that is not local yet (remote object
+    /// stores) into the local chunk cache, showing progress.
+    Warm {
+        /// Volume name.
+        name: String,
+        /// Start warming and return at once.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Grow a volume.
     Resize {
@@ -284,6 +305,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 object_store: args.object_store,
                 chunk_size: args.chunk_size,
                 cache_size: args.cache_size,
+                memory_cache_size: args.memory_cache_size,
+                backlog_size: args.backlog_size,
                 tokens: args.tokens,
             }))?;
             Ok(ExitCode::SUCCESS)
@@ -406,6 +429,9 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
                 print_json(&raw)
             } else {
                 volume_table(std::slice::from_ref(&v));
+                if let Some(h) = &v.hydration {
+                    println!("{}", hydration_line(h));
+                }
                 if let Some(src) = &v.cloned_from {
                     println!("cloned from: {src}");
                 }
@@ -414,6 +440,9 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
                     println!("labels: {}", labels.join(", "));
                 }
             }
+        }
+        Command::Volume(VolumeCmd::Warm { name, no_wait }) => {
+            warm(client, as_json, &name, no_wait).await?;
         }
         Command::Volume(VolumeCmd::Resize { name, size }) => {
             let req = client
@@ -651,6 +680,44 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
         }
     }
     Ok(())
+}
+
+fn hydration_line(h: &cairn_store::Hydration) -> String {
+    format!(
+        "local: {} of {} ({:.1}%){}{}",
+        format_size(h.local_bytes),
+        format_size(h.total_bytes),
+        h.fraction * 100.0,
+        if h.warming { ", warming" } else { "" },
+        h.warm_error.as_deref().map(|e| format!(" (last warm: {e})")).unwrap_or_default()
+    )
+}
+
+/// Starts a warm and, unless `no_wait`, follows it to the end.
+async fn warm(client: &Client, as_json: bool, name: &str, no_wait: bool) -> anyhow::Result<()> {
+    let (mut h, mut raw): (cairn_store::Hydration, _) = client
+        .json(client.request(Method::POST, &format!("/volumes/{name}/warm")))
+        .await?;
+    let started = Instant::now();
+    let mut progress = Progress::new("warm", Some(h.total_bytes));
+    while h.warming && !no_wait {
+        progress.update(h.local_bytes, false);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (v, _): (Volume, serde_json::Value) = client
+            .json(client.request(Method::GET, &format!("/volumes/{name}")))
+            .await?;
+        h = v.hydration.ok_or_else(|| anyhow!("the server did not report hydration"))?;
+        raw = serde_json::to_value(&h)?;
+    }
+    if as_json {
+        print_json(&raw);
+    } else {
+        println!("{name}: {} after {:.1} s", hydration_line(&h), started.elapsed().as_secs_f64());
+    }
+    match (&h.warm_error, no_wait) {
+        (Some(e), false) => bail!("warm of {name} stopped: {e}"),
+        _ => Ok(()),
+    }
 }
 
 /// Prints progress to stderr at most once a second.

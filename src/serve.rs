@@ -19,7 +19,9 @@ pub struct ServeConfig {
     pub nbd_transport: cairn_nbd_server::Transport,
     pub object_store: Option<String>,
     pub chunk_size: u64,
-    pub cache_size: u64,
+    pub cache_size: Option<u64>,
+    pub memory_cache_size: u64,
+    pub backlog_size: u64,
     pub tokens: Option<PathBuf>,
 }
 
@@ -37,7 +39,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut engine_config = EngineConfig::new(&config.data_dir);
     engine_config.object_store = config.object_store.clone();
     engine_config.default_chunk_size = config.chunk_size;
-    engine_config.cache_bytes = config.cache_size as usize;
+    engine_config.cache_bytes = config.memory_cache_size as usize;
+    engine_config.disk_cache_bytes = config.cache_size;
+    engine_config.dirty_hard_limit = config.backlog_size as usize;
+    engine_config.dirty_soft_limit = engine_config.dirty_soft_limit.min(config.backlog_size as usize / 2);
     let engine = Engine::open(engine_config)
         .await
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;

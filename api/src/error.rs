@@ -64,6 +64,7 @@ impl ApiError {
                 StoreError::ImportTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "import_too_large"),
                 StoreError::ImportStream(_) => (StatusCode::BAD_REQUEST, "import_stream"),
                 StoreError::ObjectStore(_) => (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable"),
+                StoreError::BacklogFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backlog_full"),
                 StoreError::ObjectMissing { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "object_missing"),
                 StoreError::ChunkCorrupt { .. } | StoreError::NodeCorrupt { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "data_corrupt")

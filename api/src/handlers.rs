@@ -86,6 +86,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/volumes/{name}/snapshots/{tag}/diff", get(diff))
         .route("/volumes/{name}/clone", post(clone_volume))
         .route("/volumes/{name}/rollback", post(rollback))
+        .route("/volumes/{name}/warm", post(warm_volume))
         .route("/events", get(events))
         .route("/gc", post(gc))
         .route("/verify", post(verify))
@@ -213,8 +214,24 @@ pub async fn show_volume(
     Caller(ns): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Volume>> {
-    let record = state.engine.volume(&ns, &volume_name(&name)?)?.record();
-    Ok(Json(volume_body(&state, record).await?))
+    let name = volume_name(&name)?;
+    let record = state.engine.volume(&ns, &name)?.record();
+    let mut body = volume_body(&state, record).await?;
+    body.hydration = Some(state.engine.hydration(&ns, &name).await?);
+    Ok(Json(body))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/warm", params(("name" = String, Path)),
+    responses((status = 202, body = cairn_store::Hydration), (status = 404, body = crate::error::ErrorBody)))]
+/// Starts fetching the volume's data that is not local into the disk
+/// cache; progress shows in the volume's `hydration`.
+pub async fn warm_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<cairn_store::Hydration>)> {
+    let hydration = state.engine.warm(&ns, &volume_name(&name)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(hydration)))
 }
 
 #[utoipa::path(patch, path = "/api/v1/volumes/{name}", params(("name" = String, Path)), request_body = ResizeVolume,

@@ -56,6 +56,10 @@ impl Metrics {
         }
         let stats = &engine.objects().stats;
         let store = &engine.objects().store_stats;
+        let disk = engine.objects().disk_cache();
+        let disk_counter = |pick: fn(&cairn_store::disk_cache::DiskCacheStats) -> &std::sync::atomic::AtomicU64| {
+            disk.map_or(0, |d| pick(&d.stats).load(Ordering::Relaxed))
+        };
         for (name, help, value) in [
             (
                 "cairn_object_puts_total",
@@ -81,6 +85,36 @@ impl Metrics {
                 "cairn_chunk_cache_hits_total",
                 "Chunk reads served from the cache.",
                 stats.cache_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_chunk_cache_misses_total",
+                "Chunk reads the memory cache could not serve.",
+                stats.cache_misses.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_chunk_fetch_joins_total",
+                "Chunk reads that shared another reader's fetch of the same chunk (single-flight).",
+                stats.fetch_joins.load(Ordering::Relaxed),
+            ),
+            (
+                "cairn_disk_cache_hits_total",
+                "Object reads served by the on-disk cache (remote stores).",
+                disk_counter(|d| &d.hits),
+            ),
+            (
+                "cairn_disk_cache_misses_total",
+                "Object reads the on-disk cache could not serve.",
+                disk_counter(|d| &d.misses),
+            ),
+            (
+                "cairn_disk_cache_evictions_total",
+                "Objects evicted from the on-disk cache to stay within its budget.",
+                disk_counter(|d| &d.evictions),
+            ),
+            (
+                "cairn_disk_cache_inserts_total",
+                "Objects written into the on-disk cache.",
+                disk_counter(|d| &d.inserts),
             ),
             (
                 "cairn_object_store_put_requests_total",
@@ -115,6 +149,38 @@ impl Metrics {
             "# HELP cairn_chunk_cache_bytes Bytes in the decompressed chunk cache.\n# TYPE cairn_chunk_cache_bytes gauge\ncairn_chunk_cache_bytes {}",
             engine.objects().cache_bytes()
         );
+        for (name, help, value) in [
+            (
+                "cairn_disk_cache_bytes",
+                "Bytes in the on-disk chunk cache (remote stores).",
+                disk.map_or(0, |d| d.bytes()),
+            ),
+            (
+                "cairn_disk_cache_capacity_bytes",
+                "Budget of the on-disk chunk cache (0: the store is local).",
+                disk.map_or(0, |d| d.capacity()),
+            ),
+            (
+                "cairn_backlog_bytes",
+                "Acknowledged bytes not yet in the object store (all volumes).",
+                engine.backlog_bytes(),
+            ),
+            (
+                "cairn_object_store_down",
+                "1 when the last seal failed on the object store.",
+                engine.store_down() as u64,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out.push_str("# HELP cairn_volume_hydration_ratio Fraction of a volume's data readable without the object store.\n");
+        out.push_str("# TYPE cairn_volume_hydration_ratio gauge\n");
+        for (ns, volume, fraction) in engine.hydration_fractions().await {
+            let _ = writeln!(
+                out,
+                "cairn_volume_hydration_ratio{{namespace=\"{ns}\",volume=\"{volume}\"}} {fraction}"
+            );
+        }
         match engine.usage().await {
             Ok(usage) => {
                 for (name, help, value) in [

@@ -30,6 +30,7 @@ use crate::handlers;
         handlers::fork,
         handlers::clone_volume,
         handlers::rollback,
+        handlers::warm_volume,
         handlers::diff,
         handlers::events,
         handlers::openapi,

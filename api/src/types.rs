@@ -40,6 +40,9 @@ pub struct Volume {
     pub stored_bytes: u64,
     /// The part of `stored_bytes` no other volume or snapshot references.
     pub unique_bytes: u64,
+    /// How much of the data is local (shown by `GET /volumes/{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<cairn_store::Hydration>,
 }
 
 impl Volume {
@@ -58,6 +61,7 @@ impl Volume {
             from_snapshot: r.from_snapshot.map(|o| format!("{}@{}", o.volume, o.tag)),
             stored_bytes: usage.stored_bytes,
             unique_bytes: usage.unique_bytes,
+            hydration: None,
         }
     }
 }

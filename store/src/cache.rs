@@ -37,6 +37,11 @@ impl ChunkCache {
         self.inner.lock().map.get(id).cloned()
     }
 
+    /// Whether a chunk is cached (does not touch its recency).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.inner.lock().map.contains(id)
+    }
+
     /// Caches a chunk, evicting old ones past the budget.
     pub fn insert(&self, id: ChunkId, data: Arc<[u8]>) {
         if data.len() > self.capacity {

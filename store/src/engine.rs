@@ -28,6 +28,8 @@ use crate::records::{
     now, Event, EventKind, Labels, SnapshotOrigin, SnapshotRecord, VolumeRecord, VolumeState,
 };
 use crate::tree::{levels_for, NodeId, TreeStore};
+use crate::disk_cache::DiskCache;
+use crate::hydrate::Hydration;
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
 use crate::volume::{Backend, SealedTree, Volume};
@@ -49,8 +51,11 @@ pub struct EngineConfig {
     pub object_store: Option<String>,
     /// Chunk size for new volumes that do not name one.
     pub default_chunk_size: u64,
-    /// Budget of the decompressed chunk cache.
+    /// Budget of the decompressed chunk cache (memory).
     pub cache_bytes: usize,
+    /// Budget of the on-disk chunk cache, used when the object store is not
+    /// local (`s3://`); `None` picks [`default_disk_cache_bytes`].
+    pub disk_cache_bytes: Option<u64>,
     /// Dirty bytes of one volume that make the background sealer act.
     pub dirty_soft_limit: usize,
     /// Dirty bytes of one volume past which writers seal inline.
@@ -67,11 +72,35 @@ impl EngineConfig {
             object_store: None,
             default_chunk_size: DEFAULT_CHUNK_SIZE,
             cache_bytes: 256 << 20,
+            disk_cache_bytes: None,
             dirty_soft_limit: 64 << 20,
             dirty_hard_limit: 512 << 20,
             idle_seal_after: Duration::from_secs(2),
         }
     }
+}
+
+/// The default on-disk cache budget: a quarter of the space free on the
+/// data dir's filesystem at start, at least 1 GiB (or all of it when less
+/// is free).
+pub fn default_disk_cache_bytes(data_dir: &std::path::Path) -> u64 {
+    let free = free_bytes(data_dir).unwrap_or(4 << 30);
+    (free / 4).max(1 << 30).min(free)
+}
+
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a
+    // properly sized out-parameter; statvfs writes it fully on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Changed extents between two snapshots.
@@ -112,6 +141,8 @@ pub struct Engine {
     names: tokio::sync::Mutex<()>,
     /// Held by the running garbage collection (one at a time).
     gc_running: tokio::sync::Mutex<()>,
+    /// Warms by volume id (see [`Engine::warm`]).
+    warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
 }
@@ -164,16 +195,31 @@ impl Engine {
         let faults = Faults::from_env();
         let store_stats = Arc::new(StoreStats::default());
         let store = layered(backend_store, faults.clone(), store_stats.clone());
-        let objects = Arc::new(
-            ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes)
-                .with_store_stats(store_stats, faults),
-        );
+        let mut objects =
+            ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes).with_store_stats(store_stats, faults);
+        let remote = config
+            .object_store
+            .as_deref()
+            .is_some_and(|url| url.starts_with("s3://"));
+        if remote {
+            let capacity = config
+                .disk_cache_bytes
+                .unwrap_or_else(|| default_disk_cache_bytes(&config.data_dir));
+            let disk = DiskCache::open(&config.data_dir.join("cache"), capacity)?;
+            tracing::info!(capacity, objects = disk.len(), bytes = disk.bytes(), "chunk cache on disk");
+            objects = objects.with_disk_cache(Arc::new(disk));
+        }
+        let objects = Arc::new(objects);
         let backend = Arc::new(Backend {
             catalog: catalog.clone(),
             trees: TreeStore::new(objects.clone()),
             objects,
             journal: JournalDir::open(&config.data_dir.join("journal"))?,
             dirty_hard_limit: config.dirty_hard_limit,
+            store_down: Default::default(),
+            room: Default::default(),
+            readahead: remote.then(Default::default),
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut volumes = HashMap::new();
         let mut live_ids = HashSet::new();
@@ -192,6 +238,7 @@ impl Engine {
             volumes: Mutex::new(volumes),
             names: tokio::sync::Mutex::new(()),
             gc_running: tokio::sync::Mutex::new(()),
+            warming: Mutex::new(HashMap::new()),
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
@@ -218,6 +265,82 @@ impl Engine {
 
     pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
         &self.stored_memo
+    }
+
+    /// How much of a volume's sealed data is local (see [`crate::hydrate`]).
+    pub async fn hydration(&self, ns: &Namespace, name: &VolumeName) -> Result<Hydration> {
+        let volume = self.volume(ns, name)?;
+        let record = volume.record();
+        let tree = SealedTree::new(record.root, record.size, volume.geometry());
+        let (measured, _) = crate::hydrate::measure(&self.backend, tree).await?;
+        Ok(match self.warming.lock().get(&record.id) {
+            Some(progress) => progress.annotate(measured),
+            None => measured,
+        })
+    }
+
+    /// Hydration fraction of every volume, for metrics: 1 for every volume
+    /// of a local store (nothing to fetch), measured for a remote one.
+    pub async fn hydration_fractions(&self) -> Vec<(Namespace, VolumeName, f64)> {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        let mut out = Vec::with_capacity(open.len());
+        for volume in open {
+            let record = volume.record();
+            let fraction = match self.backend.objects.disk_cache() {
+                None => 1.0,
+                Some(_) => {
+                    let tree = SealedTree::new(record.root, record.size, volume.geometry());
+                    match crate::hydrate::measure(&self.backend, tree).await {
+                        Ok((h, _)) => h.fraction,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            out.push((record.namespace, record.name, fraction));
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    /// Unsealed bytes of all volumes (the write-back backlog).
+    pub fn backlog_bytes(&self) -> u64 {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        open.iter().map(|v| v.dirty_bytes() as u64).sum()
+    }
+
+    /// Whether the last seal failed on the object store.
+    pub fn store_down(&self) -> bool {
+        self.backend
+            .store_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts fetching every chunk of a volume that is not local into the
+    /// disk cache, in the background (unless a warm of it runs already),
+    /// and returns the hydration as of now.
+    pub async fn warm(&self, ns: &Namespace, name: &VolumeName) -> Result<Hydration> {
+        let volume = self.volume(ns, name)?;
+        let record = volume.record();
+        let progress = {
+            let mut warming = self.warming.lock();
+            warming.retain(|_, p| p.running());
+            match warming.get(&record.id) {
+                Some(running) => running.clone(),
+                None => {
+                    let progress = Arc::new(crate::hydrate::WarmProgress::default());
+                    let tree = SealedTree::new(record.root, record.size, volume.geometry());
+                    crate::hydrate::start_warm(self.backend.clone(), tree, progress.clone());
+                    warming.insert(record.id, progress.clone());
+                    progress
+                }
+            }
+        };
+        tracing::info!(volume = %name, "warming");
+        let measured = self.hydration(ns, name).await?;
+        Ok(Hydration {
+            warming: progress.running(),
+            ..measured
+        })
     }
 
     /// Runs a garbage collection now (see [`crate::gc`]). A second one

@@ -150,6 +150,16 @@ pub enum StoreError {
     /// Input stream failed during import.
     #[error("import stream: {0}")]
     ImportStream(String),
+    /// The write-back backlog is at its limit and is not draining.
+    #[error("write-back backlog full: {held} unsealed bytes, limit {limit}{}; retry when it drains", if *store_down { " and the object store is unreachable" } else { " and not draining" })]
+    BacklogFull {
+        /// Unsealed bytes held.
+        held: usize,
+        /// The backlog limit.
+        limit: usize,
+        /// Whether the last seal failed on the object store.
+        store_down: bool,
+    },
     /// Another garbage collection is running; one runs at a time.
     #[error("a garbage collection is already running; try again when it ends")]
     GcRunning,
@@ -162,7 +172,7 @@ impl StoreError {
             StoreError::OutOfRange { .. } | StoreError::InvalidSize(_) | StoreError::InvalidName { .. } => 22,
             StoreError::ReadOnly(_) | StoreError::WrongState { .. } => 1,
             StoreError::Io(e) if e.raw_os_error() == Some(28) => 28,
-            StoreError::ImportTooLarge { .. } => 28,
+            StoreError::ImportTooLarge { .. } | StoreError::BacklogFull { .. } => 28,
             _ => 5,
         }
     }

@@ -11,14 +11,17 @@
 //! This crate knows nothing of HTTP or NBD.
 
 pub mod cache;
+pub mod disk_cache;
 pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod gc;
+pub mod hydrate;
 pub mod journal;
 pub mod names;
 pub mod objects;
 pub mod overlay;
+pub mod readahead;
 pub mod records;
 pub mod tree;
 pub mod url;
@@ -30,6 +33,7 @@ pub mod wrap;
 pub use engine::{Actor, Engine, EngineConfig, Readable};
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
+pub use hydrate::Hydration;
 pub use names::{Namespace, SnapshotRef, SnapshotTag, VolumeName};
 pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, VolumeState};
 pub use tree::NodeId;

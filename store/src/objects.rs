@@ -6,7 +6,10 @@
 //! hashes to it. A put first asks the catalog's existence index, so a
 //! duplicate costs a lookup and no upload. Every object read from the store
 //! has its frame crc and its BLAKE3 hash checked before use; decompressed
-//! chunks are then kept in a bounded [`ChunkCache`].
+//! chunks are then kept in a bounded [`ChunkCache`]. For stores that are not
+//! local, framed objects are also kept in a bounded on-disk
+//! [`DiskCache`]. Concurrent readers of one chunk share one fetch
+//! (single-flight).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::cache::ChunkCache;
+use crate::disk_cache::DiskCache;
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 
@@ -25,7 +29,7 @@ const INLINE_DECODE_MAX: usize = 256 << 10;
 
 /// What kind of object a key names.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ObjectKind {
     /// A chunk of volume data.
     Chunk,
@@ -34,7 +38,7 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    fn dir(&self) -> &'static str {
+    pub(crate) fn dir(&self) -> &'static str {
         match self {
             ObjectKind::Chunk => "chunks",
             ObjectKind::Node => "nodes",
@@ -55,6 +59,10 @@ pub struct ObjectStats {
     pub gets: std::sync::atomic::AtomicU64,
     /// Chunk reads served from the cache.
     pub cache_hits: std::sync::atomic::AtomicU64,
+    /// Chunk reads the memory cache could not serve.
+    pub cache_misses: std::sync::atomic::AtomicU64,
+    /// Chunk reads that waited for another reader's fetch of the same chunk.
+    pub fetch_joins: std::sync::atomic::AtomicU64,
 }
 
 /// Content-addressed access to chunk and node objects.
@@ -64,6 +72,10 @@ pub struct ObjectLayer {
     prefix: Path,
     catalog: Arc<Catalog>,
     cache: ChunkCache,
+    /// Framed objects on local disk (stores that are not local only).
+    disk: Option<Arc<DiskCache>>,
+    /// Chunk fetches in progress, shared by concurrent readers.
+    inflight: parking_lot::Mutex<std::collections::HashMap<ChunkId, Arc<tokio::sync::OnceCell<Arc<[u8]>>>>>,
     /// Traffic counters.
     pub stats: ObjectStats,
     /// Dedup claims share it; GC's deletions take it alone, so no claim
@@ -110,6 +122,8 @@ impl ObjectLayer {
             prefix,
             catalog,
             cache: ChunkCache::new(cache_bytes),
+            disk: None,
+            inflight: parking_lot::Mutex::default(),
             stats: ObjectStats::default(),
             sweep_lock: tokio::sync::RwLock::new(()),
             writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
@@ -128,6 +142,45 @@ impl ObjectLayer {
         self.store_stats = stats;
         self.faults = faults;
         self
+    }
+
+    /// Adds an on-disk cache of framed objects.
+    pub fn with_disk_cache(mut self, disk: Arc<DiskCache>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// The on-disk cache, when the store is not local.
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// Whether a chunk can be read without the object store: always for a
+    /// local store, else when the memory or disk cache holds it.
+    pub fn is_local(&self, id: &ChunkId) -> bool {
+        match &self.disk {
+            None => true,
+            Some(disk) => disk.contains(ObjectKind::Chunk, &id.0) || self.cache.contains(id),
+        }
+    }
+
+    /// Fetches an object into the disk cache (checked) unless it is there;
+    /// returns its framed length when it was fetched. For warming.
+    pub async fn hydrate(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Option<u64>> {
+        let Some(disk) = self.disk.clone() else {
+            return Ok(None);
+        };
+        if disk.contains(kind, id) {
+            return Ok(None);
+        }
+        let framed = self.get_framed(kind, id).await?;
+        let len = framed.len() as u64;
+        self.decode_checked(kind, id, framed.clone()).await?;
+        let key = *id;
+        tokio::task::spawn_blocking(move || disk.insert(kind, &key, &framed))
+            .await
+            .expect("cache insert does not panic");
+        Ok(Some(len))
     }
 
     /// Registers a write that uploads objects and later commits a root
@@ -175,7 +228,8 @@ impl ObjectLayer {
     /// Fetches and checks an object from the store, bypassing the cache
     /// (scrub). Returns its plaintext length.
     pub async fn fetch_checked(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<usize> {
-        self.fetch(kind, id).await.map(|plain| plain.len())
+        let framed = self.get_framed(kind, id).await?;
+        self.decode_checked(kind, id, framed).await.map(|plain| plain.len())
     }
 
     /// The object store behind this layer.
@@ -229,15 +283,23 @@ impl ObjectLayer {
         let len = framed.len() as u64;
         // Content addressing makes a blind overwrite safe: any writer of this
         // key writes the same plaintext.
-        self.store.put(&path, PutPayload::from(framed)).await?;
+        self.store.put(&path, PutPayload::from(framed.clone())).await?;
         self.catalog.object_record(path.as_ref(), unix_now(), len)?;
+        self.keep_on_disk(kind, id, framed);
         bump(&self.stats.puts, 1);
         bump(&self.stats.put_bytes, len);
         Ok(true)
     }
 
-    /// Fetches and checks an object's plaintext (crc and BLAKE3).
-    async fn fetch(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Vec<u8>> {
+    /// Writes a frame into the disk cache in the background.
+    fn keep_on_disk(&self, kind: ObjectKind, id: [u8; 32], framed: Bytes) {
+        if let Some(disk) = self.disk.clone() {
+            tokio::task::spawn_blocking(move || disk.insert(kind, &id, &framed));
+        }
+    }
+
+    /// An object's frame from the object store, unchecked.
+    async fn get_framed(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Bytes> {
         let path = self.path(kind, id);
         let got = match self.store.get(&path).await {
             Ok(got) => got,
@@ -250,6 +312,11 @@ impl ObjectLayer {
         };
         let framed = got.bytes().await?;
         bump(&self.stats.gets, 1);
+        Ok(framed)
+    }
+
+    /// Checks a frame (crc and BLAKE3) and decompresses it.
+    async fn decode_checked(&self, kind: ObjectKind, id: &[u8; 32], framed: Bytes) -> Result<Vec<u8>> {
         let expected = ChunkId(*id);
         // Checking and decompressing a default-size chunk takes tens of
         // microseconds: cheaper in place than a hand-off to the blocking
@@ -270,15 +337,61 @@ impl ObjectLayer {
         })
     }
 
-    /// A chunk's plaintext, from the cache or the store.
+    /// An object's checked plaintext: from the disk cache when it holds a
+    /// sound copy, else from the object store (then kept on disk).
+    async fn fetch(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Vec<u8>> {
+        if let Some(disk) = self.disk.clone() {
+            let key = *id;
+            let cached = tokio::task::spawn_blocking(move || disk.get(kind, &key))
+                .await
+                .expect("cache read does not panic");
+            if let Some(framed) = cached {
+                match self.decode_checked(kind, id, framed).await {
+                    Ok(plain) => return Ok(plain),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "damaged chunk cache entry dropped; fetching from the object store");
+                        if let Some(disk) = &self.disk {
+                            disk.forget(kind, id);
+                        }
+                    }
+                }
+            }
+        }
+        let framed = self.get_framed(kind, id).await?;
+        let plain = self.decode_checked(kind, id, framed.clone()).await?;
+        self.keep_on_disk(kind, *id, framed);
+        Ok(plain)
+    }
+
+    /// A chunk's plaintext, from the caches or the store. Concurrent
+    /// callers for one chunk share a single fetch.
     pub async fn chunk(&self, id: ChunkId) -> Result<Arc<[u8]>> {
         if let Some(hit) = self.cache.get(&id) {
             bump(&self.stats.cache_hits, 1);
             return Ok(hit);
         }
-        let data: Arc<[u8]> = self.fetch(ObjectKind::Chunk, &id.0).await?.into();
-        self.cache.insert(id, data.clone());
-        Ok(data)
+        bump(&self.stats.cache_misses, 1);
+        let cell = self.inflight.lock().entry(id).or_default().clone();
+        let mut fetched = false;
+        let result = cell
+            .get_or_try_init(|| {
+                fetched = true;
+                async {
+                    let data: Arc<[u8]> = self.fetch(ObjectKind::Chunk, &id.0).await?.into();
+                    self.cache.insert(id, data.clone());
+                    Ok::<_, StoreError>(data)
+                }
+            })
+            .await
+            .cloned();
+        if !fetched {
+            bump(&self.stats.fetch_joins, 1);
+        }
+        let mut inflight = self.inflight.lock();
+        if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&id);
+        }
+        result
     }
 
     /// A chunk's plaintext if it is cached.
@@ -286,6 +399,11 @@ impl ObjectLayer {
         let hit = self.cache.get(id)?;
         bump(&self.stats.cache_hits, 1);
         Some(hit)
+    }
+
+    /// A chunk's plaintext if it is cached, not counted as a read.
+    pub fn chunk_cached_quiet(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+        self.cache.get(id)
     }
 
     /// Puts a chunk's plaintext straight into the cache (it was just written).

@@ -35,6 +35,11 @@ const SEAL_BATCH: usize = 64;
 const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 /// Object uploads in flight at once.
 const UPLOAD_CONCURRENCY: usize = 16;
+/// Chunk fetches in flight at once for one read or one read-ahead.
+const FETCH_CONCURRENCY: usize = 16;
+/// How long a writer waits for the write-back backlog to drain before the
+/// write is refused (NBD ENOSPC, HTTP 503).
+const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every volume shares: catalog, objects and trees.
 #[derive(Debug)]
@@ -44,8 +49,19 @@ pub(crate) struct Backend {
     pub trees: TreeStore,
     /// Write-back journal files.
     pub journal: JournalDir,
-    /// Dirty bytes per volume past which a writer seals inline (backpressure).
+    /// Unsealed bytes per volume (the write-back backlog) past which
+    /// writers wait for sealing, and past which, when the object store
+    /// does not take the backlog, writes are refused.
     pub dirty_hard_limit: usize,
+    /// Set when a seal failed on the object store, cleared by the next
+    /// successful one: writes past the backlog limit fail at once.
+    pub store_down: std::sync::atomic::AtomicBool,
+    /// Woken after every seal attempt (writers waiting for room).
+    pub room: tokio::sync::Notify,
+    /// Sequential-read detection, for remote stores only.
+    pub readahead: Option<crate::readahead::ReadAhead>,
+    /// Runtime to start read-ahead on from threads outside it.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A sealed tree to read from: a snapshot, or a volume's committed state.
@@ -70,24 +86,47 @@ impl SealedTree {
 }
 
 impl Backend {
-    /// Fills `holes` of `buf` from a sealed tree.
-    pub(crate) async fn read_sealed(&self, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> Result<()> {
+    /// Fills `holes` of `buf` from a sealed tree, fetching missing chunks
+    /// concurrently.
+    pub(crate) async fn read_sealed(self: &Arc<Self>, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> Result<()> {
+        let mut ids = Vec::with_capacity(holes.len());
         for hole in holes {
+            ids.push(self.trees.lookup(tree.root, tree.level, hole.chunk).await?);
+        }
+        let chunks: Vec<Option<Arc<[u8]>>> = if ids.len() == 1 {
+            let id = ids[0];
+            vec![match id.is_zero() {
+                true => None,
+                false => Some(self.objects.chunk(id).await?),
+            }]
+        } else {
+            futures::stream::iter(ids.into_iter().map(|id| {
+                let objects = self.objects.clone();
+                async move {
+                    match id.is_zero() {
+                        true => Ok(None),
+                        false => objects.chunk(id).await.map(Some),
+                    }
+                }
+            }))
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?
+        };
+        for (hole, chunk) in holes.iter().zip(chunks) {
             let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
-            let id = self.trees.lookup(tree.root, tree.level, hole.chunk).await?;
-            if id.is_zero() {
-                out.fill(0);
-            } else {
-                let chunk = self.objects.chunk(id).await?;
-                out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]);
+            match chunk {
+                None => out.fill(0),
+                Some(chunk) => out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]),
             }
         }
+        self.read_ahead(tree, holes);
         Ok(())
     }
 
     /// Fills `holes` from cached nodes and chunks only; false when anything
     /// is not cached (the caller takes the async path).
-    pub(crate) fn read_sealed_cached(&self, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> bool {
+    pub(crate) fn read_sealed_cached(self: &Arc<Self>, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> bool {
         for hole in holes {
             let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
             let Some(id) = self.trees.lookup_cached(tree.root, tree.level, hole.chunk) else {
@@ -102,11 +141,44 @@ impl Backend {
                 out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]);
             }
         }
+        self.read_ahead(tree, holes);
         true
     }
 
+    /// Notes a read for sequential detection and starts fetching the
+    /// chunks ahead of a sequential stream (remote stores only).
+    fn read_ahead(self: &Arc<Self>, tree: SealedTree, holes: &[Hole]) {
+        let (Some(readahead), Some(first), Some(last)) = (&self.readahead, holes.first(), holes.last()) else {
+            return;
+        };
+        let limit = crate::tree::capacity(tree.level);
+        let Some((from, to)) = readahead.note(tree.root, first.chunk, last.chunk, limit) else {
+            return;
+        };
+        let backend = self.clone();
+        self.runtime.spawn(async move {
+            let fetched = async {
+                let mut ids = Vec::new();
+                for index in from..to {
+                    let id = backend.trees.lookup(tree.root, tree.level, index).await?;
+                    if !id.is_zero() && backend.objects.chunk_cached_quiet(&id).is_none() {
+                        ids.push(id);
+                    }
+                }
+                let objects = &backend.objects;
+                futures::stream::iter(ids.into_iter().map(|id| objects.chunk(id)))
+                    .buffer_unordered(FETCH_CONCURRENCY)
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+            };
+            if let Err(e) = fetched.await {
+                tracing::debug!(error = %e, from, to, "read-ahead stopped");
+            }
+        });
+    }
+
     /// Reads `buf.len()` bytes at `offset` of a sealed tree.
-    pub(crate) async fn read_tree(&self, tree: SealedTree, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) async fn read_tree(self: &Arc<Self>, tree: SealedTree, offset: u64, buf: &mut [u8]) -> Result<()> {
         let holes: Vec<Hole> = tree
             .geometry
             .spans(ByteRange::new(offset, buf.len() as u64))
@@ -217,6 +289,10 @@ pub struct Volume {
     rmw_lock: tokio::sync::RwLock<()>,
     last_write_ms: AtomicU64,
     opened: Instant,
+    /// This volume, for starting a seal in the background.
+    me: std::sync::Weak<Volume>,
+    /// A background seal has been asked for and not yet finished.
+    seal_queued: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -258,7 +334,7 @@ impl Volume {
         if !active.is_empty() {
             tracing::info!(volume = %record.name, dirty_bytes = active.dirty_bytes(), chunks = active.chunk_count(), "replayed write-back journal");
         }
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             backend,
             id: record.id,
             geometry,
@@ -275,6 +351,8 @@ impl Volume {
             rmw_lock: tokio::sync::RwLock::new(()),
             last_write_ms: AtomicU64::new(0),
             opened: Instant::now(),
+            me: me.clone(),
+            seal_queued: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -422,6 +500,7 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
+        self.make_room(data.len()).await?;
         let end = offset + data.len() as u64;
         if is_aligned(offset) && is_aligned(end) {
             let _shared = self.rmw_lock.read().await;
@@ -434,7 +513,7 @@ impl Volume {
                 data: &merged,
             })?;
         }
-        self.after_write().await
+        Ok(())
     }
 
     /// Reads the partial head and tail blocks around `[offset, +data.len())`
@@ -462,6 +541,7 @@ impl Volume {
         if length == 0 {
             return Ok(());
         }
+        self.make_room(0).await?;
         let end = offset + length;
         let (inner_start, inner_end) = (align_up(offset), align_down(end));
         if inner_start >= inner_end {
@@ -483,7 +563,7 @@ impl Volume {
             self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
                 .await?;
         }
-        self.after_write().await
+        Ok(())
     }
 
     /// Journals and applies one aligned record, atomically with respect to
@@ -514,11 +594,45 @@ impl Volume {
         Ok(())
     }
 
-    async fn after_write(&self) -> Result<()> {
-        if self.state.lock().active.dirty_bytes() > self.backend.dirty_hard_limit {
-            self.seal().await?;
+    /// Waits until the write-back backlog (unsealed bytes) has room for
+    /// `incoming` more bytes, asking for a seal in the background. Refuses
+    /// the write with [`StoreError::BacklogFull`] at once when the object
+    /// store is failing, or after [`BACKLOG_WAIT`] without room.
+    async fn make_room(&self, incoming: usize) -> Result<()> {
+        let limit = self.backend.dirty_hard_limit;
+        let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+        loop {
+            let held = self.dirty_bytes();
+            if held == 0 || held + incoming <= limit {
+                return Ok(());
+            }
+            let down = self.backend.store_down.load(Ordering::Relaxed);
+            if down {
+                return Err(StoreError::BacklogFull { held, limit, store_down: down });
+            }
+            let room = self.backend.room.notified();
+            self.seal_in_background();
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(StoreError::BacklogFull { held, limit, store_down: down });
+            }
         }
-        Ok(())
+    }
+
+    /// Starts a seal on its own task unless one is queued already.
+    fn seal_in_background(&self) {
+        if self.seal_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = me.seal().await {
+                tracing::warn!(volume = %me.record().name, error = %e, "seal for backpressure failed");
+            }
+            me.seal_queued.store(false, Ordering::Release);
+            me.backend.room.notify_waiters();
+        });
     }
 
     /// Makes every acknowledged write durable on local disk.
@@ -569,6 +683,8 @@ impl Volume {
         };
         match sealed {
             Ok(new_root) => {
+                self.backend.store_down.store(false, Ordering::Relaxed);
+                self.backend.room.notify_waiters();
                 let mut st = self.state.lock();
                 st.frozen = None;
                 st.older_logs.retain(|l| l.generation > generation);
@@ -585,6 +701,12 @@ impl Volume {
                 restored.absorb_newer(newer);
                 st.active = restored;
                 st.frozen = None;
+                drop(st);
+                if matches!(e, StoreError::ObjectStore(_)) {
+                    self.backend.store_down.store(true, Ordering::Relaxed);
+                }
+                self.backend.room.notify_waiters();
+                let st = self.state.lock();
                 tracing::warn!(volume = %st.record.name, error = %e, "seal failed; dirty data kept in the journal");
                 Err(e)
             }

@@ -1,0 +1,156 @@
+//! Lazy hydration bookkeeping: how much of a volume's data is held locally
+//! (a local store, or the memory and disk caches of a remote one), and
+//! warming, which fetches the rest into the disk cache in the background.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cairn_chunker::ChunkId;
+use futures::stream::StreamExt;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::objects::ObjectKind;
+use crate::tree::Reachable;
+use crate::volume::{Backend, SealedTree};
+
+/// Chunk fetches in flight while warming.
+const WARM_CONCURRENCY: usize = 16;
+
+/// How much of a volume's sealed data is local.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Hydration {
+    /// Logical bytes of the volume's non-zero chunks.
+    pub total_bytes: u64,
+    /// The part of `total_bytes` readable without the object store.
+    pub local_bytes: u64,
+    /// `local_bytes / total_bytes` (1 for an empty volume).
+    pub fraction: f64,
+    /// A warm of this volume is running.
+    pub warming: bool,
+    /// Why the last warm stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_error: Option<String>,
+}
+
+impl Hydration {
+    fn new(total_bytes: u64, local_bytes: u64) -> Self {
+        Self {
+            total_bytes,
+            local_bytes,
+            fraction: match total_bytes {
+                0 => 1.0,
+                t => local_bytes as f64 / t as f64,
+            },
+            warming: false,
+            warm_error: None,
+        }
+    }
+}
+
+/// Progress of one warm.
+#[derive(Debug, Default)]
+pub struct WarmProgress {
+    /// Objects fetched so far.
+    pub fetched_objects: AtomicU64,
+    /// Framed bytes fetched so far.
+    pub fetched_bytes: AtomicU64,
+    running: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl WarmProgress {
+    /// Whether the warm is still running.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Why it stopped early, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+
+    /// Adds the warm's state to a measurement.
+    pub fn annotate(&self, mut h: Hydration) -> Hydration {
+        h.warming = self.running();
+        h.warm_error = self.error();
+        h
+    }
+}
+
+/// Measures a tree: total and local bytes, and the distinct chunks that
+/// are not local.
+pub(crate) async fn measure(backend: &Backend, tree: SealedTree) -> Result<(Hydration, Vec<ChunkId>)> {
+    let chunk = tree.geometry.chunk_size() as u64;
+    let (mut total, mut local) = (0u64, 0u64);
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    backend
+        .trees
+        .walk(tree.root, tree.level, &mut |reached| {
+            if let Reachable::Chunk { id, .. } = reached {
+                total += chunk;
+                if backend.objects.is_local(&id) {
+                    local += chunk;
+                } else if seen.insert(id) {
+                    missing.push(id);
+                }
+            }
+            true
+        })
+        .await?;
+    Ok((Hydration::new(total, local), missing))
+}
+
+/// Starts warming a tree into the disk cache; `progress` tracks it.
+pub(crate) fn start_warm(backend: Arc<Backend>, tree: SealedTree, progress: Arc<WarmProgress>) {
+    progress.running.store(true, Ordering::Release);
+    *progress.error.lock() = None;
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        if let Err(e) = warm(&backend, tree, &progress).await {
+            tracing::warn!(error = %e, "warm stopped");
+            *progress.error.lock() = Some(e.to_string());
+        }
+        tracing::info!(
+            objects = progress.fetched_objects.load(Ordering::Relaxed),
+            bytes = progress.fetched_bytes.load(Ordering::Relaxed),
+            ms = started.elapsed().as_millis() as u64,
+            "warm done"
+        );
+        progress.running.store(false, Ordering::Release);
+    });
+}
+
+async fn warm(backend: &Backend, tree: SealedTree, progress: &WarmProgress) -> Result<()> {
+    let (_, missing) = measure(backend, tree).await?;
+    let Some(disk) = backend.objects.disk_cache() else {
+        return Ok(());
+    };
+    // Stop short of the budget: warming past it would only evict what was
+    // warmed first.
+    let budget = disk.capacity() / 10 * 9;
+    let mut fetches = futures::stream::iter(missing)
+        .map(|id| {
+            let objects = backend.objects.clone();
+            async move { objects.hydrate(ObjectKind::Chunk, &id.0).await }
+        })
+        .buffer_unordered(WARM_CONCURRENCY);
+    while let Some(fetched) = fetches.next().await {
+        if let Some(len) = fetched? {
+            progress.fetched_objects.fetch_add(1, Ordering::Relaxed);
+            let total = progress.fetched_bytes.fetch_add(len, Ordering::Relaxed) + len;
+            if total >= budget {
+                *progress.error.lock() = Some(format!(
+                    "the chunk cache ({} bytes) is too small to hold the whole volume; warmed {total} bytes",
+                    disk.capacity()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(())
+}
