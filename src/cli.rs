@@ -255,6 +255,25 @@ enum SnapshotCmd {
         /// NAME@TAG.
         snapshot: String,
     },
+    /// Write a snapshot's reference (root hash, size, labels) for a server
+    /// over the same bucket to import.
+    ExportRef {
+        /// NAME@TAG.
+        snapshot: String,
+        /// Output file, or - for stdout.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Import a snapshot reference exported by a server over the same
+    /// bucket; fork it to use it. Chunks are fetched on first read.
+    ImportRef {
+        /// Reference file, or - for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+        /// Volume to hold the snapshot here (default: the exported volume's name).
+        #[arg(long)]
+        volume: Option<String>,
+    },
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -507,6 +526,42 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
                 println!("deleted {snapshot}")
             }
         }
+        Command::Snapshot(SnapshotCmd::ExportRef { snapshot, file }) => {
+            let (v, t) = split_snapshot(&snapshot)?;
+            let (_, raw): (serde_json::Value, _) = client
+                .json(client.request(Method::GET, &format!("/volumes/{v}/snapshots/{t}/ref")))
+                .await?;
+            let text = serde_json::to_string_pretty(&raw)? + "\n";
+            if file == "-" {
+                print!("{text}");
+            } else {
+                std::fs::write(&file, text).with_context(|| format!("writing {file}"))?;
+                if !as_json {
+                    println!("wrote the reference of {snapshot} to {file}");
+                }
+            }
+        }
+        Command::Snapshot(SnapshotCmd::ImportRef { file, volume }) => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the reference from stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let reference: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{file} is not a snapshot reference (JSON)"))?;
+            let req = client
+                .request(Method::POST, "/snapshots/import")
+                .json(&json!({"ref": reference, "volume": volume}));
+            let (s, raw): (Snapshot, _) = client.json(req).await?;
+            if as_json {
+                print_json(&raw)
+            } else {
+                println!(
+                    "imported {}@{} (root {}); fork it to write",
+                    s.volume, s.tag, s.root
+                );
+            }
+        }
         Command::Fork {
             snapshot,
             new,
@@ -689,7 +744,10 @@ fn hydration_line(h: &cairn_store::Hydration) -> String {
         format_size(h.total_bytes),
         h.fraction * 100.0,
         if h.warming { ", warming" } else { "" },
-        h.warm_error.as_deref().map(|e| format!(" (last warm: {e})")).unwrap_or_default()
+        h.warm_error
+            .as_deref()
+            .map(|e| format!(" (last warm: {e})"))
+            .unwrap_or_default()
     )
 }
 
@@ -706,13 +764,19 @@ async fn warm(client: &Client, as_json: bool, name: &str, no_wait: bool) -> anyh
         let (v, _): (Volume, serde_json::Value) = client
             .json(client.request(Method::GET, &format!("/volumes/{name}")))
             .await?;
-        h = v.hydration.ok_or_else(|| anyhow!("the server did not report hydration"))?;
+        h = v
+            .hydration
+            .ok_or_else(|| anyhow!("the server did not report hydration"))?;
         raw = serde_json::to_value(&h)?;
     }
     if as_json {
         print_json(&raw);
     } else {
-        println!("{name}: {} after {:.1} s", hydration_line(&h), started.elapsed().as_secs_f64());
+        println!(
+            "{name}: {} after {:.1} s",
+            hydration_line(&h),
+            started.elapsed().as_secs_f64()
+        );
     }
     match (&h.warm_error, no_wait) {
         (Some(e), false) => bail!("warm of {name} stopped: {e}"),

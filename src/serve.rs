@@ -42,7 +42,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.cache_bytes = config.memory_cache_size as usize;
     engine_config.disk_cache_bytes = config.cache_size;
     engine_config.dirty_hard_limit = config.backlog_size as usize;
-    engine_config.dirty_soft_limit = engine_config.dirty_soft_limit.min(config.backlog_size as usize / 2);
+    engine_config.dirty_soft_limit = engine_config
+        .dirty_soft_limit
+        .min(config.backlog_size as usize / 2);
     let engine = Engine::open(engine_config)
         .await
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;

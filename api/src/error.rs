@@ -65,6 +65,8 @@ impl ApiError {
                 StoreError::ImportStream(_) => (StatusCode::BAD_REQUEST, "import_stream"),
                 StoreError::ObjectStore(_) => (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable"),
                 StoreError::BacklogFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backlog_full"),
+                StoreError::InvalidRef(_) => (StatusCode::BAD_REQUEST, "invalid_ref"),
+                StoreError::RefRootMissing { .. } => (StatusCode::CONFLICT, "root_not_in_store"),
                 StoreError::ObjectMissing { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "object_missing"),
                 StoreError::ChunkCorrupt { .. } | StoreError::NodeCorrupt { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "data_corrupt")
@@ -75,6 +77,7 @@ impl ApiError {
                 StoreError::Io(_)
                 | StoreError::Catalog(_)
                 | StoreError::CatalogCorrupt { .. }
+                | StoreError::RootsDocCorrupt { .. }
                 | StoreError::ObjectStoreUrl { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }

@@ -77,6 +77,8 @@ pub fn routes(state: AppState) -> Router {
             post(create_snapshot).get(list_volume_snapshots),
         )
         .route("/snapshots", get(list_snapshots))
+        .route("/snapshots/import", post(import_snapshot_ref))
+        .route("/volumes/{name}/snapshots/{tag}/ref", get(snapshot_ref))
         .route(
             "/volumes/{name}/snapshots/{tag}",
             get(show_snapshot).delete(delete_snapshot),
@@ -437,6 +439,37 @@ pub async fn show_snapshot(
         .engine
         .snapshot_record(&ns, &volume_name(&name)?, &tag_name(&tag)?)?;
     Ok(Json(snap.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/ref", params(("name" = String, Path), ("tag" = String, Path)),
+    responses((status = 200, body = cairn_store::shared::SnapshotRefDoc), (status = 404, body = crate::error::ErrorBody)))]
+/// The snapshot's reference, for a server over the same bucket to import.
+pub async fn snapshot_ref(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+) -> ApiResult<Json<cairn_store::shared::SnapshotRefDoc>> {
+    let doc = state
+        .engine
+        .export_snapshot_ref(&ns, &volume_name(&name)?, &tag_name(&tag)?)
+        .await?;
+    Ok(Json(doc))
+}
+
+#[utoipa::path(post, path = "/api/v1/snapshots/import", request_body = crate::types::ImportRef,
+    responses((status = 201, body = Snapshot), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+/// Imports a snapshot reference exported by a server over the same bucket.
+pub async fn import_snapshot_ref(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Body400(req): Body400<crate::types::ImportRef>,
+) -> ApiResult<(StatusCode, Json<Snapshot>)> {
+    let name = req.volume.as_deref().map(volume_name).transpose()?;
+    let snap = state
+        .engine
+        .import_snapshot_ref(&ns, &actor(&ns), &req.reference, name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(snap.into())))
 }
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}/snapshots/{tag}", params(("name" = String, Path), ("tag" = String, Path)),

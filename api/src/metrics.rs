@@ -57,9 +57,10 @@ impl Metrics {
         let stats = &engine.objects().stats;
         let store = &engine.objects().store_stats;
         let disk = engine.objects().disk_cache();
-        let disk_counter = |pick: fn(&cairn_store::disk_cache::DiskCacheStats) -> &std::sync::atomic::AtomicU64| {
-            disk.map_or(0, |d| pick(&d.stats).load(Ordering::Relaxed))
-        };
+        let disk_counter =
+            |pick: fn(&cairn_store::disk_cache::DiskCacheStats) -> &std::sync::atomic::AtomicU64| {
+                disk.map_or(0, |d| pick(&d.stats).load(Ordering::Relaxed))
+            };
         for (name, help, value) in [
             (
                 "cairn_object_puts_total",

@@ -26,6 +26,8 @@ use crate::handlers;
         handlers::list_snapshots,
         handlers::show_snapshot,
         handlers::delete_snapshot,
+        handlers::snapshot_ref,
+        handlers::import_snapshot_ref,
         handlers::get_snapshot_data,
         handlers::fork,
         handlers::clone_volume,

@@ -327,3 +327,16 @@ pub struct VerifyRequest {
     #[serde(default)]
     pub tag: Option<String>,
 }
+
+/// Body of `POST /snapshots/import`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportRef {
+    /// A reference from `GET /volumes/{name}/snapshots/{tag}/ref` of a
+    /// server over the same bucket.
+    #[serde(rename = "ref")]
+    pub reference: cairn_store::shared::SnapshotRefDoc,
+    /// Name of the volume to hold the snapshot here (default: the
+    /// exported volume's name). It must not exist.
+    #[serde(default)]
+    pub volume: Option<String>,
+}

@@ -237,9 +237,15 @@ mod tests {
         for (i, id) in ids.iter().take(3).enumerate() {
             cache.insert(ObjectKind::Chunk, id, &vec![i as u8; 1000]);
         }
-        assert_eq!(cache.get(ObjectKind::Chunk, &ids[0]).unwrap()[..], [0u8; 1000][..]);
+        assert_eq!(
+            cache.get(ObjectKind::Chunk, &ids[0]).unwrap()[..],
+            [0u8; 1000][..]
+        );
         cache.insert(ObjectKind::Node, &ids[3], &[9u8; 1000]);
-        assert!(!cache.contains(ObjectKind::Chunk, &ids[1]), "least recently used goes first");
+        assert!(
+            !cache.contains(ObjectKind::Chunk, &ids[1]),
+            "least recently used goes first"
+        );
         assert!(cache.contains(ObjectKind::Chunk, &ids[0]));
         assert_eq!(cache.bytes(), 3000);
         assert_eq!(cache.stats.evictions.load(Ordering::Relaxed), 1);

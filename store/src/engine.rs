@@ -19,8 +19,10 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Catalog;
+use crate::disk_cache::DiskCache;
 use crate::error::{Result, StoreError};
 use crate::gc::{GcOptions, GcReport};
+use crate::hydrate::Hydration;
 use crate::journal::JournalDir;
 use crate::names::{Namespace, SnapshotTag, VolumeName};
 use crate::objects::ObjectLayer;
@@ -28,8 +30,6 @@ use crate::records::{
     now, Event, EventKind, Labels, SnapshotOrigin, SnapshotRecord, VolumeRecord, VolumeState,
 };
 use crate::tree::{levels_for, NodeId, TreeStore};
-use crate::disk_cache::DiskCache;
-use crate::hydrate::Hydration;
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
 use crate::volume::{Backend, SealedTree, Volume};
@@ -39,6 +39,8 @@ use crate::wrap::{layered, Faults, StoreStats};
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
 /// Bytes moved per step of an import or export.
 const STREAM_STEP: usize = 4 << 20;
+/// How often a server sharing its bucket republishes its live roots.
+const ROOTS_PUBLISH_INTERVAL: Duration = Duration::from_secs(30);
 /// Catalog meta key of the last GC report.
 const LAST_GC: &str = "gc_last";
 
@@ -100,7 +102,7 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `stat`.
     let stat = unsafe { stat.assume_init() };
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Changed extents between two snapshots.
@@ -141,6 +143,8 @@ pub struct Engine {
     names: tokio::sync::Mutex<()>,
     /// Held by the running garbage collection (one at a time).
     gc_running: tokio::sync::Mutex<()>,
+    /// This server's identity and published roots in a shared bucket.
+    shared: crate::shared::SharedBucket,
     /// Warms by volume id (see [`Engine::warm`]).
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
@@ -195,8 +199,8 @@ impl Engine {
         let faults = Faults::from_env();
         let store_stats = Arc::new(StoreStats::default());
         let store = layered(backend_store, faults.clone(), store_stats.clone());
-        let mut objects =
-            ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes).with_store_stats(store_stats, faults);
+        let mut objects = ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes)
+            .with_store_stats(store_stats, faults);
         let remote = config
             .object_store
             .as_deref()
@@ -206,7 +210,12 @@ impl Engine {
                 .disk_cache_bytes
                 .unwrap_or_else(|| default_disk_cache_bytes(&config.data_dir));
             let disk = DiskCache::open(&config.data_dir.join("cache"), capacity)?;
-            tracing::info!(capacity, objects = disk.len(), bytes = disk.bytes(), "chunk cache on disk");
+            tracing::info!(
+                capacity,
+                objects = disk.len(),
+                bytes = disk.bytes(),
+                "chunk cache on disk"
+            );
             objects = objects.with_disk_cache(Arc::new(disk));
         }
         let objects = Arc::new(objects);
@@ -228,6 +237,7 @@ impl Engine {
             live_ids.insert(record.id);
             volumes.insert(key, Volume::open(backend.clone(), record)?);
         }
+        let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
         let orphans = backend.journal.remove_orphans(&live_ids)?;
         if orphans > 0 {
             tracing::info!(files = orphans, "removed journal files of deleted volumes");
@@ -239,6 +249,7 @@ impl Engine {
             names: tokio::sync::Mutex::new(()),
             gc_running: tokio::sync::Mutex::new(()),
             warming: Mutex::new(HashMap::new()),
+            shared,
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
@@ -250,6 +261,10 @@ impl Engine {
     /// `names`). For GC's mark.
     pub(crate) async fn live_roots(&self) -> Result<Vec<(NodeId, u8)>> {
         let _names = self.names.lock().await;
+        self.live_roots_locked()
+    }
+
+    fn live_roots_locked(&self) -> Result<Vec<(NodeId, u8)>> {
         let catalog = &self.backend.catalog;
         let mut roots = Vec::new();
         for v in catalog.volumes(None)? {
@@ -277,6 +292,114 @@ impl Engine {
             Some(progress) => progress.annotate(measured),
             None => measured,
         })
+    }
+
+    /// Shared-bucket state (see [`crate::shared`]).
+    pub fn shared(&self) -> &crate::shared::SharedBucket {
+        &self.shared
+    }
+
+    /// Publishes this server's live roots to the bucket if it shares it.
+    pub async fn publish_roots_if_shared(&self) -> Result<()> {
+        if !self.shared.active() {
+            return Ok(());
+        }
+        let roots = self.live_roots().await?;
+        self.shared
+            .publish(&self.backend.catalog, &self.backend.objects, &roots)
+            .await
+    }
+
+    /// A snapshot's reference, for another server over the same bucket to
+    /// import (see [`crate::shared`]). From now on this server publishes its
+    /// roots and its GC honours other servers' roots.
+    pub async fn export_snapshot_ref(
+        &self,
+        ns: &Namespace,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<crate::shared::SnapshotRefDoc> {
+        let record = self.snapshot_record(ns, volume, tag)?;
+        let roots = self.live_roots().await?;
+        self.shared
+            .publish(&self.backend.catalog, &self.backend.objects, &roots)
+            .await?;
+        Ok(crate::shared::SnapshotRefDoc::of(
+            &record,
+            self.shared.server_id(),
+        ))
+    }
+
+    /// Imports another server's snapshot reference as a volume `name`
+    /// (default: the exported volume's name) holding snapshot `TAG`; fork
+    /// it to write. The root is published before it is checked, so the
+    /// exporting server's GC keeps everything it references.
+    pub async fn import_snapshot_ref(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        doc: &crate::shared::SnapshotRefDoc,
+        name: Option<VolumeName>,
+    ) -> Result<SnapshotRecord> {
+        let root = doc.root_id()?;
+        let name = match name {
+            Some(n) => n,
+            None => VolumeName::new(&doc.volume)?,
+        };
+        let tag = SnapshotTag::new(&doc.tag)?;
+        check_size(doc.size)?;
+        let geometry = Self::geometry(doc.chunk_size)?;
+        let level = levels_for(geometry.chunk_count(doc.size));
+        let _names = self.names.lock().await;
+        if self.backend.catalog.snapshot(ns, &name, &tag)?.is_some() {
+            return Err(StoreError::SnapshotExists {
+                volume: name.to_string(),
+                tag: tag.to_string(),
+            });
+        }
+        let mut record = self.new_record(ns, &name, doc.size, doc.chunk_size, root, doc.labels.clone())?;
+        let mut roots = self.live_roots_locked()?;
+        roots.push((root, level));
+        self.shared
+            .publish(&self.backend.catalog, &self.backend.objects, &roots)
+            .await?;
+        match self.backend.trees.load(root, level).await {
+            Ok(_) => {}
+            Err(StoreError::ObjectMissing { .. }) => {
+                return Err(StoreError::RefRootMissing {
+                    root: doc.root.clone(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        let snapshot = SnapshotRecord {
+            namespace: ns.clone(),
+            volume: name.clone(),
+            tag: tag.clone(),
+            size: doc.size,
+            chunk_size: doc.chunk_size,
+            root,
+            created_at: doc.created_at,
+            labels: doc.labels.clone(),
+        };
+        record.from_snapshot = Some(SnapshotOrigin {
+            volume: name.clone(),
+            tag: tag.clone(),
+        });
+        let detail = json!({"server": doc.server, "volume": doc.volume, "tag": doc.tag, "root": doc.root, "size": doc.size});
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&record).put_snapshot(&snapshot).event(event(
+            EventKind::ImportRef,
+            ns,
+            actor,
+            Some(&name),
+            Some(&tag),
+            detail,
+        ));
+        batch.commit()?;
+        let volume = Volume::open(self.backend.clone(), record.clone())?;
+        self.volumes.lock().insert((ns.clone(), name), volume);
+        Ok(snapshot)
     }
 
     /// Hydration fraction of every volume, for metrics: 1 for every volume
@@ -310,9 +433,7 @@ impl Engine {
 
     /// Whether the last seal failed on the object store.
     pub fn store_down(&self) -> bool {
-        self.backend
-            .store_down
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.backend.store_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts fetching every chunk of a volume that is not local into the
@@ -412,9 +533,16 @@ impl Engine {
     pub async fn run_sealer(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_publish = std::time::Instant::now();
         loop {
             tick.tick().await;
             self.seal_due().await;
+            if last_publish.elapsed() >= ROOTS_PUBLISH_INTERVAL {
+                last_publish = std::time::Instant::now();
+                if let Err(e) = self.publish_roots_if_shared().await {
+                    tracing::warn!(error = %e, "publishing live roots failed; will retry");
+                }
+            }
         }
     }
 

@@ -160,6 +160,23 @@ pub enum StoreError {
         /// Whether the last seal failed on the object store.
         store_down: bool,
     },
+    /// A snapshot reference could not be used.
+    #[error("invalid snapshot reference: {0}")]
+    InvalidRef(String),
+    /// A snapshot reference names a root this server's object store lacks.
+    #[error("the object store holds no manifest root {root}: is this server on the bucket and prefix of the exporting one?")]
+    RefRootMissing {
+        /// Root hash (hex).
+        root: String,
+    },
+    /// Another server's published roots could not be read.
+    #[error("roots document {key} is corrupt: {reason}")]
+    RootsDocCorrupt {
+        /// Object key.
+        key: String,
+        /// Decoding error.
+        reason: String,
+    },
     /// Another garbage collection is running; one runs at a time.
     #[error("a garbage collection is already running; try again when it ends")]
     GcRunning,
@@ -169,7 +186,10 @@ impl StoreError {
     /// The POSIX errno a block-device client (NBD) should see.
     pub fn errno(&self) -> u32 {
         match self {
-            StoreError::OutOfRange { .. } | StoreError::InvalidSize(_) | StoreError::InvalidName { .. } => 22,
+            StoreError::OutOfRange { .. }
+            | StoreError::InvalidSize(_)
+            | StoreError::InvalidName { .. }
+            | StoreError::InvalidRef(_) => 22,
             StoreError::ReadOnly(_) | StoreError::WrongState { .. } => 1,
             StoreError::Io(e) if e.raw_os_error() == Some(28) => 28,
             StoreError::ImportTooLarge { .. } | StoreError::BacklogFull { .. } => 28,

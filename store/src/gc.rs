@@ -24,6 +24,11 @@
 //! removed from the existence index and then from the store, in batches
 //! under the sweep lock. Index entries whose object is gone are dropped so
 //! no writer deduplicates against a missing object.
+//!
+//! **Shared bucket.** When servers exchange snapshots over one bucket
+//! ([`crate::shared`]), GC first publishes this server's roots, marks from
+//! every server's published roots as well, and deletes only objects in its
+//! own existence index.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -98,6 +103,13 @@ pub struct GcReport {
     pub mark_ms: u64,
     /// Wall time of the whole run, milliseconds.
     pub duration_ms: u64,
+    /// Roots published by other servers over the same bucket, marked too.
+    #[serde(default)]
+    pub foreign_roots: u64,
+    /// Unreachable objects kept because another server over the same
+    /// bucket uploaded them.
+    #[serde(default)]
+    pub kept_foreign_objects: u64,
 }
 
 fn unix_now() -> u64 {
@@ -127,9 +139,18 @@ fn set_bytes(set: &HashSet<u64>) -> u64 {
 }
 
 /// Marks everything reachable from the catalog's roots.
-async fn mark(engine: &Engine, report: &mut GcReport) -> Result<HashSet<u64>> {
-    let roots = engine.live_roots().await?;
+async fn mark(engine: &Engine, report: &mut GcReport) -> Result<(HashSet<u64>, bool)> {
+    let mut roots = engine.live_roots().await?;
     report.roots = roots.len() as u64;
+    let (shared, foreign) = engine.shared().foreign_roots(engine.objects()).await?;
+    if shared {
+        engine
+            .shared()
+            .publish(engine.catalog(), engine.objects(), &roots)
+            .await?;
+    }
+    report.foreign_roots = foreign.len() as u64;
+    roots.extend(foreign);
     let mut marked = HashSet::new();
     for (root, level) in roots {
         engine
@@ -146,7 +167,7 @@ async fn mark(engine: &Engine, report: &mut GcReport) -> Result<HashSet<u64>> {
             .await?;
     }
     report.mark_set_bytes = set_bytes(&marked);
-    Ok(marked)
+    Ok((marked, shared))
 }
 
 /// Runs one GC. The caller makes sure only one runs at a time.
@@ -168,7 +189,7 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
     }
     report.cutoff_unix = cutoff;
 
-    let marked = mark(engine, &mut report).await?;
+    let (marked, shared) = mark(engine, &mut report).await?;
     report.mark_ms = started.elapsed().as_millis() as u64;
 
     let mut listed = HashSet::new();
@@ -190,7 +211,12 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
         }
         let key = meta.location.to_string();
         let uploaded = meta.last_modified.timestamp().max(0) as u64;
-        let claimed = objects.catalog().object_entry(&key)?.map_or(0, |(t, _)| t);
+        let entry = objects.catalog().object_entry(&key)?;
+        if shared && entry.is_none() {
+            report.kept_foreign_objects += 1;
+            continue;
+        }
+        let claimed = entry.map_or(0, |(t, _)| t);
         if uploaded.max(claimed) >= cutoff {
             report.skipped_young_objects += 1;
             report.skipped_young_bytes += meta.size;

@@ -11,8 +11,8 @@
 //! This crate knows nothing of HTTP or NBD.
 
 pub mod cache;
-pub mod disk_cache;
 pub mod catalog;
+pub mod disk_cache;
 pub mod engine;
 pub mod error;
 pub mod gc;
@@ -23,6 +23,7 @@ pub mod objects;
 pub mod overlay;
 pub mod readahead;
 pub mod records;
+pub mod shared;
 pub mod tree;
 pub mod url;
 pub mod usage;

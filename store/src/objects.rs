@@ -20,12 +20,15 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::cache::ChunkCache;
-use crate::disk_cache::DiskCache;
 use crate::catalog::Catalog;
+use crate::disk_cache::DiskCache;
 use crate::error::{Result, StoreError};
 
 /// Frames up to this size are checked and decoded on the calling task.
 const INLINE_DECODE_MAX: usize = 256 << 10;
+
+/// One chunk fetch, shared by the readers waiting for it.
+type Fetch = tokio::sync::OnceCell<Arc<[u8]>>;
 
 /// What kind of object a key names.
 
@@ -75,7 +78,7 @@ pub struct ObjectLayer {
     /// Framed objects on local disk (stores that are not local only).
     disk: Option<Arc<DiskCache>>,
     /// Chunk fetches in progress, shared by concurrent readers.
-    inflight: parking_lot::Mutex<std::collections::HashMap<ChunkId, Arc<tokio::sync::OnceCell<Arc<[u8]>>>>>,
+    inflight: parking_lot::Mutex<std::collections::HashMap<ChunkId, Arc<Fetch>>>,
     /// Traffic counters.
     pub stats: ObjectStats,
     /// Dedup claims share it; GC's deletions take it alone, so no claim
@@ -229,7 +232,9 @@ impl ObjectLayer {
     /// (scrub). Returns its plaintext length.
     pub async fn fetch_checked(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<usize> {
         let framed = self.get_framed(kind, id).await?;
-        self.decode_checked(kind, id, framed).await.map(|plain| plain.len())
+        self.decode_checked(kind, id, framed)
+            .await
+            .map(|plain| plain.len())
     }
 
     /// The object store behind this layer.

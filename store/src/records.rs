@@ -145,6 +145,8 @@ pub enum EventKind {
     Attach,
     /// NBD client detached.
     Detach,
+    /// A snapshot was imported from another server's reference.
+    ImportRef,
 }
 
 /// One entry of the append-only audit log. Events outlive what they describe.

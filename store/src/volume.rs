@@ -88,7 +88,12 @@ impl SealedTree {
 impl Backend {
     /// Fills `holes` of `buf` from a sealed tree, fetching missing chunks
     /// concurrently.
-    pub(crate) async fn read_sealed(self: &Arc<Self>, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> Result<()> {
+    pub(crate) async fn read_sealed(
+        self: &Arc<Self>,
+        tree: SealedTree,
+        holes: &[Hole],
+        buf: &mut [u8],
+    ) -> Result<()> {
         let mut ids = Vec::with_capacity(holes.len());
         for hole in holes {
             ids.push(self.trees.lookup(tree.root, tree.level, hole.chunk).await?);
@@ -117,7 +122,9 @@ impl Backend {
             let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
             match chunk {
                 None => out.fill(0),
-                Some(chunk) => out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len]),
+                Some(chunk) => {
+                    out.copy_from_slice(&chunk[hole.offset_in_chunk..hole.offset_in_chunk + hole.len])
+                }
             }
         }
         self.read_ahead(tree, holes);
@@ -126,7 +133,12 @@ impl Backend {
 
     /// Fills `holes` from cached nodes and chunks only; false when anything
     /// is not cached (the caller takes the async path).
-    pub(crate) fn read_sealed_cached(self: &Arc<Self>, tree: SealedTree, holes: &[Hole], buf: &mut [u8]) -> bool {
+    pub(crate) fn read_sealed_cached(
+        self: &Arc<Self>,
+        tree: SealedTree,
+        holes: &[Hole],
+        buf: &mut [u8],
+    ) -> bool {
         for hole in holes {
             let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
             let Some(id) = self.trees.lookup_cached(tree.root, tree.level, hole.chunk) else {
@@ -148,7 +160,8 @@ impl Backend {
     /// Notes a read for sequential detection and starts fetching the
     /// chunks ahead of a sequential stream (remote stores only).
     fn read_ahead(self: &Arc<Self>, tree: SealedTree, holes: &[Hole]) {
-        let (Some(readahead), Some(first), Some(last)) = (&self.readahead, holes.first(), holes.last()) else {
+        let (Some(readahead), Some(first), Some(last)) = (&self.readahead, holes.first(), holes.last())
+        else {
             return;
         };
         let limit = crate::tree::capacity(tree.level);
@@ -178,7 +191,12 @@ impl Backend {
     }
 
     /// Reads `buf.len()` bytes at `offset` of a sealed tree.
-    pub(crate) async fn read_tree(self: &Arc<Self>, tree: SealedTree, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) async fn read_tree(
+        self: &Arc<Self>,
+        tree: SealedTree,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let holes: Vec<Hole> = tree
             .geometry
             .spans(ByteRange::new(offset, buf.len() as u64))
@@ -608,12 +626,20 @@ impl Volume {
             }
             let down = self.backend.store_down.load(Ordering::Relaxed);
             if down {
-                return Err(StoreError::BacklogFull { held, limit, store_down: down });
+                return Err(StoreError::BacklogFull {
+                    held,
+                    limit,
+                    store_down: down,
+                });
             }
             let room = self.backend.room.notified();
             self.seal_in_background();
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return Err(StoreError::BacklogFull { held, limit, store_down: down });
+                return Err(StoreError::BacklogFull {
+                    held,
+                    limit,
+                    store_down: down,
+                });
             }
         }
     }

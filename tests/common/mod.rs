@@ -74,14 +74,28 @@ impl S3Server {
         }
     }
 
+    /// The object store URL of this bucket.
+    pub fn url(&self) -> String {
+        format!("s3://{}/objects", self.bucket)
+    }
+
+    /// Environment that points a cairn server at this S3 server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     /// Environment and flag that point a cairn server at this bucket.
     fn apply(&self, cmd: &mut Command) {
-        cmd.args(["--object-store", &format!("s3://{}/objects", self.bucket)])
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1");
+        cmd.args(["--object-store", &self.url()]).envs(self.env());
     }
 }
 
@@ -107,6 +121,17 @@ impl Server {
     /// extra environment (e.g. `CAIRN_FAULTS`).
     pub fn start_on_s3(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         Self::launch(data_dir, extra, env, Some(S3Server::start()))
+    }
+
+    /// A second server on its own data dir over the same bucket as `other`.
+    pub fn start_beside(data_dir: &Path, extra: &[&str], other: &Server) -> Server {
+        let s3 = other.s3.as_ref().expect("the other server runs on S3");
+        let url = s3.url();
+        let mut args = vec!["--object-store", url.as_str()];
+        args.extend_from_slice(extra);
+        let env = s3.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::launch(data_dir, &args, &env, None)
     }
 
     fn launch(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], s3: Option<S3Server>) -> Server {
@@ -165,6 +190,19 @@ impl Server {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         status.code()
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.http("GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Runs a CLI command against this server.
