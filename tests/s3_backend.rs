@@ -1,12 +1,13 @@
 //! The S3 backend against a real S3-compatible server (moto, started per
 //! test on loopback): objects in the bucket are immutable and
 //! content-addressed; injected 5xx and latency are retried away; a store
-//! that hangs for seconds in the middle of a write load loses nothing.
+//! that hangs for seconds in the middle of a write load loses nothing, nor
+//! does one that goes down (connections refused) and comes back.
 
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::nbd::RawNbd;
 use common::*;
@@ -142,6 +143,97 @@ fn a_hung_store_during_writes_loses_nothing() {
     let out = dir.path().join("out");
     server.ok(&["export", "vm@after-outage", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == model);
+    let verify = server.json(&["verify"]);
+    assert_eq!(
+        (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn a_store_that_goes_down_and_comes_back_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start();
+    let moto_port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    // The server reaches S3 through a proxy that can go down (connections
+    // reset, new ones refused) and come back, like a store that crashes
+    // and restarts with its data.
+    let mut proxy = common::proxy::Proxy::start(moto_port);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let mut env = s3.env();
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), endpoint));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let nbd_port = free_port();
+    let nbd = format!("127.0.0.1:{nbd_port}");
+    let url = s3.url();
+    let server = Server::start_on(
+        &dir.path().join("data"),
+        &[
+            "--object-store",
+            &url,
+            "--nbd-listen",
+            &nbd,
+            "--backlog-size",
+            "4M",
+        ],
+        &env,
+    );
+    server.json(&["volume", "create", "vm", "--size", "32M"]);
+    let mut model = vec![0u8; 32 << 20];
+    let mut c = RawNbd::open(nbd_port, "vm");
+    let block = 256 << 10;
+    let mut write = |c: &mut RawNbd, i: usize, model: &mut Vec<u8>| {
+        let data = cairn_chunker::testdata::noise(500 + i as u64, block);
+        let at = i * block % (32 << 20);
+        let errno = c.write(at as u64, &data);
+        if errno == 0 {
+            model[at..at + block].copy_from_slice(&data);
+        }
+        errno
+    };
+    for i in 0..8 {
+        assert_eq!(write(&mut c, i, &mut model), 0);
+    }
+    proxy.down();
+    // Writes are taken into the backlog, then refused with ENOSPC.
+    let mut i = 8;
+    let refused = loop {
+        match write(&mut c, i, &mut model) {
+            0 => i += 1,
+            errno => break errno,
+        }
+        assert!(i < 64, "the 4 MiB backlog must fill");
+    };
+    assert_eq!(refused, 28);
+    // Once a seal has failed on the store, refusals are immediate.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("cairn_object_store_down") < 1.0 {
+        assert!(Instant::now() < deadline, "the failed seal was not noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let asked = Instant::now();
+    assert_eq!(write(&mut c, i, &mut model), 28);
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    // Cached and dirty data stay readable.
+    assert_eq!(c.read(0, 4096).unwrap(), model[..4096]);
+
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.metric("cairn_backlog_bytes") > 0.0 || server.metric("cairn_object_store_down") > 0.0 {
+        assert!(Instant::now() < deadline, "the backlog did not drain");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(write(&mut c, i, &mut model), 0, "writes are taken again");
+    drop(c);
+    server.json(&["snapshot", "create", "vm", "--tag", "after"]);
+    let out = dir.path().join("out");
+    server.ok(&["export", "vm@after", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == model,
+        "no acknowledged write lost"
+    );
     let verify = server.json(&["verify"]);
     assert_eq!(
         (verify["missing"].as_u64(), verify["corrupt"].as_u64()),

@@ -49,17 +49,24 @@ fn assert_verify_clean(server: &Server) {
     );
 }
 
-#[test]
-fn two_servers_over_one_bucket_fork_and_read_each_others_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, _) = start(dir.path(), &[]);
-    let data = cairn_chunker::testdata::noise(5, 16 << 20);
-    let image = dir.path().join("img");
+/// Server A on a fresh bucket with volume `vm` of `size` random bytes,
+/// snapshot `vm@base` and its reference exported to a file.
+fn exporting_server(dir: &std::path::Path, seed: u64, size: usize) -> (Server, Vec<u8>, std::path::PathBuf) {
+    let (a, _) = start(dir, &[]);
+    let data = cairn_chunker::testdata::noise(seed, size);
+    let image = dir.join("img");
     std::fs::write(&image, &data).unwrap();
     a.json(&["import", "vm", image.to_str().unwrap()]);
     a.json(&["snapshot", "create", "vm", "--tag", "base"]);
-    let reference = dir.path().join("base.ref");
+    let reference = dir.join("base.ref");
     a.ok(&["snapshot", "export-ref", "vm@base", reference.to_str().unwrap()]);
+    (a, data, reference)
+}
+
+#[test]
+fn two_servers_over_one_bucket_fork_and_read_each_others_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, data, reference) = exporting_server(dir.path(), 5, 16 << 20);
 
     // B: its own data dir and a memory cache too small to hold the volume,
     // so reads go through the disk cache and the store.
@@ -144,14 +151,7 @@ fn two_servers_over_one_bucket_fork_and_read_each_others_snapshots() {
 #[test]
 fn warm_fills_a_bounded_disk_cache_that_serves_reads_while_the_store_is_away() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = start(dir.path(), &[]);
-    let data = cairn_chunker::testdata::noise(9, 8 << 20);
-    let image = dir.path().join("img");
-    std::fs::write(&image, &data).unwrap();
-    a.json(&["import", "vm", image.to_str().unwrap()]);
-    a.json(&["snapshot", "create", "vm", "--tag", "base"]);
-    let reference = dir.path().join("base.ref");
-    a.ok(&["snapshot", "export-ref", "vm@base", reference.to_str().unwrap()]);
+    let (a, data, reference) = exporting_server(dir.path(), 9, 8 << 20);
 
     // A cold server with room for the volume: warm, then the store stops
     // and every read is still served.

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod nbd;
+pub mod proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -121,6 +122,11 @@ impl Server {
     /// extra environment (e.g. `CAIRN_FAULTS`).
     pub fn start_on_s3(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         Self::launch(data_dir, extra, env, Some(S3Server::start()))
+    }
+
+    /// A server with exactly these flags and environment, whatever the mode.
+    pub fn start_on(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::launch(data_dir, extra, env, None)
     }
 
     /// A second server on its own data dir over the same bucket as `other`.
