@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Cold fork over S3: server A (moto S3 on loopback) holds a volume of SIZE
-# random bytes and snapshots it; server B, with an empty data dir over the
-# same bucket, imports the snapshot reference, forks it, and reads it:
+# Cold fork over S3: server A holds a volume of SIZE random bytes in an
+# S3-compatible server on loopback and snapshots it; servers B, C and D,
+# each with an empty data dir over the same bucket, import the snapshot
+# reference, fork it and read it cold:
 #
-#   - time to first byte: a 4 KiB read of the cold fork (qemu-io, process
-#     start included; the same read on the warm fork is printed beside it);
-#   - sequential read while hydrating, one request at a time (read-ahead):
-#     nbdcopy --connections=1 --requests=1 of a cold fork;
-#   - parallel read while hydrating: nbdcopy defaults (4 connections x 64
-#     requests) of another cold fork;
-#   - the same parallel read again, now from B's local disk cache (warm);
-#   - `cairn volume warm` of a third cold fork (background hydration).
+#   - B: time to first byte, a 4 KiB read of the cold fork (qemu-io,
+#     process start included; the same read again printed beside it), then
+#     a sequential read while hydrating, one request at a time (read-ahead
+#     only): nbdcopy --connections=1 --requests=1;
+#   - C: a parallel read while hydrating, nbdcopy defaults (4 connections x
+#     64 requests), then the same read again from C's local disk cache;
+#   - D: `cairn volume warm` (background hydration, 16 fetches in flight).
 #
-#   benches/cold_fork.sh             # 1 GiB
-#   SIZE=256M benches/cold_fork.sh   # quick
+#   benches/cold_fork.sh                   # 1 GiB, s3s-fs if installed, else moto
+#   SIZE=256M S3=moto benches/cold_fork.sh
 #
-# moto is an in-memory Python S3 server: its throughput bounds the cold
-# numbers here; a real S3 endpoint has higher latency per request and
-# much higher aggregate throughput.
+# S3=s3s uses s3s-fs (`cargo install s3s-fs@0.14.1 --features binary`, a
+# Rust S3 server over a directory); S3=moto the Python server the tests
+# use. Both run on the same two cores as cairn and bound the cold numbers.
+# A real S3 endpoint has more latency per request (tens of ms) and far
+# more aggregate throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-1G}"
@@ -35,11 +37,20 @@ bytes=$(python3 -c "
 s='$SIZE'; m={'K':1<<10,'M':1<<20,'G':1<<30}
 print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
 
+S3="${S3:-$(command -v s3s-fs >/dev/null && echo s3s || echo moto)}"
 s3p=$(port)
-moto_server -H 127.0.0.1 -p "$s3p" >/dev/null 2>&1 & pids+=($!)
-for _ in $(seq 100); do curl -sf -X PUT "http://127.0.0.1:$s3p/bench" >/dev/null && break; sleep 0.1; done
 export AWS_ENDPOINT_URL="http://127.0.0.1:$s3p" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench \
-  AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+  AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
+signed=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "bench:benchsecret")
+if [ "$S3" = s3s ]; then
+  mkdir -p "$work/s3"
+  s3s-fs --host 127.0.0.1 --port "$s3p" --access-key bench --secret-key benchsecret "$work/s3" >/dev/null 2>&1 & pids+=($!)
+else
+  moto_server -H 127.0.0.1 -p "$s3p" >/dev/null 2>&1 & pids+=($!)
+fi
+for _ in $(seq 100); do curl -sf "${signed[@]}" -X PUT "http://127.0.0.1:$s3p/bench" >/dev/null && break; sleep 0.1; done
+echo "S3 server: $S3; volume size: $SIZE"
+
 serve() { # name -> sets <name>_api, <name>_nbd
   local api nbd
   api=$(port); nbd=$(port)
@@ -49,39 +60,41 @@ serve() { # name -> sets <name>_api, <name>_nbd
   printf -v "${1}_api" '%s' "http://127.0.0.1:$api"
   printf -v "${1}_nbd" '%s' "nbd://127.0.0.1:$nbd"
 }
-serve a
-serve b
-A() { ./target/release/cairn --server "$a_api" "$@"; }
-B() { ./target/release/cairn --server "$b_api" "$@"; }
+cold() { # name: a fresh server over the bucket, the snapshot imported and forked as "f"
+  serve "$1"
+  local api="${1}_api"
+  ./target/release/cairn --server "${!api}" snapshot import-ref "$work/base.ref" >/dev/null
+  ./target/release/cairn --server "${!api}" fork vm@base f >/dev/null
+}
+ttfb() { local t; t=$(now); qemu-io -r -f raw "$1" -c "read 0 4k" >/dev/null; since "$t"; }
 
+serve a
+A() { ./target/release/cairn --server "$a_api" "$@"; }
 head -c "$bytes" /dev/urandom > "$work/image"
-t=$(now); A import vm "$work/image" >/dev/null 2>&1; echo "import of $SIZE into S3 through server A: $(since "$t") s"
+t=$(now); A import vm "$work/image" >/dev/null 2>&1; s=$(since "$t")
+echo "A: import of $SIZE into S3: $s s, $(mibs "$bytes" "$s") MiB/s"
 A snapshot create vm --tag base >/dev/null
 A snapshot export-ref vm@base "$work/base.ref"
-B snapshot import-ref "$work/base.ref" >/dev/null
-for f in seq par warm; do B fork vm@base "$f" >/dev/null; done
 
-ttfb() { local t; t=$(now); qemu-io -r -f raw "$1" -c "read 0 4k" >/dev/null; since "$t"; }
-cold_ttfb=$(ttfb "$b_nbd/seq")
-warm_ttfb=$(ttfb "$b_nbd/seq")
-echo "time to first 4 KiB (qemu-io incl. start): cold fork ${cold_ttfb} s, same read again ${warm_ttfb} s"
+cold b
+cold_ttfb=$(ttfb "$b_nbd/f")
+warm_ttfb=$(ttfb "$b_nbd/f")
+echo "B: time to first 4 KiB (qemu-io incl. start): cold fork ${cold_ttfb} s, same read again ${warm_ttfb} s"
+t=$(now); nbdcopy --connections=1 --requests=1 "$b_nbd/f" null:; s=$(since "$t")
+echo "B: sequential read (1 request at a time) of a cold fork: $s s, $(mibs "$bytes" "$s") MiB/s"
 
-t=$(now); nbdcopy --connections=1 --requests=1 "$b_nbd/seq" null:; s=$(since "$t")
-echo "sequential read (1 request at a time) of a cold fork: $s s, $(mibs "$bytes" "$s") MiB/s"
-t=$(now); nbdcopy "$b_nbd/par" null:; s=$(since "$t")
+cold c
+t=$(now); nbdcopy "$c_nbd/f" null:; s=$(since "$t")
 cold=$(mibs "$bytes" "$s")
-echo "parallel read of a cold fork: $s s, $cold MiB/s"
-t=$(now); nbdcopy "$b_nbd/par" null:; s=$(since "$t")
+echo "C: parallel read of a cold fork: $s s, $cold MiB/s"
+t=$(now); nbdcopy "$c_nbd/f" null:; s=$(since "$t")
 warm=$(mibs "$bytes" "$s")
-echo "parallel read again (local disk cache): $s s, $warm MiB/s"
-nbdcopy "$b_nbd/par" - | cmp - "$work/image" && echo "content matches the image"
-python3 -c "print(f'cold/warm read throughput: {float($cold)/float($warm):.2f}')"
+echo "C: parallel read again (local disk cache): $s s, $warm MiB/s"
+nbdcopy "$c_nbd/f" - | cmp - "$work/image" && echo "C: content matches the image"
+python3 -c "print(f'cold/warm parallel read throughput: {float($cold)/float($warm):.2f}')"
+echo "C metrics:"
+curl -s "$c_api/metrics" | grep -E '^cairn_(object_gets_total|chunk_fetch_joins_total|disk_cache_(hits|misses|inserts|evictions)_total|disk_cache_bytes) '
 
-# A third server, cold, warms a fork in the background.
-serve c
-C() { ./target/release/cairn --server "$c_api" "$@"; }
-C snapshot import-ref "$work/base.ref" >/dev/null
-C fork vm@base w >/dev/null
-t=$(now); C volume warm w; s=$(since "$t")
-echo "cairn volume warm of $SIZE on a cold server: $s s, $(mibs "$bytes" "$s") MiB/s"
-curl -s "$b_api/metrics" | grep -E '^cairn_(object_gets_total|chunk_fetch_joins_total|disk_cache_(hits|misses|inserts|evictions)_total|disk_cache_bytes) '
+cold d
+t=$(now); ./target/release/cairn --server "$d_api" volume warm f 2>/dev/null; s=$(since "$t")
+echo "D: cairn volume warm of $SIZE on a cold server: $s s, $(mibs "$bytes" "$s") MiB/s"

@@ -217,6 +217,24 @@ fn a_store_that_goes_down_and_comes_back_loses_nothing() {
     assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     // Cached and dirty data stay readable.
     assert_eq!(c.read(0, 4096).unwrap(), model[..4096]);
+    // HTTP writes get 503: a partial chunk through the backlog, whole
+    // chunks that would go straight to the store.
+    let (status, body) = server.http(
+        "PUT",
+        "/api/v1/volumes/vm/data?offset=4096",
+        Some(&"x".repeat(4096)),
+        None,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("backlog_full"), "{body}");
+    let (status, body) = server.http(
+        "PUT",
+        "/api/v1/volumes/vm/data?offset=0",
+        Some(&"y".repeat(65536)),
+        None,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("object_store_unavailable"), "{body}");
 
     std::thread::sleep(Duration::from_secs(2));
     proxy.up();

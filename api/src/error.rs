@@ -63,7 +63,9 @@ impl ApiError {
                 StoreError::LabelMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "label_mismatch"),
                 StoreError::ImportTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "import_too_large"),
                 StoreError::ImportStream(_) => (StatusCode::BAD_REQUEST, "import_stream"),
-                StoreError::ObjectStore(_) => (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable"),
+                StoreError::ObjectStore(_) | StoreError::StoreDown => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable")
+                }
                 StoreError::BacklogFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backlog_full"),
                 StoreError::InvalidRef(_) => (StatusCode::BAD_REQUEST, "invalid_ref"),
                 StoreError::RefRootMissing { .. } => (StatusCode::CONFLICT, "root_not_in_store"),
@@ -118,5 +120,30 @@ mod tests {
             actual: None,
         });
         assert_eq!(e.status_and_code().0, StatusCode::PRECONDITION_FAILED);
+    }
+
+    #[test]
+    fn a_full_backlog_and_an_unreachable_store_are_503() {
+        let e = ApiError::from(StoreError::BacklogFull {
+            held: 10,
+            limit: 8,
+            store_down: true,
+        });
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "backlog_full")
+        );
+        assert_eq!(
+            StoreError::BacklogFull {
+                held: 10,
+                limit: 8,
+                store_down: false
+            }
+            .errno(),
+            28,
+            "NBD clients see ENOSPC"
+        );
+        let e = ApiError::from(StoreError::RefRootMissing { root: "ab".into() });
+        assert_eq!(e.status_and_code(), (StatusCode::CONFLICT, "root_not_in_store"));
     }
 }

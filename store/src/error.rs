@@ -160,6 +160,10 @@ pub enum StoreError {
         /// Whether the last seal failed on the object store.
         store_down: bool,
     },
+    /// The object store is unreachable (the last seal failed on it), so a
+    /// write that must go straight to it is refused.
+    #[error("the object store is unreachable (the last seal failed on it); retry when it is back")]
+    StoreDown,
     /// A snapshot reference could not be used.
     #[error("invalid snapshot reference: {0}")]
     InvalidRef(String),

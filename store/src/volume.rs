@@ -786,6 +786,9 @@ impl Volume {
     /// Writes whole, chunk-aligned chunks straight into the object store and
     /// the tree, bypassing the journal (bulk import). Durable on return.
     pub(crate) async fn write_chunks_direct(&self, first_chunk: u64, data: Vec<Vec<u8>>) -> Result<()> {
+        if self.backend.store_down.load(Ordering::Relaxed) {
+            return Err(StoreError::StoreDown);
+        }
         let _seal = self.seal_lock.lock().await;
         // Older dirty data in these chunks must not be sealed over the import later.
         self.seal_locked().await?;
