@@ -183,7 +183,7 @@ fn a_store_that_goes_down_and_comes_back_loses_nothing() {
     let mut model = vec![0u8; 32 << 20];
     let mut c = RawNbd::open(nbd_port, "vm");
     let block = 256 << 10;
-    let mut write = |c: &mut RawNbd, i: usize, model: &mut Vec<u8>| {
+    let write = |c: &mut RawNbd, i: usize, model: &mut Vec<u8>| {
         let data = cairn_chunker::testdata::noise(500 + i as u64, block);
         let at = i * block % (32 << 20);
         let errno = c.write(at as u64, &data);
