@@ -48,6 +48,8 @@ if [ "$S3" = s3s ]; then
 else
   moto_server -H 127.0.0.1 -p "$s3p" >/dev/null 2>&1 & pids+=($!)
 fi
+s3pid=$!
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 for _ in $(seq 100); do curl -sf "${signed[@]}" -X PUT "http://127.0.0.1:$s3p/bench" >/dev/null && break; sleep 0.1; done
 echo "S3 server: $S3; volume size: $SIZE"
 
@@ -59,6 +61,7 @@ serve() { # name -> sets <name>_api, <name>_nbd
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
   printf -v "${1}_api" '%s' "http://127.0.0.1:$api"
   printf -v "${1}_nbd" '%s' "nbd://127.0.0.1:$nbd"
+  printf -v "${1}_pid" '%s' "${pids[-1]}"
 }
 cold() { # name: a fresh server over the bucket, the snapshot imported and forked as "f"
   serve "$1"
@@ -84,9 +87,11 @@ t=$(now); nbdcopy --connections=1 --requests=1 "$b_nbd/f" null:; s=$(since "$t")
 echo "B: sequential read (1 request at a time) of a cold fork: $s s, $(mibs "$bytes" "$s") MiB/s"
 
 cold c
+s3_before=$(cpu_s "$s3pid"); c_before=$(cpu_s "$c_pid")
 t=$(now); nbdcopy "$c_nbd/f" null:; s=$(since "$t")
 cold=$(mibs "$bytes" "$s")
 echo "C: parallel read of a cold fork: $s s, $cold MiB/s"
+echo "C: CPU seconds during it: cairn $(python3 -c "print(round($(cpu_s "$c_pid") - $c_before, 1))"), S3 server $(python3 -c "print(round($(cpu_s "$s3pid") - $s3_before, 1))")"
 t=$(now); nbdcopy "$c_nbd/f" null:; s=$(since "$t")
 warm=$(mibs "$bytes" "$s")
 echo "C: parallel read again (local disk cache): $s s, $warm MiB/s"
