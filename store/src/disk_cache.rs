@@ -10,8 +10,9 @@
 //! to be half the CPU of a cold read. The index (object → segment, offset)
 //! is in memory and rebuilt at start by scanning the segments (a torn tail
 //! is cut off). Space is reclaimed a whole segment at a time, oldest first;
-//! a hit on an object in the older half of the segments appends it again,
-//! so objects in use survive (an approximation of LRU, like CLOCK).
+//! once the cache is more than half full, a hit on an object in the older
+//! half of the segments appends it again, so objects in use survive (an
+//! approximation of LRU, like CLOCK).
 //!
 //! Entries are checked like store reads (crc and BLAKE3) when used; a
 //! damaged one is dropped and fetched again. The cache only ever holds
@@ -200,8 +201,15 @@ impl DiskCache {
                 let segment = inner.segments.get(&loc.segment)?;
                 let oldest = *inner.segments.keys().next()?;
                 let newest = *inner.segments.keys().next_back()?;
+                // Re-append only when eviction draws near: a scan of a
+                // cache with room to spare writes nothing.
                 let old = loc.segment < oldest + (newest - oldest).div_ceil(2);
-                Some((*loc, segment.file.clone(), old && inner.segments.len() > 2))
+                let pressed = inner.bytes > self.capacity / 2;
+                Some((
+                    *loc,
+                    segment.file.clone(),
+                    old && pressed && inner.segments.len() > 2,
+                ))
             })
         };
         let Some((loc, file, promote)) = found else {
