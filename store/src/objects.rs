@@ -237,6 +237,15 @@ impl ObjectLayer {
             .map(|plain| plain.len())
     }
 
+    /// Whether the object store answers (any answer, not-found included).
+    pub async fn probe(&self) -> bool {
+        let path = self.prefix.clone().join("servers");
+        matches!(
+            self.store.head(&path).await,
+            Ok(_) | Err(object_store::Error::NotFound { .. })
+        )
+    }
+
     /// The object store behind this layer.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

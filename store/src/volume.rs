@@ -787,7 +787,12 @@ impl Volume {
     /// the tree, bypassing the journal (bulk import). Durable on return.
     pub(crate) async fn write_chunks_direct(&self, first_chunk: u64, data: Vec<Vec<u8>>) -> Result<()> {
         if self.backend.store_down.load(Ordering::Relaxed) {
-            return Err(StoreError::StoreDown);
+            // Do not queue behind a seal that may hang on the store: ask the
+            // store once (with retries) whether it answers again.
+            if !self.backend.objects.probe().await {
+                return Err(StoreError::StoreDown);
+            }
+            self.backend.store_down.store(false, Ordering::Relaxed);
         }
         let _seal = self.seal_lock.lock().await;
         // Older dirty data in these chunks must not be sealed over the import later.
