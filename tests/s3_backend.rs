@@ -93,11 +93,7 @@ fn objects_in_s3_are_content_addressed_and_survive_faults() {
         .parse()
         .unwrap();
     assert!(retries > 0, "injected failures must have been retried");
-    let verify = server.json(&["verify"]);
-    assert_eq!(
-        (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
-        (Some(0), Some(0))
-    );
+    server.assert_verify_clean();
 
     // Every object in the bucket: its key is the BLAKE3 of its plaintext.
     let objects = bucket_objects(server.s3.as_ref().unwrap());
@@ -139,15 +135,8 @@ fn a_hung_store_during_writes_loses_nothing() {
     unsafe { libc::kill(moto, libc::SIGCONT) };
     drop(c);
     // The backlog drains into the store: a snapshot seals everything.
-    server.json(&["snapshot", "create", "vm", "--tag", "after-outage"]);
-    let out = dir.path().join("out");
-    server.ok(&["export", "vm@after-outage", out.to_str().unwrap()]);
-    assert!(std::fs::read(&out).unwrap() == model);
-    let verify = server.json(&["verify"]);
-    assert_eq!(
-        (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
-        (Some(0), Some(0))
-    );
+    server.assert_snapshot_equals("vm", "after-outage", &model);
+    server.assert_verify_clean();
 }
 
 #[test]
@@ -245,16 +234,6 @@ fn a_store_that_goes_down_and_comes_back_loses_nothing() {
     }
     assert_eq!(write(&mut c, i, &mut model), 0, "writes are taken again");
     drop(c);
-    server.json(&["snapshot", "create", "vm", "--tag", "after"]);
-    let out = dir.path().join("out");
-    server.ok(&["export", "vm@after", out.to_str().unwrap()]);
-    assert!(
-        std::fs::read(&out).unwrap() == model,
-        "no acknowledged write lost"
-    );
-    let verify = server.json(&["verify"]);
-    assert_eq!(
-        (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
-        (Some(0), Some(0))
-    );
+    server.assert_snapshot_equals("vm", "after", &model);
+    server.assert_verify_clean();
 }

@@ -40,15 +40,6 @@ fn read_all(port: u16, export: &str, size: usize, step: u32) -> Vec<u8> {
     out
 }
 
-fn assert_verify_clean(server: &Server) {
-    let verify = server.json(&["verify"]);
-    assert_eq!(
-        (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
-        (Some(0), Some(0)),
-        "{verify}"
-    );
-}
-
 /// Server A on a fresh bucket with volume `vm` of `size` random bytes,
 /// snapshot `vm@base` and its reference exported to a file.
 fn exporting_server(dir: &std::path::Path, seed: u64, size: usize) -> (Server, Vec<u8>, std::path::PathBuf) {
@@ -120,7 +111,7 @@ fn two_servers_over_one_bucket_fork_and_read_each_others_snapshots() {
     // published roots and deletes only its own uploads).
     let gc = b.json(&["gc", "--grace", "0s"]);
     assert!(gc["foreign_roots"].as_u64().unwrap() >= 1, "{gc}");
-    assert_verify_clean(&a);
+    a.assert_verify_clean();
     // A deletes the volume B forked from and collects with no grace: B's
     // data stays in the bucket (B publishes its roots; A marks them).
     a.ok(&["volume", "delete", "vm"]);
@@ -128,7 +119,7 @@ fn two_servers_over_one_bucket_fork_and_read_each_others_snapshots() {
     a.ok(&["volume", "delete", "mine"]);
     let gc = a.json(&["gc", "--grace", "0s"]);
     assert!(gc["foreign_roots"].as_u64().unwrap() >= 1, "{gc}");
-    assert_verify_clean(&b);
+    b.assert_verify_clean();
     let out = dir.path().join("work.raw");
     b.ok(&["export", "work", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == model);
@@ -239,12 +230,6 @@ fn a_full_backlog_answers_enospc_and_drains_when_the_store_returns() {
     assert_eq!(c.write(at as u64, &late), 0);
     model[at..at + block].copy_from_slice(&late);
     drop(c);
-    server.json(&["snapshot", "create", "vm", "--tag", "after"]);
-    let out = dir.path().join("out");
-    server.ok(&["export", "vm@after", out.to_str().unwrap()]);
-    assert!(
-        std::fs::read(&out).unwrap() == model,
-        "no acknowledged write lost"
-    );
-    assert_verify_clean(&server);
+    server.assert_snapshot_equals("vm", "after", &model);
+    server.assert_verify_clean();
 }

@@ -285,10 +285,8 @@ impl Engine {
     /// How much of a volume's sealed data is local (see [`crate::hydrate`]).
     pub async fn hydration(&self, ns: &Namespace, name: &VolumeName) -> Result<Hydration> {
         let volume = self.volume(ns, name)?;
-        let record = volume.record();
-        let tree = SealedTree::new(record.root, record.size, volume.geometry());
-        let (measured, _) = crate::hydrate::measure(&self.backend, tree).await?;
-        Ok(match self.warming.lock().get(&record.id) {
+        let (measured, _) = crate::hydrate::measure(&self.backend, volume.sealed_tree()).await?;
+        Ok(match self.warming.lock().get(&volume.record().id) {
             Some(progress) => progress.annotate(measured),
             None => measured,
         })
@@ -299,15 +297,20 @@ impl Engine {
         &self.shared
     }
 
+    /// Publishes `roots` as this server's live roots in the bucket (and
+    /// marks it as sharing the bucket from now on).
+    pub(crate) async fn publish_roots(&self, roots: &[(NodeId, u8)]) -> Result<()> {
+        self.shared
+            .publish(&self.backend.catalog, &self.backend.objects, roots)
+            .await
+    }
+
     /// Publishes this server's live roots to the bucket if it shares it.
     pub async fn publish_roots_if_shared(&self) -> Result<()> {
         if !self.shared.active() {
             return Ok(());
         }
-        let roots = self.live_roots().await?;
-        self.shared
-            .publish(&self.backend.catalog, &self.backend.objects, &roots)
-            .await
+        self.publish_roots(&self.live_roots().await?).await
     }
 
     /// A snapshot's reference, for another server over the same bucket to
@@ -320,10 +323,7 @@ impl Engine {
         tag: &SnapshotTag,
     ) -> Result<crate::shared::SnapshotRefDoc> {
         let record = self.snapshot_record(ns, volume, tag)?;
-        let roots = self.live_roots().await?;
-        self.shared
-            .publish(&self.backend.catalog, &self.backend.objects, &roots)
-            .await?;
+        self.publish_roots(&self.live_roots().await?).await?;
         Ok(crate::shared::SnapshotRefDoc::of(
             &record,
             self.shared.server_id(),
@@ -360,9 +360,7 @@ impl Engine {
         let mut record = self.new_record(ns, &name, doc.size, doc.chunk_size, root, doc.labels.clone())?;
         let mut roots = self.live_roots_locked()?;
         roots.push((root, level));
-        self.shared
-            .publish(&self.backend.catalog, &self.backend.objects, &roots)
-            .await?;
+        self.publish_roots(&roots).await?;
         match self.backend.trees.load(root, level).await {
             Ok(_) => {}
             Err(StoreError::ObjectMissing { .. }) => {
@@ -411,13 +409,10 @@ impl Engine {
             let record = volume.record();
             let fraction = match self.backend.objects.disk_cache() {
                 None => 1.0,
-                Some(_) => {
-                    let tree = SealedTree::new(record.root, record.size, volume.geometry());
-                    match crate::hydrate::measure(&self.backend, tree).await {
-                        Ok((h, _)) => h.fraction,
-                        Err(_) => continue,
-                    }
-                }
+                Some(_) => match crate::hydrate::measure(&self.backend, volume.sealed_tree()).await {
+                    Ok((h, _)) => h.fraction,
+                    Err(_) => continue,
+                },
             };
             out.push((record.namespace, record.name, fraction));
         }
@@ -441,27 +436,22 @@ impl Engine {
     /// and returns the hydration as of now.
     pub async fn warm(&self, ns: &Namespace, name: &VolumeName) -> Result<Hydration> {
         let volume = self.volume(ns, name)?;
-        let record = volume.record();
+        // One walk gives both the answer and the chunks to fetch.
+        let (measured, missing) = crate::hydrate::measure(&self.backend, volume.sealed_tree()).await?;
         let progress = {
             let mut warming = self.warming.lock();
             warming.retain(|_, p| p.running());
-            match warming.get(&record.id) {
-                Some(running) => running.clone(),
-                None => {
+            warming
+                .entry(volume.record().id)
+                .or_insert_with(|| {
                     let progress = Arc::new(crate::hydrate::WarmProgress::default());
-                    let tree = SealedTree::new(record.root, record.size, volume.geometry());
-                    crate::hydrate::start_warm(self.backend.clone(), tree, progress.clone());
-                    warming.insert(record.id, progress.clone());
+                    crate::hydrate::start_warm(self.backend.clone(), missing, progress.clone());
                     progress
-                }
-            }
+                })
+                .clone()
         };
         tracing::info!(volume = %name, "warming");
-        let measured = self.hydration(ns, name).await?;
-        Ok(Hydration {
-            warming: progress.running(),
-            ..measured
-        })
+        Ok(progress.annotate(measured))
     }
 
     /// Runs a garbage collection now (see [`crate::gc`]). A second one

@@ -144,10 +144,7 @@ async fn mark(engine: &Engine, report: &mut GcReport) -> Result<(HashSet<u64>, b
     report.roots = roots.len() as u64;
     let (shared, foreign) = engine.shared().foreign_roots(engine.objects()).await?;
     if shared {
-        engine
-            .shared()
-            .publish(engine.catalog(), engine.objects(), &roots)
-            .await?;
+        engine.publish_roots(&roots).await?;
     }
     report.foreign_roots = foreign.len() as u64;
     roots.extend(foreign);

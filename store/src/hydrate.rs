@@ -105,13 +105,14 @@ pub(crate) async fn measure(backend: &Backend, tree: SealedTree) -> Result<(Hydr
     Ok((Hydration::new(total, local), missing))
 }
 
-/// Starts warming a tree into the disk cache; `progress` tracks it.
-pub(crate) fn start_warm(backend: Arc<Backend>, tree: SealedTree, progress: Arc<WarmProgress>) {
+/// Starts fetching `missing` (from [`measure`]) into the disk cache;
+/// `progress` tracks it.
+pub(crate) fn start_warm(backend: Arc<Backend>, missing: Vec<ChunkId>, progress: Arc<WarmProgress>) {
     progress.running.store(true, Ordering::Release);
     *progress.error.lock() = None;
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        if let Err(e) = warm(&backend, tree, &progress).await {
+        if let Err(e) = warm(&backend, missing, &progress).await {
             tracing::warn!(error = %e, "warm stopped");
             *progress.error.lock() = Some(e.to_string());
         }
@@ -125,8 +126,7 @@ pub(crate) fn start_warm(backend: Arc<Backend>, tree: SealedTree, progress: Arc<
     });
 }
 
-async fn warm(backend: &Backend, tree: SealedTree, progress: &WarmProgress) -> Result<()> {
-    let (_, missing) = measure(backend, tree).await?;
+async fn warm(backend: &Backend, missing: Vec<ChunkId>, progress: &WarmProgress) -> Result<()> {
     let Some(disk) = backend.objects.disk_cache() else {
         return Ok(());
     };

@@ -354,9 +354,9 @@ impl ObjectLayer {
     /// An object's checked plaintext: from the disk cache when it holds a
     /// sound copy, else from the object store (then kept on disk).
     async fn fetch(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Vec<u8>> {
-        if let Some(disk) = self.disk.clone() {
-            let key = *id;
-            let cached = tokio::task::spawn_blocking(move || disk.get(kind, &key))
+        if let Some(disk) = &self.disk {
+            let (reader, key) = (disk.clone(), *id);
+            let cached = tokio::task::spawn_blocking(move || reader.get(kind, &key))
                 .await
                 .expect("cache read does not panic");
             if let Some(framed) = cached {
@@ -364,9 +364,7 @@ impl ObjectLayer {
                     Ok(plain) => return Ok(plain),
                     Err(e) => {
                         tracing::warn!(error = %e, "damaged chunk cache entry dropped; fetching from the object store");
-                        if let Some(disk) = &self.disk {
-                            disk.forget(kind, id);
-                        }
+                        disk.forget(kind, id);
                     }
                 }
             }

@@ -75,15 +75,6 @@ impl ReadAhead {
         (from < to).then_some((from, to))
     }
 
-    /// Whether a read of `first` continues a stream that is due for more
-    /// read-ahead (the cached fast path then defers to the async one).
-    pub fn due(&self, root: NodeId, first: u64, last: u64) -> bool {
-        self.streams
-            .lock()
-            .peek(&root)
-            .is_some_and(|s| first + 1 >= s.next && first <= s.next && Self::low(s, last))
-    }
-
     /// Whether the chunks already asked for beyond `last` are down to half
     /// of the last request (`window` is already the next, doubled size).
     fn low(stream: &Stream, last: u64) -> bool {
@@ -103,10 +94,7 @@ mod tests {
         assert_eq!(ra.note(root, 1, 1, 10_000), Some((2, 10)));
         // Reads inside the window ask for nothing until half of it is used.
         assert_eq!(ra.note(root, 2, 2, 10_000), None);
-        assert!(!ra.due(root, 3, 3));
         assert_eq!(ra.note(root, 3, 3, 10_000), None);
-        assert!(!ra.due(root, 4, 4));
-        assert!(ra.due(root, 4, 5));
         assert_eq!(ra.note(root, 4, 5, 10_000), Some((10, 22)));
         // Several small reads within one chunk continue the stream.
         assert_eq!(ra.note(root, 5, 5, 10_000), None);

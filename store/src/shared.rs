@@ -81,7 +81,7 @@ impl SnapshotRefDoc {
             tag: record.tag.to_string(),
             size: record.size,
             chunk_size: record.chunk_size,
-            root: record.root.0.iter().map(|b| format!("{b:02x}")).collect(),
+            root: record.root.to_hex(),
             created_at: record.created_at,
             labels: record.labels.clone(),
         }
@@ -95,10 +95,9 @@ impl SnapshotRefDoc {
                 self.format
             )));
         }
-        let mut id = [0u8; 32];
-        hex::decode_to_slice(&self.root, &mut id)
-            .map_err(|_| StoreError::InvalidRef(format!("root {:?} is not 64 hex digits", self.root)))?;
-        Ok(NodeId(id))
+        self.root
+            .parse()
+            .map_err(|_| StoreError::InvalidRef(format!("root {:?} is not 64 hex digits", self.root)))
     }
 }
 
@@ -170,7 +169,7 @@ impl SharedBucket {
         if !self.active.swap(true, Ordering::AcqRel) {
             catalog.put_meta(META_SHARED, b"1")?;
         }
-        let mut listed: Vec<(String, u8)> = roots.iter().map(|(r, l)| (hex::encode(r.0), *l)).collect();
+        let mut listed: Vec<(String, u8)> = roots.iter().map(|(r, l)| (r.to_hex(), *l)).collect();
         listed.sort();
         listed.dedup();
         let fingerprint = blake3::hash(&serde_json::to_vec(&listed).expect("roots serialise"));
@@ -211,9 +210,8 @@ impl SharedBucket {
                 reason: e.to_string(),
             })?;
             for (hex_root, level) in doc.roots {
-                let mut id = [0u8; 32];
-                if hex::decode_to_slice(&hex_root, &mut id).is_ok() {
-                    roots.push((NodeId(id), level));
+                if let Ok(id) = hex_root.parse::<NodeId>() {
+                    roots.push((id, level));
                 }
             }
         }

@@ -98,26 +98,18 @@ impl Backend {
         for hole in holes {
             ids.push(self.trees.lookup(tree.root, tree.level, hole.chunk).await?);
         }
-        let chunks: Vec<Option<Arc<[u8]>>> = if ids.len() == 1 {
-            let id = ids[0];
-            vec![match id.is_zero() {
-                true => None,
-                false => Some(self.objects.chunk(id).await?),
-            }]
-        } else {
-            futures::stream::iter(ids.into_iter().map(|id| {
-                let objects = self.objects.clone();
-                async move {
-                    match id.is_zero() {
-                        true => Ok(None),
-                        false => objects.chunk(id).await.map(Some),
-                    }
+        let chunks: Vec<Option<Arc<[u8]>>> = futures::stream::iter(ids.into_iter().map(|id| {
+            let objects = self.objects.clone();
+            async move {
+                match id.is_zero() {
+                    true => Ok(None),
+                    false => objects.chunk(id).await.map(Some),
                 }
-            }))
-            .buffered(FETCH_CONCURRENCY)
-            .try_collect()
-            .await?
-        };
+            }
+        }))
+        .buffered(FETCH_CONCURRENCY)
+        .try_collect()
+        .await?;
         for (hole, chunk) in holes.iter().zip(chunks) {
             let out = &mut buf[hole.buf_offset..hole.buf_offset + hole.len];
             match chunk {
@@ -448,10 +440,16 @@ impl Volume {
         let st = self.state.lock();
         self.check_range(&st, offset, buf.len() as u64)?;
         let holes = self.fill_dirty(&st, offset, buf);
-        Ok((
-            holes,
-            SealedTree::new(st.record.root, st.record.size, self.geometry),
-        ))
+        Ok((holes, self.tree_of(&st)))
+    }
+
+    fn tree_of(&self, st: &State) -> SealedTree {
+        SealedTree::new(st.record.root, st.record.size, self.geometry)
+    }
+
+    /// The volume's committed (sealed) tree.
+    pub(crate) fn sealed_tree(&self) -> SealedTree {
+        self.tree_of(&self.state.lock())
     }
 
     /// Reads without waiting: `None` when some of the range is neither
@@ -491,10 +489,7 @@ impl Volume {
                     (s.index, active.or(frozen))
                 })
                 .collect();
-            (
-                dirty,
-                SealedTree::new(st.record.root, st.record.size, self.geometry),
-            )
+            (dirty, self.tree_of(&st))
         };
         let mut known = std::collections::HashMap::new();
         for (index, state) in dirty {
@@ -624,23 +619,19 @@ impl Volume {
             if held == 0 || held + incoming <= limit {
                 return Ok(());
             }
-            let down = self.backend.store_down.load(Ordering::Relaxed);
-            if down {
-                return Err(StoreError::BacklogFull {
-                    held,
-                    limit,
-                    store_down: down,
-                });
+            let store_down = self.backend.store_down.load(Ordering::Relaxed);
+            if !store_down {
+                let room = self.backend.room.notified();
+                self.seal_in_background();
+                if tokio::time::timeout_at(deadline, room).await.is_ok() {
+                    continue;
+                }
             }
-            let room = self.backend.room.notified();
-            self.seal_in_background();
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return Err(StoreError::BacklogFull {
-                    held,
-                    limit,
-                    store_down: down,
-                });
-            }
+            return Err(StoreError::BacklogFull {
+                held,
+                limit,
+                store_down,
+            });
         }
     }
 
@@ -697,11 +688,7 @@ impl Volume {
             if let Some(log) = st.log.take() {
                 st.older_logs.push(log);
             }
-            (
-                frozen,
-                generation,
-                SealedTree::new(st.record.root, st.record.size, self.geometry),
-            )
+            (frozen, generation, self.tree_of(&st))
         };
         let sealed = match self.seal_layer(&frozen, tree).await {
             Ok(new_root) => self.commit_root(new_root, Some(generation)).map(|()| new_root),
@@ -727,13 +714,12 @@ impl Volume {
                 restored.absorb_newer(newer);
                 st.active = restored;
                 st.frozen = None;
+                tracing::warn!(volume = %st.record.name, error = %e, "seal failed; dirty data kept in the journal");
                 drop(st);
                 if matches!(e, StoreError::ObjectStore(_)) {
                     self.backend.store_down.store(true, Ordering::Relaxed);
                 }
                 self.backend.room.notify_waiters();
-                let st = self.state.lock();
-                tracing::warn!(volume = %st.record.name, error = %e, "seal failed; dirty data kept in the journal");
                 Err(e)
             }
         }
@@ -806,7 +792,7 @@ impl Volume {
                 self.geometry.chunk_start(first_chunk),
                 end - self.geometry.chunk_start(first_chunk),
             )?;
-            SealedTree::new(st.record.root, st.record.size, self.geometry)
+            self.tree_of(&st)
         };
         let chunks = data
             .into_iter()

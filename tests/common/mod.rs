@@ -211,6 +211,27 @@ impl Server {
             .unwrap()
     }
 
+    /// `cairn verify` finds nothing missing or corrupt.
+    pub fn assert_verify_clean(&self) {
+        let verify = self.json(&["verify"]);
+        assert_eq!(
+            (verify["missing"].as_u64(), verify["corrupt"].as_u64()),
+            (Some(0), Some(0)),
+            "{verify}"
+        );
+    }
+
+    /// Snapshots `volume` as `tag` and asserts its export equals `model`.
+    pub fn assert_snapshot_equals(&self, volume: &str, tag: &str, model: &[u8]) {
+        self.json(&["snapshot", "create", volume, "--tag", tag]);
+        let out = tempfile::NamedTempFile::new().unwrap();
+        self.ok(&["export", &format!("{volume}@{tag}"), out.path().to_str().unwrap()]);
+        assert!(
+            std::fs::read(out.path()).unwrap() == model,
+            "no acknowledged write lost"
+        );
+    }
+
     /// Runs a CLI command against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
