@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+echo "== LazyFS (power-loss test)"
+CAIRN_LAZYFS=$(bash tools/lazyfs-build.sh "$PWD/target/lazyfs")
+export CAIRN_LAZYFS
+echo "lazyfs: $CAIRN_LAZYFS"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -173,9 +173,20 @@ struct ServeArgs {
     memory_cache_size: u64,
     /// Acknowledged bytes per volume not yet in the object store (the
     /// write-back backlog). Past it writers wait for sealing; when the
-    /// object store is unreachable they get ENOSPC (NBD) or 503 (HTTP).
+    /// object store is unreachable (a seal failed on it, or see
+    /// --store-timeout) they get ENOSPC (NBD) or 503 (HTTP).
     #[arg(long, env = "CAIRN_BACKLOG_SIZE", default_value = "512M", value_parser = parse_size)]
     backlog_size: u64,
+    /// Seal a volume's acknowledged writes into the object store once it
+    /// has had no write for this long (e.g. 2s, 500ms, 1m).
+    #[arg(long, env = "CAIRN_SEAL_IDLE", default_value = "2s", value_parser = humantime::parse_duration)]
+    seal_idle: std::time::Duration,
+    /// A writer waiting for backlog room while the object store answers
+    /// no request for this long gets ENOSPC (NBD) or 503 (HTTP), and so do
+    /// later ones until a seal succeeds. While the store answers, writers
+    /// past the backlog are slowed down, never refused.
+    #[arg(long, env = "CAIRN_STORE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    store_timeout: std::time::Duration,
     /// Token file: one `TOKEN NAMESPACE` per line. Without it, everything is
     /// namespace `default` and only loopback addresses are allowed.
     #[arg(long, env = "CAIRN_TOKENS")]
@@ -326,6 +337,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache_size: args.cache_size,
                 memory_cache_size: args.memory_cache_size,
                 backlog_size: args.backlog_size,
+                seal_idle: args.seal_idle,
+                store_timeout: args.store_timeout,
                 tokens: args.tokens,
             }))?;
             Ok(ExitCode::SUCCESS)

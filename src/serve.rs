@@ -22,6 +22,8 @@ pub struct ServeConfig {
     pub cache_size: Option<u64>,
     pub memory_cache_size: u64,
     pub backlog_size: u64,
+    pub seal_idle: std::time::Duration,
+    pub store_timeout: std::time::Duration,
     pub tokens: Option<PathBuf>,
 }
 
@@ -42,6 +44,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.cache_bytes = config.memory_cache_size as usize;
     engine_config.disk_cache_bytes = config.cache_size;
     engine_config.dirty_hard_limit = config.backlog_size as usize;
+    engine_config.idle_seal_after = config.seal_idle;
+    engine_config.store_timeout = config.store_timeout;
     engine_config.dirty_soft_limit = engine_config
         .dirty_soft_limit
         .min(config.backlog_size as usize / 2);
@@ -65,19 +69,33 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let exports = Arc::new(crate::nbd::EngineExports::new(engine.clone()));
     let transport = cairn_nbd_server::choose_transport(config.nbd_transport)?;
     let nbd = tokio::spawn(cairn_nbd_server::serve_with(nbd_listener, exports, transport));
-    let sealer = tokio::spawn(Arc::clone(&engine).run_sealer());
+    let (stop_sealer, sealer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sealer = tokio::spawn(Arc::clone(&engine).run_sealer(async {
+        let _ = sealer_stopped.await;
+    }));
+    let requests = tokio_util::task::TaskTracker::new();
     let state = AppState {
         engine: engine.clone(),
         auth: Arc::new(auth),
         metrics: Arc::new(Metrics::default()),
+        requests: requests.clone(),
     };
     axum::serve(listener, cairn_api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("REST server")?;
-    tracing::info!("shutting down: sealing acknowledged writes");
-    sealer.abort();
+    // Stop accepting NBD connections; acknowledged writes of open ones are
+    // in the journal, and a FLUSH not yet answered promised nothing.
     nbd.abort();
+    tracing::info!("shutting down: waiting for requests in progress");
+    requests.close();
+    requests.wait().await;
+    // The sealer finishes the pass it is in.
+    let _ = stop_sealer.send(());
+    if let Err(e) = sealer.await {
+        tracing::warn!(error = %e, "background sealer ended abnormally");
+    }
+    tracing::info!("shutting down: sealing acknowledged writes");
     engine.seal_all().await.context("sealing on shutdown")?;
     tracing::info!("shutdown complete");
     Ok(())

@@ -185,7 +185,7 @@ fn warm_fills_a_bounded_disk_cache_that_serves_reads_while_the_store_is_away() {
 #[test]
 fn a_full_backlog_answers_enospc_and_drains_when_the_store_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, nbd_port) = start(dir.path(), &["--backlog-size", "4M"]);
+    let (server, nbd_port) = start(dir.path(), &["--backlog-size", "4M", "--store-timeout", "3s"]);
     server.json(&["volume", "create", "vm", "--size", "32M"]);
     let moto = server.s3.as_ref().unwrap().child.id() as i32;
     let mut model = vec![0u8; 32 << 20];

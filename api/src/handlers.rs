@@ -102,6 +102,10 @@ pub fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Runs every request on its own task, tracked by [`AppState::requests`]:
+/// a client that disconnects (axum then drops the handler's future) does
+/// not cut an operation short between its steps, and shutdown waits for
+/// requests in progress. Records metrics and a log line.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
@@ -110,7 +114,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(req).await;
+    let response = match state.requests.spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down.
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     state.metrics.observe(&method, &route, status, elapsed);

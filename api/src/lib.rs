@@ -31,6 +31,9 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Request and storage metrics.
     pub metrics: Arc<Metrics>,
+    /// Requests in progress: each runs on its own task, to completion even
+    /// when its client goes away; shutdown waits for them.
+    pub requests: tokio_util::task::TaskTracker,
 }
 
 /// The whole HTTP router: `/api/v1/...`, `/healthz`, `/metrics`.

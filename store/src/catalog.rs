@@ -62,6 +62,14 @@ fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
     })
 }
 
+/// An existence-index value: time (unix seconds) and stored length.
+fn index_value(unix_secs: u64, len: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&unix_secs.to_be_bytes());
+    value[8..].copy_from_slice(&len.to_be_bytes());
+    value
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("catalog records serialise")
 }
@@ -208,10 +216,19 @@ impl Catalog {
 
     /// Records that an object of `len` stored bytes is in the object store.
     pub(crate) fn object_record(&self, key: &str, unix_secs: u64, len: u64) -> Result<()> {
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&unix_secs.to_be_bytes());
-        value[8..].copy_from_slice(&len.to_be_bytes());
-        self.db.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), value)?;
+        self.db
+            .put_cf(self.cf(CF_OBJECTS), key.as_bytes(), index_value(unix_secs, len))?;
+        Ok(())
+    }
+
+    /// Records objects `(key, stored length)` as stored, all at `unix_secs`,
+    /// in one batch.
+    pub(crate) fn object_records(&self, objects: &[(&str, u64)], unix_secs: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, len) in objects {
+            batch.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), index_value(unix_secs, *len));
+        }
+        self.db.write(batch)?;
         Ok(())
     }
 
@@ -229,13 +246,17 @@ impl Catalog {
             }))
     }
 
-    /// Removes objects from the existence index.
+    /// Removes objects from the existence index, durably: GC forgets
+    /// objects before it deletes them, so that after a crash the index
+    /// never claims an object that is gone.
     pub(crate) fn object_forget(&self, keys: &[String]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for key in keys {
             batch.delete_cf(self.cf(CF_OBJECTS), key.as_bytes());
         }
-        self.db.write(batch)?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
         Ok(())
     }
 

@@ -64,6 +64,9 @@ pub struct EngineConfig {
     pub dirty_hard_limit: usize,
     /// Idle time after which dirty data is sealed anyway.
     pub idle_seal_after: Duration,
+    /// How long a writer waits for backlog room while the object store
+    /// answers nothing before writes are refused.
+    pub store_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -78,6 +81,7 @@ impl EngineConfig {
             dirty_soft_limit: 64 << 20,
             dirty_hard_limit: 512 << 20,
             idle_seal_after: Duration::from_secs(2),
+            store_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -195,12 +199,15 @@ impl Engine {
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"))?);
-        let (backend_store, prefix) = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
+        let opened = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
         let faults = Faults::from_env();
         let store_stats = Arc::new(StoreStats::default());
-        let store = layered(backend_store, faults.clone(), store_stats.clone());
-        let mut objects = ObjectLayer::new(store, prefix, catalog.clone(), config.cache_bytes)
+        let store = layered(opened.store, faults.clone(), store_stats.clone());
+        let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), config.cache_bytes)
             .with_store_stats(store_stats, faults);
+        if let Some(root) = opened.local_root {
+            objects = objects.with_local_root(root);
+        }
         let remote = config
             .object_store
             .as_deref()
@@ -225,6 +232,7 @@ impl Engine {
             objects,
             journal: JournalDir::open(&config.data_dir.join("journal"))?,
             dirty_hard_limit: config.dirty_hard_limit,
+            store_timeout: config.store_timeout,
             store_down: Default::default(),
             room: Default::default(),
             readahead: remote.then(Default::default),
@@ -519,13 +527,19 @@ impl Engine {
         &self.backend.trees
     }
 
-    /// Seals volumes that are idle or over the soft limit, forever. Spawn it.
-    pub async fn run_sealer(self: Arc<Self>) {
+    /// Seals volumes that are idle or over the soft limit until `stop`
+    /// completes. Spawn it; `stop` is only looked at between passes, so a
+    /// seal in progress finishes.
+    pub async fn run_sealer(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_publish = std::time::Instant::now();
+        tokio::pin!(stop);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
             self.seal_due().await;
             if last_publish.elapsed() >= ROOTS_PUBLISH_INTERVAL {
                 last_publish = std::time::Instant::now();
@@ -753,6 +767,7 @@ impl Engine {
         let _writing = self.backend.objects.begin_write();
         let old_size = updated.size;
         updated.root = self.backend.trees.grow(updated.root, from, to).await?;
+        self.backend.objects.make_durable().await?;
         updated.size = size;
         updated.updated_at = now();
         let mut batch = self.backend.catalog.batch();
@@ -967,6 +982,7 @@ impl Engine {
                 levels_for(geometry.chunk_count(size)),
             )
             .await?;
+        self.backend.objects.make_durable().await?;
         self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())
     }
 
@@ -1071,6 +1087,7 @@ impl Engine {
                 levels_for(geometry.chunk_count(updated.size)),
             )
             .await?;
+        self.backend.objects.make_durable().await?;
         updated.updated_at = now();
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&updated).event(event(

@@ -214,7 +214,7 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
             continue;
         }
         let claimed = entry.map_or(0, |(t, _)| t);
-        if uploaded.max(claimed) >= cutoff {
+        if uploaded.max(claimed) >= cutoff || objects.is_unsynced(&key) {
             report.skipped_young_objects += 1;
             report.skipped_young_bytes += meta.size;
             continue;
@@ -253,9 +253,9 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
 
 /// Deletes a batch of candidates. Under the sweep lock (no dedup claim
 /// and no upload runs meanwhile), each is checked again (a writer may have
-/// claimed it since it was listed), deleted from the store, then dropped
-/// from the index: a writer that needs the same content afterwards finds
-/// it unknown and uploads it again.
+/// claimed it since it was listed), dropped from the index (synced), then
+/// deleted from the store: a writer that needs the same content afterwards
+/// finds it unknown and uploads it again.
 async fn sweep(
     objects: &ObjectLayer,
     batch: &mut Vec<(String, u64)>,
@@ -275,6 +275,11 @@ async fn sweep(
     let _exclusive = objects.sweep_lock.write().await;
     let mut doomed = Vec::with_capacity(candidates.len());
     for (key, len) in candidates {
+        if objects.is_unsynced(&key) {
+            report.skipped_young_objects += 1;
+            report.skipped_young_bytes += len;
+            continue;
+        }
         match objects.catalog().object_entry(&key)? {
             Some((seen, _)) if seen >= cutoff => {
                 report.skipped_young_objects += 1;
@@ -283,6 +288,11 @@ async fn sweep(
             _ => doomed.push((key, len)),
         }
     }
+    // Forgotten (synced) before deleted: after a crash in between, the
+    // index never claims a deleted object; an object still there without
+    // an entry is only uploaded again when needed.
+    let keys: Vec<String> = doomed.iter().map(|(key, _)| key.clone()).collect();
+    objects.catalog().object_forget(&keys)?;
     let results: Vec<(String, u64, Result<()>)> = futures::stream::iter(doomed)
         .map(|(key, len)| async move {
             let path = object_store::path::Path::from(key.as_str());
@@ -295,21 +305,18 @@ async fn sweep(
         .buffer_unordered(DELETE_CONCURRENCY)
         .collect()
         .await;
-    let mut gone = Vec::with_capacity(results.len());
     let mut first_error = None;
-    for (key, len, result) in results {
+    for (_, len, result) in results {
         match result {
             Ok(()) => {
                 report.reclaimed_objects += 1;
                 report.reclaimed_bytes += len;
-                gone.push(key);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
     }
-    objects.catalog().object_forget(&gone)?;
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),

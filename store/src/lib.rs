@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod disk_cache;
+mod durable;
 pub mod engine;
 pub mod error;
 pub mod gc;

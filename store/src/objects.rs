@@ -88,6 +88,12 @@ pub struct ObjectLayer {
     /// imports, from their first upload to their root commit.
     writers: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
     next_writer: std::sync::atomic::AtomicU64,
+    /// Objects written to a local store and not yet durable (`None` for
+    /// stores whose puts are durable when they return).
+    local: Option<Arc<crate::durable::LocalSync>>,
+    /// When the object store last answered a request (see
+    /// [`ObjectLayer::silent_for`]).
+    answered: crate::records::Stopwatch,
     /// Request counters of the store stack (see [`crate::wrap`]).
     pub store_stats: Arc<crate::wrap::StoreStats>,
     /// Fault injection switches of the store stack (tests).
@@ -106,7 +112,7 @@ impl Drop for WriteSession<'_> {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -131,6 +137,8 @@ impl ObjectLayer {
             sweep_lock: tokio::sync::RwLock::new(()),
             writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             next_writer: std::sync::atomic::AtomicU64::new(1),
+            local: None,
+            answered: crate::records::Stopwatch::default(),
             store_stats: Arc::default(),
             faults: Arc::default(),
         }
@@ -145,6 +153,33 @@ impl ObjectLayer {
         self.store_stats = stats;
         self.faults = faults;
         self
+    }
+
+    /// Marks the store as a local filesystem rooted at `root`, whose puts
+    /// are durable only after [`ObjectLayer::make_durable`].
+    pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
+        self.local = Some(crate::durable::LocalSync::new(root));
+        self
+    }
+
+    /// Makes every object put so far durable and records it in the
+    /// existence index (see [`crate::durable`]). Call before committing a
+    /// root that may reference new objects. Cancel-safe.
+    pub async fn make_durable(&self) -> Result<()> {
+        match &self.local {
+            Some(local) => local.sync(&self.catalog).await,
+            None => Ok(()),
+        }
+    }
+
+    /// How long the object store has not answered a read or a write.
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.answered.elapsed()
+    }
+
+    /// Whether an object was put and is not yet durable (GC keeps it).
+    pub(crate) fn is_unsynced(&self, key: &str) -> bool {
+        self.local.as_ref().is_some_and(|l| l.contains(key))
     }
 
     /// Adds an on-disk cache of framed objects.
@@ -271,6 +306,9 @@ impl ObjectLayer {
     }
 
     fn claim_locked(&self, path: &Path) -> Result<bool> {
+        if self.is_unsynced(path.as_ref()) {
+            return Ok(true);
+        }
         match self.catalog.object_entry(path.as_ref())? {
             Some((seen, len)) => {
                 let now = unix_now();
@@ -298,7 +336,12 @@ impl ObjectLayer {
         // Content addressing makes a blind overwrite safe: any writer of this
         // key writes the same plaintext.
         self.store.put(&path, PutPayload::from(framed.clone())).await?;
-        self.catalog.object_record(path.as_ref(), unix_now(), len)?;
+        self.answered.mark();
+        match &self.local {
+            // Indexed once durable, by the next barrier.
+            Some(local) => local.note(path.as_ref(), len),
+            None => self.catalog.object_record(path.as_ref(), unix_now(), len)?,
+        }
         self.keep_on_disk(kind, id, framed);
         bump(&self.stats.puts, 1);
         bump(&self.stats.put_bytes, len);
@@ -325,6 +368,7 @@ impl ObjectLayer {
             Err(e) => return Err(e.into()),
         };
         let framed = got.bytes().await?;
+        self.answered.mark();
         bump(&self.stats.gets, 1);
         Ok(framed)
     }

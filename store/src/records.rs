@@ -180,3 +180,37 @@ pub fn now() -> OffsetDateTime {
     t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
         .expect("valid nanosecond")
 }
+
+/// A moment that threads can move forward and read without a lock: the
+/// time since it was last marked (or created).
+#[derive(Debug)]
+pub struct Stopwatch {
+    origin: std::time::Instant,
+    /// Milliseconds from `origin` to the last mark.
+    marked_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Stopwatch {
+    fn default() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            marked_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stopwatch {
+    /// Marks now.
+    pub fn mark(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.marked_ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last mark.
+    pub fn elapsed(&self) -> std::time::Duration {
+        let marked = self.marked_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.origin
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(marked))
+    }
+}

@@ -13,9 +13,19 @@ use object_store::ObjectStore;
 
 use crate::error::{Result, StoreError};
 
+/// An opened object store.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Key prefix of cairn's objects inside it.
+    pub prefix: ObjectPath,
+    /// Its directory when it is a local filesystem (puts are not durable
+    /// until synced: see [`crate::durable`]).
+    pub local_root: Option<std::path::PathBuf>,
+}
+
 /// Opens the object store named by `url` (or the default under `data_dir`).
-/// Returns the store and the key prefix inside it.
-pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<OpenedStore> {
     let default = format!(
         "file://{}",
         std::path::absolute(data_dir.join("objects"))?.display()
@@ -33,16 +43,28 @@ pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<(Arc<dyn 
                 .map_err(|_| refuse("not an absolute local path"))?;
             std::fs::create_dir_all(&path)?;
             let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| refuse(&e.to_string()))?;
-            Ok((Arc::new(store), ObjectPath::default()))
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                prefix: ObjectPath::default(),
+                local_root: Some(std::fs::canonicalize(&path)?),
+            })
         }
-        "memory" => Ok((Arc::new(InMemory::new()), ObjectPath::default())),
+        "memory" => Ok(OpenedStore {
+            store: Arc::new(InMemory::new()),
+            prefix: ObjectPath::default(),
+            local_root: None,
+        }),
         "s3" => {
             let bucket = parsed
                 .host_str()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| refuse("no bucket: write s3://BUCKET/PREFIX"))?;
             let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
-            Ok((Arc::new(s3(bucket).map_err(|e| refuse(&e.to_string()))?), prefix))
+            Ok(OpenedStore {
+                store: Arc::new(s3(bucket).map_err(|e| refuse(&e.to_string()))?),
+                prefix,
+                local_root: None,
+            })
         }
         other => Err(refuse(&format!(
             "unsupported scheme {other:?}; use file://, memory:// or s3://"

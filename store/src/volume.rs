@@ -37,9 +37,9 @@ const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 const UPLOAD_CONCURRENCY: usize = 16;
 /// Chunk fetches in flight at once for one read or one read-ahead.
 const FETCH_CONCURRENCY: usize = 16;
-/// How long a writer waits for the write-back backlog to drain before the
-/// write is refused (NBD ENOSPC, HTTP 503).
-const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a writer waiting for backlog room looks again without being
+/// woken.
+const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every volume shares: catalog, objects and trees.
 #[derive(Debug)]
@@ -53,6 +53,9 @@ pub(crate) struct Backend {
     /// writers wait for sealing, and past which, when the object store
     /// does not take the backlog, writes are refused.
     pub dirty_hard_limit: usize,
+    /// How long a writer waits for backlog room while the object store
+    /// answers nothing, before the store counts as down.
+    pub store_timeout: std::time::Duration,
     /// Set when a seal failed on the object store, cleared by the next
     /// successful one: writes past the backlog limit fail at once.
     pub store_down: std::sync::atomic::AtomicBool,
@@ -608,30 +611,36 @@ impl Volume {
     }
 
     /// Waits until the write-back backlog (unsealed bytes) has room for
-    /// `incoming` more bytes, asking for a seal in the background. Refuses
-    /// the write with [`StoreError::BacklogFull`] at once when the object
-    /// store is failing, or after [`BACKLOG_WAIT`] without room.
+    /// `incoming` more bytes, asking for a seal in the background: while
+    /// the object store answers, a writer is slowed down, never refused.
+    /// Refuses the write with [`StoreError::BacklogFull`] while the store
+    /// does not take the backlog: the last seal failed on it, or this
+    /// writer waited the store timeout without the store answering any
+    /// request (a hung store; then it is marked down until a seal succeeds).
     async fn make_room(&self, incoming: usize) -> Result<()> {
         let limit = self.backend.dirty_hard_limit;
-        let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+        let timeout = self.backend.store_timeout;
+        let started = Instant::now();
         loop {
             let held = self.dirty_bytes();
             if held == 0 || held + incoming <= limit {
                 return Ok(());
             }
-            let store_down = self.backend.store_down.load(Ordering::Relaxed);
-            if !store_down {
-                let room = self.backend.room.notified();
-                self.seal_in_background();
-                if tokio::time::timeout_at(deadline, room).await.is_ok() {
-                    continue;
-                }
+            let stalled = started.elapsed() >= timeout && self.backend.objects.silent_for() >= timeout;
+            if stalled && !self.backend.store_down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(volume = %self.state.lock().record.name, silent_ms = self.backend.objects.silent_for().as_millis() as u64, "the object store does not answer: refusing writes past the backlog until a seal succeeds");
             }
-            return Err(StoreError::BacklogFull {
-                held,
-                limit,
-                store_down,
-            });
+            if self.backend.store_down.load(Ordering::Relaxed) {
+                return Err(StoreError::BacklogFull {
+                    held,
+                    limit,
+                    store_down: true,
+                });
+            }
+            let room = self.backend.room.notified();
+            self.seal_in_background();
+            // Woken by every seal attempt; the timeout only re-checks.
+            let _ = tokio::time::timeout(BACKLOG_RECHECK, room).await;
         }
     }
 
@@ -676,7 +685,7 @@ impl Volume {
         // Objects uploaded or claimed from here to the commit are not yet
         // reachable from any root: GC must not sweep them.
         let _writing = self.backend.objects.begin_write();
-        let (frozen, generation, tree) = {
+        let (frozen, tree) = {
             let mut st = self.state.lock();
             if st.active.is_empty() || st.deleted {
                 return Ok(0);
@@ -688,34 +697,38 @@ impl Volume {
             if let Some(log) = st.log.take() {
                 st.older_logs.push(log);
             }
-            (frozen, generation, self.tree_of(&st))
+            let tree = self.tree_of(&st);
+            (
+                FrozenLayer {
+                    volume: self,
+                    layer: Some(frozen),
+                    generation,
+                },
+                tree,
+            )
         };
-        let sealed = match self.seal_layer(&frozen, tree).await {
-            Ok(new_root) => self.commit_root(new_root, Some(generation)).map(|()| new_root),
-            Err(e) => Err(e),
-        };
+        // From here until the commit, `frozen` puts the layer back under
+        // newer writes if this future fails or is dropped at any await:
+        // its journal records are still there, so nothing is lost.
+        let layer = frozen.layer();
+        let sealed = async {
+            let new_root = self.seal_layer(&layer, tree).await?;
+            self.backend.objects.make_durable().await?;
+            self.commit_root(new_root, Some(frozen.generation))?;
+            Ok(new_root)
+        }
+        .await;
         match sealed {
             Ok(new_root) => {
+                frozen.committed();
                 self.backend.store_down.store(false, Ordering::Relaxed);
                 self.backend.room.notify_waiters();
-                let mut st = self.state.lock();
-                st.frozen = None;
-                st.older_logs.retain(|l| l.generation > generation);
-                tracing::debug!(volume = %st.record.name, chunks = frozen.chunk_count(), dirty_bytes = frozen.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
-                Ok(frozen.chunk_count())
+                tracing::debug!(volume = %self.state.lock().record.name, chunks = layer.chunk_count(), dirty_bytes = layer.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?new_root, "sealed");
+                Ok(layer.chunk_count())
             }
             Err(e) => {
-                // Sealing or committing failed: put the frozen layer back under
-                // whatever was written since; its journal records are still
-                // there, so nothing is lost.
-                let mut st = self.state.lock();
-                let newer = std::mem::take(&mut st.active);
-                let mut restored = (*frozen).clone();
-                restored.absorb_newer(newer);
-                st.active = restored;
-                st.frozen = None;
-                tracing::warn!(volume = %st.record.name, error = %e, "seal failed; dirty data kept in the journal");
-                drop(st);
+                drop(frozen);
+                tracing::warn!(volume = %self.state.lock().record.name, error = %e, "seal failed; dirty data kept in the journal");
                 if matches!(e, StoreError::ObjectStore(_)) {
                     self.backend.store_down.store(true, Ordering::Relaxed);
                 }
@@ -801,6 +814,7 @@ impl Volume {
             .collect();
         let updates = self.backend.ingest(chunks).await?;
         let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
+        self.backend.objects.make_durable().await?;
         self.commit_root(new_root, None)
     }
 
@@ -822,9 +836,19 @@ impl Volume {
             st.record.root = new_root;
             st.record.updated_at = record.updated_at;
             st.record.journal_floor = record.journal_floor;
+            if let Some(generation) = sealed_generation {
+                // The sealed layer is in the root now: drop it in the same
+                // critical section, so no read sees neither.
+                st.frozen = None;
+                st.older_logs.retain(|l| l.generation > generation);
+            }
         }
         if let Some(generation) = sealed_generation {
-            self.backend.journal.remove_through(self.id, generation)?;
+            // Past the commit: a file left behind is below the floor and
+            // goes at the next open.
+            if let Err(e) = self.backend.journal.remove_through(self.id, generation) {
+                tracing::warn!(volume_id = self.id, error = %e, "removing sealed journal files failed");
+            }
         }
         Ok(())
     }
@@ -849,6 +873,42 @@ impl Volume {
             _seal: seal,
             _rmw: rmw,
         }
+    }
+}
+
+/// The frozen layer of a seal in progress. Unless the seal commits, drop
+/// puts it back under whatever was written since (a failed or cancelled
+/// seal changes nothing).
+struct FrozenLayer<'a> {
+    volume: &'a Volume,
+    /// `None` once committed.
+    layer: Option<Arc<Overlay>>,
+    /// The generation it froze.
+    generation: u64,
+}
+
+impl FrozenLayer<'_> {
+    fn layer(&self) -> Arc<Overlay> {
+        self.layer.clone().expect("not yet committed")
+    }
+
+    /// The seal committed: the layer is part of the root now.
+    fn committed(mut self) {
+        self.layer = None;
+    }
+}
+
+impl Drop for FrozenLayer<'_> {
+    fn drop(&mut self) {
+        let Some(layer) = self.layer.take() else {
+            return;
+        };
+        let mut st = self.volume.state.lock();
+        st.frozen = None;
+        let newer = std::mem::take(&mut st.active);
+        let mut restored = Arc::try_unwrap(layer).unwrap_or_else(|shared| (*shared).clone());
+        restored.absorb_newer(newer);
+        st.active = restored;
     }
 }
 

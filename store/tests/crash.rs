@@ -41,7 +41,7 @@ fn crash_child() {
             .create_volume(&ns(), &actor(), &vol("crash"), SIZE, Some(16384), Labels::new())
             .await
             .unwrap();
-        tokio::spawn(engine.clone().run_sealer());
+        tokio::spawn(engine.clone().run_sealer(std::future::pending()));
         let v = engine.volume(&ns(), &vol("crash")).unwrap();
         let mut i = 0u64;
         loop {
