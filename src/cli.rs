@@ -171,11 +171,13 @@ struct ServeArgs {
     /// Memory for decompressed chunks.
     #[arg(long, env = "CAIRN_MEMORY_CACHE_SIZE", default_value = "256M", value_parser = parse_size)]
     memory_cache_size: u64,
-    /// Acknowledged bytes per volume not yet in the object store (the
-    /// write-back backlog). Past it writers wait for sealing; when the
+    /// Local disk per volume for acknowledged writes not yet in the object
+    /// store (the write-back backlog: its log files). Sealing starts at half
+    /// of it (or after 2s idle, or when the oldest write is a minute old),
+    /// so rewrites of a chunk coalesce. Past it writers wait for sealing; when the
     /// object store is unreachable (a seal failed on it, or see
     /// --store-timeout) they get ENOSPC (NBD) or 503 (HTTP).
-    #[arg(long, env = "CAIRN_BACKLOG_SIZE", default_value = "512M", value_parser = parse_size)]
+    #[arg(long, env = "CAIRN_BACKLOG_SIZE", default_value = "2G", value_parser = parse_size)]
     backlog_size: u64,
     /// Seal a volume's acknowledged writes into the object store once it
     /// has had no write for this long (e.g. 2s, 500ms, 1m).

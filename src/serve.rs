@@ -46,9 +46,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.dirty_hard_limit = config.backlog_size as usize;
     engine_config.idle_seal_after = config.seal_idle;
     engine_config.store_timeout = config.store_timeout;
-    engine_config.dirty_soft_limit = engine_config
-        .dirty_soft_limit
-        .min(config.backlog_size as usize / 2);
+    engine_config.dirty_soft_limit = config.backlog_size as usize / 2;
     let engine = Engine::open(engine_config)
         .await
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;

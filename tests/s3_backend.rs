@@ -215,7 +215,14 @@ fn a_store_that_goes_down_and_comes_back_loses_nothing() {
         None,
     );
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("backlog_full"), "{body}");
+    // Refused at the backlog, or taken into its last room (then it is in
+    // the journal, like an NBD write) and failed on the store when the
+    // import seals to be durable.
+    if body.contains("object_store_unavailable") {
+        model[4096..8192].fill(b'x');
+    } else {
+        assert!(body.contains("backlog_full"), "{body}");
+    }
     let (status, body) = server.http(
         "PUT",
         "/api/v1/volumes/vm/data?offset=0",

@@ -142,6 +142,16 @@ impl Metrics {
                 "Object store requests retried after a transient error.",
                 store.retries.load(Ordering::Relaxed),
             ),
+            (
+                "cairn_write_bytes_total",
+                "Bytes acknowledged by writes (NBD and HTTP).",
+                engine.write_and_seal_bytes().0,
+            ),
+            (
+                "cairn_sealed_bytes_total",
+                "Chunk bytes materialised and stored by seals (divided by cairn_write_bytes_total: the seal's work amplification).",
+                engine.write_and_seal_bytes().1,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
@@ -163,7 +173,7 @@ impl Metrics {
             ),
             (
                 "cairn_backlog_bytes",
-                "Acknowledged bytes not yet in the object store (all volumes).",
+                "Bytes of write-back log files not yet retired by a seal (all volumes): acknowledged writes not yet in the object store.",
                 engine.backlog_bytes(),
             ),
             (

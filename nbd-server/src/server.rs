@@ -410,7 +410,11 @@ where
                 writer.lock().await.write_all(&reply).await?;
                 return Err(invalid(message));
             }
-            // The payload must be consumed in order, before the next header.
+            // Admission first: a payload is read (and its buffer allocated)
+            // only once an in-flight slot is free, so a connection holds at
+            // most MAX_IN_FLIGHT payloads. The payload must be consumed in
+            // order, before the next header.
+            let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
             let payload = if req.kind == cmd::WRITE {
                 let mut data = vec![0u8; req.length as usize];
                 reader.read_exact(&mut data).await?;
@@ -418,7 +422,6 @@ where
             } else {
                 None
             };
-            let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
             let (conn, writer) = (conn.clone(), writer.clone());
             tokio::spawn(async move {
                 let _permit = permit;

@@ -58,12 +58,16 @@ pub struct EngineConfig {
     /// Budget of the on-disk chunk cache, used when the object store is not
     /// local (`s3://`); `None` picks [`default_disk_cache_bytes`].
     pub disk_cache_bytes: Option<u64>,
-    /// Dirty bytes of one volume that make the background sealer act.
+    /// Log bytes of one volume that make the background sealer act.
     pub dirty_soft_limit: usize,
-    /// Dirty bytes of one volume past which writers seal inline.
+    /// Log bytes of one volume (its write-back backlog, on local disk) past
+    /// which writers wait for sealing.
     pub dirty_hard_limit: usize,
     /// Idle time after which dirty data is sealed anyway.
     pub idle_seal_after: Duration,
+    /// Age of the oldest unsealed write after which it is sealed even
+    /// while writes go on.
+    pub seal_age: Duration,
     /// How long a writer waits for backlog room while the object store
     /// answers nothing before writes are refused.
     pub store_timeout: Duration,
@@ -78,9 +82,10 @@ impl EngineConfig {
             default_chunk_size: DEFAULT_CHUNK_SIZE,
             cache_bytes: 256 << 20,
             disk_cache_bytes: None,
-            dirty_soft_limit: 64 << 20,
-            dirty_hard_limit: 512 << 20,
+            dirty_soft_limit: 1 << 30,
+            dirty_hard_limit: 2 << 30,
             idle_seal_after: Duration::from_secs(2),
+            seal_age: Duration::from_secs(60),
             store_timeout: Duration::from_secs(30),
         }
     }
@@ -233,6 +238,8 @@ impl Engine {
             journal: JournalDir::open(&config.data_dir.join("journal"))?,
             dirty_hard_limit: config.dirty_hard_limit,
             store_timeout: config.store_timeout,
+            written_bytes: Default::default(),
+            sealed_bytes: Default::default(),
             store_down: Default::default(),
             room: Default::default(),
             readahead: remote.then(Default::default),
@@ -431,7 +438,17 @@ impl Engine {
     /// Unsealed bytes of all volumes (the write-back backlog).
     pub fn backlog_bytes(&self) -> u64 {
         let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
-        open.iter().map(|v| v.dirty_bytes() as u64).sum()
+        open.iter().map(|v| v.log_bytes()).sum()
+    }
+
+    /// Bytes acknowledged by writes, and chunk bytes written by seals,
+    /// since start: their ratio is the seal's work amplification.
+    pub fn write_and_seal_bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.backend.written_bytes.load(Relaxed),
+            self.backend.sealed_bytes.load(Relaxed),
+        )
     }
 
     /// Whether the last seal failed on the object store.
@@ -554,12 +571,22 @@ impl Engine {
     pub async fn seal_due(&self) {
         let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
         for volume in open {
-            let dirty = volume.dirty_bytes();
-            if dirty == 0 {
+            let logged = volume.log_bytes();
+            if logged == 0 {
                 continue;
             }
-            if dirty >= self.config.dirty_soft_limit
-                || volume.idle_ms() >= self.config.idle_seal_after.as_millis() as u64
+            // Sealing late lets rewrites of a chunk coalesce: one object per
+            // chunk per seal, however often it was written.
+            let why = if logged >= self.config.dirty_soft_limit as u64 {
+                "backlog"
+            } else if volume.idle_ms() >= self.config.idle_seal_after.as_millis() as u64 {
+                "idle"
+            } else if volume.dirty_age() >= self.config.seal_age {
+                "age"
+            } else {
+                continue;
+            };
+            tracing::debug!(volume = %volume.record().name, logged, why, "sealing");
             {
                 if let Err(e) = volume.seal().await {
                     tracing::warn!(volume = %volume.record().name, error = %e, "background seal failed; will retry");

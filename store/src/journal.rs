@@ -5,8 +5,10 @@
 //! (`<data-dir>/journal/<volume id>-<generation>.log`, both 16 hex
 //! digits); sealing freezes a generation and starts the next. A record on
 //! disk is `[len u32 LE][crc32 u32 LE][payload]`, the payload an encoded
-//! [`Record`]. Replaying a volume's live generations in order rebuilds its
-//! dirty overlay exactly.
+//! [`Record`]. The logs are also where dirty data *lives*: the overlay
+//! holds only each dirty block's position in a log, and reads and seals
+//! read the bytes back (from the page cache, usually). Scanning a volume's
+//! live generations in order rebuilds its dirty overlay exactly.
 //!
 //! Which generations are live is decided by the catalog, not by the files:
 //! the volume record's `journal_floor` says that every generation below it
@@ -19,7 +21,7 @@
 //! to whole blocks before they are journaled.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,33 +52,46 @@ pub enum Record<'a> {
     },
 }
 
+/// Where a write record's data starts, from the record's first byte.
+pub const WRITE_DATA_AT: u64 = (HEADER + 9) as u64;
+
 impl Record<'_> {
-    /// Serialises the record with its on-disk header (length, crc32), in
-    /// one buffer so an append is one write.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = match self {
+    /// The record's header and fixed fields (everything before a write's
+    /// data), with the crc over the whole payload; and its length.
+    fn head(&self) -> ([u8; HEADER + 17], usize) {
+        let mut head = [0u8; HEADER + 17];
+        let (fixed, data): (usize, &[u8]) = match self {
             Record::Write { offset, data } => {
-                let mut out = Vec::with_capacity(HEADER + 9 + data.len());
-                out.extend_from_slice(&[0u8; HEADER]);
-                out.push(WRITE);
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(data);
-                out
+                head[HEADER] = WRITE;
+                head[HEADER + 1..HEADER + 9].copy_from_slice(&offset.to_le_bytes());
+                (9, data)
             }
             Record::Zero { offset, length } => {
-                let mut out = Vec::with_capacity(HEADER + 17);
-                out.extend_from_slice(&[0u8; HEADER]);
-                out.push(ZERO);
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&length.to_le_bytes());
-                out
+                head[HEADER] = ZERO;
+                head[HEADER + 1..HEADER + 9].copy_from_slice(&offset.to_le_bytes());
+                head[HEADER + 9..HEADER + 17].copy_from_slice(&length.to_le_bytes());
+                (17, &[])
             }
         };
-        let len = (out.len() - HEADER) as u32;
-        let crc = crc32fast::hash(&out[HEADER..]);
-        out[..4].copy_from_slice(&len.to_le_bytes());
-        out[4..8].copy_from_slice(&crc.to_le_bytes());
-        out
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[HEADER..HEADER + fixed]);
+        crc.update(data);
+        head[..4].copy_from_slice(&((fixed + data.len()) as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        (head, HEADER + fixed)
+    }
+
+    fn data(&self) -> &[u8] {
+        match self {
+            Record::Write { data, .. } => data,
+            Record::Zero { .. } => &[],
+        }
+    }
+
+    /// Serialises the record with its on-disk header (length, crc32).
+    pub fn encode(&self) -> Vec<u8> {
+        let (head, n) = self.head();
+        [&head[..n], self.data()].concat()
     }
 }
 
@@ -103,24 +118,27 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     }
 }
 
-/// Splits a log file's bytes into record payloads. A torn record at the
+/// Reads a log's records in order, calling `f(start, record)` for each,
+/// where `start` is the record's offset in the log. A torn record at the
 /// very end (a crash mid-append) ends the log; damage anywhere else is an
-/// error, never silently skipped.
-pub fn records(bytes: &[u8]) -> Result<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < HEADER {
+/// error, never silently skipped. Streams: memory is one record.
+pub fn scan(log: impl Read, len: u64, mut f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, log);
+    let mut payload = Vec::new();
+    let mut at = 0u64;
+    while at + HEADER as u64 <= len {
+        let mut head = [0u8; HEADER];
+        reader.read_exact(&mut head)?;
+        let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let end = at + HEADER as u64 + n;
+        if end > len {
             break;
         }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let Some(payload) = rest.get(HEADER..HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            if at + HEADER + len == bytes.len() {
+        payload.resize(n as usize, 0);
+        reader.read_exact(&mut payload)?;
+        if crc32fast::hash(&payload) != crc {
+            if end == len {
                 break;
             }
             return Err(StoreError::CatalogCorrupt {
@@ -128,10 +146,10 @@ pub fn records(bytes: &[u8]) -> Result<Vec<&[u8]>> {
                 reason: format!("record at byte {at} fails its crc"),
             });
         }
-        out.push(payload);
-        at += HEADER + len;
+        f(at, decode(&payload)?)?;
+        at = end;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The journal directory.
@@ -162,25 +180,91 @@ impl LogFile {
         }))
     }
 
-    /// Appends one encoded record (see [`Record::encode`]). Callers
+    /// Appends one record with one vectored write (header, then the data
+    /// in place: no copy) and returns its offset in the log. Callers
     /// serialise appends. A failed append (disk full) is cut off again, so
     /// the next record does not follow a torn one.
-    pub fn append(&self, encoded: &[u8]) -> Result<()> {
+    pub fn append(&self, record: &Record<'_>) -> Result<u64> {
         let before = self.len.load(Ordering::Acquire);
-        if let Err(e) = (&self.file).write_all(encoded) {
+        let (head, n) = record.head();
+        let data = record.data();
+        let mut parts = [std::io::IoSlice::new(&head[..n]), std::io::IoSlice::new(data)];
+        let mut slices = &mut parts[..];
+        let mut written = 0usize;
+        let total = n + data.len();
+        let result = loop {
+            if written == total {
+                break Ok(());
+            }
+            match (&self.file).write_vectored(slices) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    written += k;
+                    std::io::IoSlice::advance_slices(&mut slices, k);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = result {
             if let Err(cut) = self.file.set_len(before) {
                 tracing::error!(generation = self.generation, error = %cut, "could not cut a failed journal append");
             }
             return Err(e.into());
         }
-        self.len.store(before + encoded.len() as u64, Ordering::Release);
+        self.len.store(before + total as u64, Ordering::Release);
+        Ok(before)
+    }
+
+    /// Reads `buf.len()` bytes at `at` (data of an appended record).
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, at)?;
         Ok(())
+    }
+
+    /// Bytes of whole records appended.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// True when nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads every record in order (see [`scan`]), from the start whatever
+    /// the file position.
+    pub fn scan(&self, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
+        scan(
+            Positional {
+                file: &self.file,
+                at: 0,
+            },
+            self.len(),
+            f,
+        )
     }
 
     /// Makes every appended record durable.
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data()?;
         Ok(())
+    }
+}
+
+/// Reads a file from an offset of its own, not the shared file position.
+struct Positional<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for Positional<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
@@ -226,6 +310,7 @@ impl JournalDir {
     pub fn create(&self, volume_id: u64, generation: u64) -> Result<Arc<LogFile>> {
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(self.dir.join(file_name(volume_id, generation)))?;
         self.dir_dirty.store(true, Ordering::Release);
@@ -243,10 +328,10 @@ impl JournalDir {
         Ok(())
     }
 
-    /// Reads a volume's live generations (`>= floor`) in order, removing
-    /// dead ones. Returns each generation's number, its bytes and its file
-    /// (opened for appending, so flushes still cover it).
-    pub fn replay(&self, volume_id: u64, floor: u64) -> Result<Vec<(Arc<LogFile>, Vec<u8>)>> {
+    /// Opens a volume's live generations (`>= floor`) in order, removing
+    /// dead ones (opened for reading and appending, so flushes still cover
+    /// them; see [`LogFile::scan`]).
+    pub fn replay(&self, volume_id: u64, floor: u64) -> Result<Vec<Arc<LogFile>>> {
         let mut generations: Vec<u64> = self
             .files()?
             .into_iter()
@@ -261,9 +346,8 @@ impl JournalDir {
                 remove(&path)?;
                 continue;
             }
-            let bytes = std::fs::read(&path)?;
-            let file = OpenOptions::new().append(true).open(&path)?;
-            out.push((LogFile::new(generation, file)?, bytes));
+            let file = OpenOptions::new().read(true).append(true).open(&path)?;
+            out.push(LogFile::new(generation, file)?);
         }
         Ok(out)
     }
@@ -307,6 +391,16 @@ mod tests {
         &encoded[HEADER..]
     }
 
+    /// Offsets of the records `scan` finds in `log`.
+    fn starts(log: &[u8]) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        scan(log, log.len() as u64, |at, _| {
+            out.push(at);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     #[test]
     fn records_round_trip() {
         let data = vec![7u8; 8192];
@@ -322,7 +416,13 @@ mod tests {
         ] {
             let encoded = r.encode();
             assert_eq!(decode(payload(&encoded)).unwrap(), r);
-            assert_eq!(records(&encoded).unwrap(), vec![payload(&encoded)]);
+            let mut seen = Vec::new();
+            scan(&encoded[..], encoded.len() as u64, |at, got| {
+                seen.push((at, got == r));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, vec![(0, true)]);
         }
         assert!(decode(&[1, 2]).is_err());
         assert!(decode(&[9; 17]).is_err());
@@ -342,19 +442,50 @@ mod tests {
         }
         .encode();
         let mut log = [a.clone(), b.clone()].concat();
-        assert_eq!(records(&log).unwrap().len(), 2);
+        assert_eq!(starts(&log).unwrap(), vec![0, a.len() as u64]);
         // Every truncation inside the second record: the first survives.
         for cut in a.len()..log.len() {
-            assert_eq!(records(&log[..cut]).unwrap().len(), 1, "cut at {cut}");
+            assert_eq!(starts(&log[..cut]).unwrap().len(), 1, "cut at {cut}");
         }
         // A flipped byte in the last record: torn, dropped.
         let last = log.len() - 1;
         log[last] ^= 1;
-        assert_eq!(records(&log).unwrap().len(), 1);
+        assert_eq!(starts(&log).unwrap().len(), 1);
         // A flipped byte in the first record, with a record after it: error.
         let mut log = [a, b].concat();
         log[HEADER + 3] ^= 1;
-        assert!(records(&log).is_err());
+        assert!(starts(&log).is_err());
+    }
+
+    #[test]
+    fn appended_data_reads_back_where_the_record_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        let f = j.create(1, 0).unwrap();
+        let zero = Record::Zero {
+            offset: 0,
+            length: 4096,
+        };
+        assert_eq!(f.append(&zero).unwrap(), 0);
+        let data = (0..8192u32).map(|i| i as u8).collect::<Vec<u8>>();
+        let at = f
+            .append(&Record::Write {
+                offset: 4096,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(at, zero.encode().len() as u64);
+        let mut back = vec![0u8; 8192];
+        f.read_at(&mut back, at + WRITE_DATA_AT).unwrap();
+        assert_eq!(back, data);
+        let mut seen = Vec::new();
+        f.scan(|at, r| {
+            seen.push((at, matches!(r, Record::Write { .. })));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(0, false), (at, true)]);
+        assert_eq!(f.len(), at + WRITE_DATA_AT + 8192);
     }
 
     #[test]
@@ -363,22 +494,16 @@ mod tests {
         let j = JournalDir::open(dir.path()).unwrap();
         for generation in [3, 1, 2] {
             let f = j.create(9, generation).unwrap();
-            f.append(
-                &Record::Zero {
-                    offset: generation * 4096,
-                    length: 4096,
-                }
-                .encode(),
-            )
+            f.append(&Record::Zero {
+                offset: generation * 4096,
+                length: 4096,
+            })
             .unwrap();
         }
         j.create(10, 1).unwrap();
         j.sync_dir().unwrap();
         let live = j.replay(9, 2).unwrap();
-        assert_eq!(
-            live.iter().map(|(f, _)| f.generation).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(live.iter().map(|f| f.generation).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(j.files().unwrap().len(), 3, "generation 1 of volume 9 removed");
         j.remove_through(9, 2).unwrap();
         assert_eq!(j.files().unwrap().len(), 2);

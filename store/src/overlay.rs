@@ -1,22 +1,34 @@
 //! The dirty overlay: acknowledged, not yet sealed writes of one volume,
 //! at 4 KiB granularity, grouped by chunk.
 //!
-//! A chunk's entry says, per block, "these bytes" or "zeros", and may say
-//! "the whole chunk was zeroed first", so that a large TRIM costs one entry
-//! per chunk and no data. Reads consult the overlay first and fall through
-//! to older layers only for the blocks it does not hold.
+//! A chunk's entry says, per block, "these bytes, at this place in a log
+//! file" or "zeros", and may say "the whole chunk was zeroed first", so
+//! that a large TRIM costs one entry per chunk and no data. The bytes stay
+//! in the journal's log files (page cache, then disk): memory holds a few
+//! dozen bytes per dirty block, so the dirty set can be GiBs. Reads consult
+//! the overlay first and fall through to older layers only for the blocks
+//! it does not hold.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use cairn_chunker::{ChunkGeometry, BLOCK_SIZE};
+
+use crate::error::Result;
+use crate::journal::LogFile;
 
 const BLOCK: usize = BLOCK_SIZE as usize;
 
 /// One 4 KiB block's dirty contents.
 #[derive(Clone, Debug)]
 pub enum Block {
-    /// These bytes (exactly 4 KiB).
-    Data(Box<[u8]>),
+    /// These bytes (exactly 4 KiB), in a log file at `at`.
+    Logged {
+        /// The log holding them.
+        log: Arc<LogFile>,
+        /// Their offset in it.
+        at: u64,
+    },
     /// All zeros.
     Zero,
 }
@@ -37,21 +49,66 @@ impl DirtyChunk {
     }
 
     /// Builds the chunk's full contents over `base` (the sealed chunk, or
-    /// None for zeros).
-    pub fn materialize(&self, chunk_size: usize, base: Option<&[u8]>) -> Vec<u8> {
+    /// None for zeros), reading dirty blocks from their logs (contiguous
+    /// runs in one read).
+    pub fn materialize(&self, chunk_size: usize, base: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut out = match (self.zero_base, base) {
             (false, Some(base)) => base.to_vec(),
             _ => vec![0u8; chunk_size],
         };
+        let mut reads = Vec::new();
         for (index, block) in &self.blocks {
             let at = *index as usize * BLOCK;
             match block {
-                Block::Data(bytes) => out[at..at + BLOCK].copy_from_slice(bytes),
+                Block::Logged { log, at: pos } => push_read(&mut reads, log, *pos, BLOCK, at),
                 Block::Zero => out[at..at + BLOCK].fill(0),
             }
         }
-        out
+        read_logs(&reads, &mut out)?;
+        Ok(out)
     }
+}
+
+/// A piece of a read served from a log file.
+#[derive(Clone, Debug)]
+pub struct LogRead {
+    /// The log.
+    pub log: Arc<LogFile>,
+    /// Offset in the log.
+    pub at: u64,
+    /// Bytes.
+    pub len: usize,
+    /// Where they go in the caller's buffer.
+    pub buf_offset: usize,
+}
+
+/// Adds a log read, merged with the previous one when it continues it in
+/// both the log and the buffer.
+fn push_read(reads: &mut Vec<LogRead>, log: &Arc<LogFile>, at: u64, len: usize, buf_offset: usize) {
+    if let Some(last) = reads.last_mut() {
+        if Arc::ptr_eq(&last.log, log)
+            && last.at + last.len as u64 == at
+            && last.buf_offset + last.len == buf_offset
+        {
+            last.len += len;
+            return;
+        }
+    }
+    reads.push(LogRead {
+        log: log.clone(),
+        at,
+        len,
+        buf_offset,
+    });
+}
+
+/// Performs log reads into `buf`.
+pub fn read_logs(reads: &[LogRead], buf: &mut [u8]) -> Result<()> {
+    for r in reads {
+        r.log
+            .read_at(&mut buf[r.buf_offset..r.buf_offset + r.len], r.at)?;
+    }
+    Ok(())
 }
 
 /// A part of a read the overlay could not serve.
@@ -99,9 +156,9 @@ impl Overlay {
 
     fn set_block(&mut self, chunk: u64, block: u32, value: Block) {
         let entry = self.chunks.entry(chunk).or_default();
-        let is_data = matches!(value, Block::Data(_));
+        let is_data = matches!(value, Block::Logged { .. });
         match entry.blocks.insert(block, value) {
-            Some(Block::Data(_)) => self.data_blocks -= 1,
+            Some(Block::Logged { .. }) => self.data_blocks -= 1,
             Some(Block::Zero) | None => {}
         }
         if is_data {
@@ -109,16 +166,20 @@ impl Overlay {
         }
     }
 
-    /// Records block-aligned data at a block-aligned offset.
-    pub fn write(&mut self, geometry: ChunkGeometry, offset: u64, data: &[u8]) {
-        debug_assert!(offset.is_multiple_of(BLOCK_SIZE) && data.len().is_multiple_of(BLOCK));
+    /// Records `len` bytes of block-aligned data at a block-aligned
+    /// `offset`, stored in `log` from `at` on.
+    pub fn write(&mut self, geometry: ChunkGeometry, offset: u64, len: usize, log: &Arc<LogFile>, at: u64) {
+        debug_assert!(offset.is_multiple_of(BLOCK_SIZE) && len.is_multiple_of(BLOCK));
         let per_chunk = geometry.blocks_per_chunk() as u64;
-        for (i, bytes) in data.chunks_exact(BLOCK).enumerate() {
-            let block = offset / BLOCK_SIZE + i as u64;
+        for i in 0..(len / BLOCK) as u64 {
+            let block = offset / BLOCK_SIZE + i;
             self.set_block(
                 block / per_chunk,
                 (block % per_chunk) as u32,
-                Block::Data(bytes.into()),
+                Block::Logged {
+                    log: log.clone(),
+                    at: at + i * BLOCK_SIZE,
+                },
             );
         }
     }
@@ -139,7 +200,7 @@ impl Overlay {
                     self.data_blocks -= old
                         .blocks
                         .values()
-                        .filter(|b| matches!(b, Block::Data(_)))
+                        .filter(|b| matches!(b, Block::Logged { .. }))
                         .count();
                 }
             } else {
@@ -151,8 +212,10 @@ impl Overlay {
         }
     }
 
-    /// Copies what the overlay holds for `[offset_in_chunk, +out.len())` of
-    /// `chunk` into `out`, and lists the rest as holes.
+    /// Serves what the overlay holds for `[offset_in_chunk, +out.len())` of
+    /// `chunk`: zeros are filled into `out` at once, dirty data is listed
+    /// in `reads` (from the logs, done by the caller outside any lock), and
+    /// the rest is listed as holes.
     pub fn fill(
         &self,
         chunk: u64,
@@ -160,6 +223,7 @@ impl Overlay {
         out: &mut [u8],
         buf_offset: usize,
         holes: &mut Vec<Hole>,
+        reads: &mut Vec<LogRead>,
     ) {
         let Some(dirty) = self.chunks.get(&chunk) else {
             holes.push(Hole {
@@ -177,7 +241,9 @@ impl Overlay {
             let in_block = at % BLOCK;
             let n = (BLOCK - in_block).min(out.len() - pos);
             match dirty.blocks.get(&(block as u32)) {
-                Some(Block::Data(bytes)) => out[pos..pos + n].copy_from_slice(&bytes[in_block..in_block + n]),
+                Some(Block::Logged { log, at: logged }) => {
+                    push_read(reads, log, logged + in_block as u64, n, buf_offset + pos)
+                }
                 Some(Block::Zero) => out[pos..pos + n].fill(0),
                 None if dirty.zero_base => out[pos..pos + n].fill(0),
                 None => match holes.last_mut() {
@@ -200,7 +266,7 @@ impl Overlay {
         self.chunks.get(&chunk).map(|c| {
             (
                 c.zero_base,
-                c.blocks.values().any(|b| matches!(b, Block::Data(_))),
+                c.blocks.values().any(|b| matches!(b, Block::Logged { .. })),
             )
         })
     }
@@ -214,7 +280,7 @@ impl Overlay {
                     self.data_blocks -= old
                         .blocks
                         .values()
-                        .filter(|b| matches!(b, Block::Data(_)))
+                        .filter(|b| matches!(b, Block::Logged { .. }))
                         .count();
                 }
                 self.chunks.insert(
@@ -235,18 +301,41 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::{JournalDir, Record, WRITE_DATA_AT};
 
     fn geo() -> ChunkGeometry {
         ChunkGeometry::new(16384).unwrap()
     }
 
+    /// A log in a temp dir, and a helper writing `data` at `offset` through
+    /// it into an overlay.
+    struct Log {
+        _dir: tempfile::TempDir,
+        file: Arc<LogFile>,
+    }
+
+    impl Log {
+        fn new() -> Log {
+            let dir = tempfile::tempdir().unwrap();
+            let file = JournalDir::open(dir.path()).unwrap().create(1, 0).unwrap();
+            Log { _dir: dir, file }
+        }
+
+        fn write(&self, o: &mut Overlay, offset: u64, data: &[u8]) {
+            let at = self.file.append(&Record::Write { offset, data }).unwrap();
+            o.write(geo(), offset, data.len(), &self.file, at + WRITE_DATA_AT);
+        }
+    }
+
     #[test]
     fn fill_serves_dirty_blocks_and_reports_holes() {
+        let log = Log::new();
         let mut o = Overlay::default();
-        o.write(geo(), 4096, &[1u8; 4096]);
+        log.write(&mut o, 4096, &[1u8; 4096]);
         o.zero(geo(), 16384, 16384); // whole chunk 1
         let mut out = vec![9u8; 32768];
         let mut holes = Vec::new();
+        let mut reads = Vec::new();
         for span in geo().spans(cairn_chunker::ByteRange::new(0, 32768)) {
             let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
             o.fill(
@@ -255,8 +344,10 @@ mod tests {
                 buf,
                 span.offset_in_range,
                 &mut holes,
+                &mut reads,
             );
         }
+        read_logs(&reads, &mut out).unwrap();
         assert_eq!(&out[4096..8192], &[1u8; 4096][..]);
         assert!(out[16384..].iter().all(|&b| b == 0));
         assert_eq!(
@@ -280,13 +371,39 @@ mod tests {
     }
 
     #[test]
+    fn contiguous_blocks_are_read_at_once() {
+        let log = Log::new();
+        let mut o = Overlay::default();
+        let data: Vec<u8> = (0..32768u32).map(|i| (i / 7) as u8).collect();
+        log.write(&mut o, 0, &data);
+        let mut out = vec![0u8; 30000];
+        let (mut holes, mut reads) = (Vec::new(), Vec::new());
+        for span in geo().spans(cairn_chunker::ByteRange::new(1000, 30000)) {
+            let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
+            o.fill(
+                span.index,
+                span.offset_in_chunk,
+                buf,
+                span.offset_in_range,
+                &mut holes,
+                &mut reads,
+            );
+        }
+        assert!(holes.is_empty());
+        assert_eq!(reads.len(), 1, "one log read for one contiguous write");
+        read_logs(&reads, &mut out).unwrap();
+        assert_eq!(out, data[1000..31000]);
+    }
+
+    #[test]
     fn absorb_keeps_newer_data() {
+        let log = Log::new();
         let mut old = Overlay::default();
-        old.write(geo(), 0, &[1u8; 8192]);
+        log.write(&mut old, 0, &[1u8; 8192]);
         let mut new = Overlay::default();
-        new.write(geo(), 4096, &[2u8; 4096]);
+        log.write(&mut new, 4096, &[2u8; 4096]);
         old.absorb_newer(new);
-        let c = old.sorted_chunks()[0].1.materialize(16384, None);
+        let c = old.sorted_chunks()[0].1.materialize(16384, None).unwrap();
         assert_eq!(&c[..4096], &[1u8; 4096][..]);
         assert_eq!(&c[4096..8192], &[2u8; 4096][..]);
         assert_eq!(old.dirty_bytes(), 8192);

@@ -25,7 +25,7 @@ use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 use crate::journal::{self, JournalDir, LogFile, Record};
 use crate::objects::{ObjectKind, ObjectLayer};
-use crate::overlay::{DirtyChunk, Hole, Overlay};
+use crate::overlay::{read_logs, DirtyChunk, Hole, LogRead, Overlay};
 use crate::records::{now, VolumeRecord};
 use crate::tree::{levels_for, NodeId, TreeStore};
 
@@ -61,6 +61,11 @@ pub(crate) struct Backend {
     pub store_down: std::sync::atomic::AtomicBool,
     /// Woken after every seal attempt (writers waiting for room).
     pub room: tokio::sync::Notify,
+    /// Bytes acknowledged by writes (not zeroes), for the seal
+    /// amplification metric.
+    pub written_bytes: AtomicU64,
+    /// Chunk bytes materialised and stored by seals.
+    pub sealed_bytes: AtomicU64,
     /// Sequential-read detection, for remote stores only.
     pub readahead: Option<crate::readahead::ReadAhead>,
     /// Runtime to start read-ahead on from threads outside it.
@@ -285,6 +290,8 @@ struct State {
     /// Log files of unsealed older generations (frozen or replayed):
     /// flushes sync them too.
     older_logs: Vec<Arc<LogFile>>,
+    /// When the active layer got its first write since it was last frozen.
+    dirty_since: Option<Instant>,
     deleted: bool,
 }
 
@@ -334,25 +341,30 @@ impl Volume {
         let mut active = Overlay::default();
         let mut generation = record.journal_floor;
         let mut older_logs = Vec::new();
-        for (log, bytes) in backend.journal.replay(record.id, record.journal_floor)? {
-            for payload in journal::records(&bytes)? {
-                match journal::decode(payload)? {
-                    Record::Write { offset, data } => active.write(geometry, offset, data),
+        for log in backend.journal.replay(record.id, record.journal_floor)? {
+            log.scan(|at, r| {
+                match r {
+                    Record::Write { offset, data } => {
+                        active.write(geometry, offset, data.len(), &log, at + journal::WRITE_DATA_AT)
+                    }
                     Record::Zero { offset, length } => active.zero(geometry, offset, length),
                 }
-            }
+                Ok(())
+            })?;
             generation = generation.max(log.generation + 1);
             older_logs.push(log);
         }
         if !active.is_empty() {
             tracing::info!(volume = %record.name, dirty_bytes = active.dirty_bytes(), chunks = active.chunk_count(), "replayed write-back journal");
         }
+        let dirty_since = (!active.is_empty()).then(Instant::now);
         Ok(Arc::new_cyclic(|me| Self {
             backend,
             id: record.id,
             geometry,
             state: Mutex::new(State {
                 record,
+                dirty_since,
                 active,
                 frozen: None,
                 generation,
@@ -390,6 +402,22 @@ impl Volume {
         st.active.dirty_bytes() + st.frozen.as_ref().map_or(0, |f| f.dirty_bytes())
     }
 
+    /// Bytes of the volume's live log files: its write-back backlog on
+    /// local disk (dirty data, plus older versions of rewritten blocks
+    /// until a seal retires their logs).
+    pub fn log_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        st.older_logs.iter().chain(st.log.as_ref()).map(|l| l.len()).sum()
+    }
+
+    /// How long the oldest unfrozen write has waited for a seal.
+    pub fn dirty_age(&self) -> std::time::Duration {
+        self.state
+            .lock()
+            .dirty_since
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+
     /// Milliseconds since the last write (for the idle sealer).
     pub fn idle_ms(&self) -> u64 {
         let last = self.last_write_ms.load(Ordering::Relaxed);
@@ -412,11 +440,12 @@ impl Volume {
         }
     }
 
-    /// Copies what the dirty layers (active, then frozen) hold of
-    /// `[offset, +buf.len())` into `buf`; returns the parts left for the
-    /// sealed tree.
-    fn fill_dirty(&self, st: &State, offset: u64, buf: &mut [u8]) -> Vec<Hole> {
+    /// Serves what the dirty layers (active, then frozen) hold of
+    /// `[offset, +buf.len())`: zeros into `buf`, dirty data as log reads;
+    /// returns those and the parts left for the sealed tree.
+    fn fill_dirty(&self, st: &State, offset: u64, buf: &mut [u8]) -> (Vec<Hole>, Vec<LogRead>) {
         let mut holes = Vec::new();
+        let mut reads = Vec::new();
         for span in self.geometry.spans(ByteRange::new(offset, buf.len() as u64)) {
             let out = &mut buf[span.offset_in_range..span.offset_in_range + span.len];
             st.active.fill(
@@ -425,25 +454,40 @@ impl Volume {
                 out,
                 span.offset_in_range,
                 &mut holes,
+                &mut reads,
             );
         }
         if let Some(frozen) = &st.frozen {
             let mut deeper = Vec::new();
             for h in &holes {
                 let out = &mut buf[h.buf_offset..h.buf_offset + h.len];
-                frozen.fill(h.chunk, h.offset_in_chunk, out, h.buf_offset, &mut deeper);
+                frozen.fill(
+                    h.chunk,
+                    h.offset_in_chunk,
+                    out,
+                    h.buf_offset,
+                    &mut deeper,
+                    &mut reads,
+                );
             }
             holes = deeper;
         }
-        holes
+        (holes, reads)
     }
 
-    /// The dirty part of a read, under the state lock: holes and the tree.
+    /// The dirty part of a read: located under the state lock, the log
+    /// reads done after it (log files are append-only and stay open while
+    /// referenced, so the bytes cannot change). Returns the holes left for
+    /// the tree, and the tree.
     fn read_dirty(&self, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, SealedTree)> {
-        let st = self.state.lock();
-        self.check_range(&st, offset, buf.len() as u64)?;
-        let holes = self.fill_dirty(&st, offset, buf);
-        Ok((holes, self.tree_of(&st)))
+        let (holes, reads, tree) = {
+            let st = self.state.lock();
+            self.check_range(&st, offset, buf.len() as u64)?;
+            let (holes, reads) = self.fill_dirty(&st, offset, buf);
+            (holes, reads, self.tree_of(&st))
+        };
+        read_logs(&reads, buf)?;
+        Ok((holes, tree))
     }
 
     fn tree_of(&self, st: &State) -> SealedTree {
@@ -585,7 +629,6 @@ impl Volume {
     /// Journals and applies one aligned record, atomically with respect to
     /// other writers (journal order = overlay order).
     fn apply(&self, record: Record<'_>) -> Result<()> {
-        let encoded = record.encode();
         let mut st = self.state.lock();
         if st.deleted {
             return Err(StoreError::VolumeNotFound {
@@ -600,9 +643,23 @@ impl Volume {
                 log
             }
         };
-        log.append(&encoded)?;
+        let at = log.append(&record)?;
+        if st.active.is_empty() {
+            st.dirty_since = Some(Instant::now());
+        }
         match record {
-            Record::Write { offset, data } => st.active.write(self.geometry, offset, data),
+            Record::Write { offset, data } => {
+                st.active.write(
+                    self.geometry,
+                    offset,
+                    data.len(),
+                    &log,
+                    at + journal::WRITE_DATA_AT,
+                );
+                self.backend
+                    .written_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
         }
         self.last_write_ms
@@ -622,7 +679,7 @@ impl Volume {
         let timeout = self.backend.store_timeout;
         let started = Instant::now();
         loop {
-            let held = self.dirty_bytes();
+            let held = self.log_bytes() as usize;
             if held == 0 || held + incoming <= limit {
                 return Ok(());
             }
@@ -692,6 +749,7 @@ impl Volume {
             }
             let frozen = Arc::new(std::mem::take(&mut st.active));
             st.frozen = Some(frozen.clone());
+            st.dirty_since = None;
             let generation = st.generation;
             st.generation += 1;
             if let Some(log) = st.log.take() {
@@ -765,7 +823,7 @@ impl Volume {
     ) -> Result<Vec<(u64, ChunkId)>> {
         let chunk_size = self.geometry.chunk_size();
         let blocks = self.geometry.blocks_per_chunk();
-        let mut contents = Vec::with_capacity(batch.len());
+        let mut work = Vec::with_capacity(batch.len());
         for (index, dirty) in batch {
             let base = if dirty.is_complete(blocks) {
                 None
@@ -777,8 +835,19 @@ impl Volume {
                     Some(self.backend.objects.chunk(id).await?)
                 }
             };
-            contents.push((*index, dirty.materialize(chunk_size, base.as_deref())));
+            work.push((*index, (*dirty).clone(), base));
         }
+        // Dirty blocks are read back from the logs: off the reactor.
+        let contents = tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(index, dirty, base)| Ok((index, dirty.materialize(chunk_size, base.as_deref())?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .expect("materialising chunks does not panic")?;
+        self.backend
+            .sealed_bytes
+            .fetch_add((contents.len() * chunk_size) as u64, Ordering::Relaxed);
         self.backend.ingest(contents).await
     }
 
@@ -909,6 +978,7 @@ impl Drop for FrozenLayer<'_> {
         let mut restored = Arc::try_unwrap(layer).unwrap_or_else(|shared| (*shared).clone());
         restored.absorb_newer(newer);
         st.active = restored;
+        st.dirty_since.get_or_insert_with(Instant::now);
     }
 }
 
