@@ -83,6 +83,10 @@ pub struct Snapshot {
     pub labels: BTreeMap<String, String>,
     /// Manifest root hash (hex).
     pub root: String,
+    /// False right after a snapshot of a volume with unsealed writes: the
+    /// snapshot is readable at once and its data is sealed in the
+    /// background; until then `root` is the sealed root it builds on.
+    pub sealed: bool,
 }
 
 impl From<SnapshotRecord> for Snapshot {
@@ -94,6 +98,7 @@ impl From<SnapshotRecord> for Snapshot {
             created_at: s.created_at,
             labels: s.labels,
             root: s.root.to_hex(),
+            sealed: s.pending.is_none(),
         }
     }
 }

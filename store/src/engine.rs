@@ -29,10 +29,11 @@ use crate::objects::ObjectLayer;
 use crate::records::{
     now, Event, EventKind, Labels, SnapshotOrigin, SnapshotRecord, VolumeRecord, VolumeState,
 };
+use crate::sealed::{Backend, SealedTree};
 use crate::tree::{levels_for, NodeId, TreeStore};
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
-use crate::volume::{Backend, SealedTree, Volume};
+use crate::volume::{View, Volume};
 use crate::wrap::{layered, Faults, StoreStats};
 
 /// Default chunk size: 64 KiB.
@@ -139,7 +140,19 @@ pub enum Readable {
         tree: SealedTree,
         /// Its size.
         size: u64,
+        /// While its seal is pending: its volume's generations to read.
+        pending: Option<PendingView>,
     },
+}
+
+/// A pending snapshot's data: its volume's sealed root and frozen
+/// generations up to `through`.
+#[derive(Clone, Debug)]
+pub struct PendingView {
+    /// The volume the snapshot was taken of.
+    pub volume: Arc<Volume>,
+    /// The newest generation it holds.
+    pub through: u64,
 }
 
 /// cairn's storage engine.
@@ -165,6 +178,14 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("data_dir", &self.config.data_dir)
             .finish()
+    }
+}
+
+/// Checks that `[offset, +length)` lies within `size` bytes.
+fn check_within(offset: u64, length: u64, size: u64) -> Result<()> {
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(StoreError::OutOfRange { offset, length, size }),
     }
 }
 
@@ -247,10 +268,20 @@ impl Engine {
         });
         let mut volumes = HashMap::new();
         let mut live_ids = HashSet::new();
+        let mut pending: HashMap<(Namespace, VolumeName), Vec<SnapshotRecord>> = HashMap::new();
+        for s in catalog.snapshots(None, None)? {
+            if s.pending.is_some() {
+                pending
+                    .entry((s.namespace.clone(), s.volume.clone()))
+                    .or_default()
+                    .push(s);
+            }
+        }
         for record in catalog.volumes(None)? {
             let key = (record.namespace.clone(), record.name.clone());
             live_ids.insert(record.id);
-            volumes.insert(key, Volume::open(backend.clone(), record)?);
+            let waiting = pending.remove(&key).unwrap_or_default();
+            volumes.insert(key, Volume::open(backend.clone(), record, waiting)?);
         }
         let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
         let orphans = backend.journal.remove_orphans(&live_ids)?;
@@ -337,7 +368,8 @@ impl Engine {
         volume: &VolumeName,
         tag: &SnapshotTag,
     ) -> Result<crate::shared::SnapshotRefDoc> {
-        let record = self.snapshot_record(ns, volume, tag)?;
+        // Another server reads the root: it must be final.
+        let record = self.sealed_snapshot_record(ns, volume, tag).await?;
         self.publish_roots(&self.live_roots().await?).await?;
         Ok(crate::shared::SnapshotRefDoc::of(
             &record,
@@ -394,6 +426,7 @@ impl Engine {
             root,
             created_at: doc.created_at,
             labels: doc.labels.clone(),
+            pending: None,
         };
         record.from_snapshot = Some(SnapshotOrigin {
             volume: name.clone(),
@@ -410,7 +443,7 @@ impl Engine {
             detail,
         ));
         batch.commit()?;
-        let volume = Volume::open(self.backend.clone(), record.clone())?;
+        let volume = Volume::open(self.backend.clone(), record.clone(), Vec::new())?;
         self.volumes.lock().insert((ns.clone(), name), volume);
         Ok(snapshot)
     }
@@ -691,7 +724,7 @@ impl Engine {
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&record).event(ev);
         batch.commit()?;
-        let volume = Volume::open(self.backend.clone(), record.clone())?;
+        let volume = Volume::open(self.backend.clone(), record.clone(), Vec::new())?;
         self.volumes
             .lock()
             .insert((record.namespace.clone(), record.name.clone()), volume);
@@ -718,7 +751,7 @@ impl Engine {
         state: VolumeState,
     ) -> Result<VolumeRecord> {
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await;
+        let guard = volume.exclusive().await?;
         let mut updated = guard.record();
         updated.state = state;
         updated.updated_at = now();
@@ -746,7 +779,7 @@ impl Engine {
     ) -> Result<()> {
         let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await;
+        let guard = volume.exclusive().await?;
         let record = guard.record();
         Self::check_not_transitional(&record, "delete")?;
         let snapshots = if keep_snapshots {
@@ -776,7 +809,7 @@ impl Engine {
     ) -> Result<VolumeRecord> {
         check_size(size)?;
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await;
+        let guard = volume.exclusive().await?;
         let mut updated = guard.record();
         Self::check_not_transitional(&updated, "resize")?;
         if size < updated.size {
@@ -825,9 +858,11 @@ impl Engine {
         SnapshotTag::new(text).expect("timestamp tags are valid labels")
     }
 
-    /// Snapshots a volume: seals its dirty data (cost grows with dirty data
-    /// only) and records the sealed root. Without a tag, the UTC time is
-    /// used (with `-2`, `-3`… when taken within the same second).
+    /// Snapshots a volume in O(1), dirty data or not: the volume's active
+    /// writes are frozen into a generation that the snapshot reads at once
+    /// and the sealer seals in the background (the snapshot is *pending*
+    /// until then, see [`SnapshotRecord::pending`]). Without a tag, the UTC
+    /// time is used (with `-2`, `-3`… when taken within the same second).
     pub async fn snapshot(
         &self,
         ns: &Namespace,
@@ -839,7 +874,7 @@ impl Engine {
         let volume = self.volume(ns, name)?;
         let catalog = &self.backend.catalog;
         volume
-            .with_sealed(|record| {
+            .snapshot(|record, pending| {
                 let tag = match tag {
                     Some(tag) => {
                         if catalog.snapshot(ns, name, &tag)?.is_some() {
@@ -861,6 +896,7 @@ impl Engine {
                     root: record.root,
                     created_at: now(),
                     labels,
+                    pending,
                 };
                 let mut batch = catalog.batch();
                 batch.put_snapshot(&snapshot).event(event(
@@ -869,12 +905,36 @@ impl Engine {
                     actor,
                     Some(name),
                     Some(&tag),
-                    json!({"root": record.root, "size": record.size}),
+                    json!({"root": record.root, "size": record.size, "pending": pending}),
                 ));
                 batch.commit()?;
                 Ok(snapshot)
             })
             .await
+    }
+
+    /// A snapshot's record with its final root: a pending snapshot's
+    /// volume is sealed first (fork, clone, diff and references need a
+    /// root that holds everything).
+    pub async fn sealed_snapshot_record(
+        &self,
+        ns: &Namespace,
+        volume: &VolumeName,
+        tag: &SnapshotTag,
+    ) -> Result<SnapshotRecord> {
+        let record = self.snapshot_record(ns, volume, tag)?;
+        if record.pending.is_none() {
+            return Ok(record);
+        }
+        self.volume(ns, volume)?.seal().await?;
+        let record = self.snapshot_record(ns, volume, tag)?;
+        match record.pending {
+            None => Ok(record),
+            Some(generation) => Err(StoreError::CatalogCorrupt {
+                key: format!("snapshot {volume}@{tag}"),
+                reason: format!("still pending on generation {generation} after a seal"),
+            }),
+        }
     }
 
     fn free_tag(&self, ns: &Namespace, name: &VolumeName, base: SnapshotTag) -> Result<SnapshotTag> {
@@ -928,17 +988,23 @@ impl Engine {
         // reading the roots, see it either here or in its new place.
         let _names = self.names.lock().await;
         let snapshot = self.snapshot_record(ns, volume, tag)?;
-        let mut batch = self.backend.catalog.batch();
-        batch.delete_snapshot(&snapshot).event(event(
-            EventKind::SnapshotDelete,
-            ns,
-            actor,
-            Some(volume),
-            Some(tag),
-            json!({"root": snapshot.root}),
-        ));
-        batch.commit()?;
-        Ok(())
+        let commit = || {
+            let mut batch = self.backend.catalog.batch();
+            batch.delete_snapshot(&snapshot).event(event(
+                EventKind::SnapshotDelete,
+                ns,
+                actor,
+                Some(volume),
+                Some(tag),
+                json!({"root": snapshot.root}),
+            ));
+            batch.commit().map(drop)
+        };
+        match self.volume(ns, volume) {
+            // A pending snapshot's seal must not write it back.
+            Ok(open) => open.forget_snapshot(tag, commit).await,
+            Err(_) => commit(),
+        }
     }
 
     /// Creates volume `new` from a snapshot. `size` defaults to the
@@ -955,8 +1021,10 @@ impl Engine {
         size: Option<u64>,
         require_labels: &Labels,
     ) -> Result<VolumeRecord> {
+        // Sealed before the names lock is taken (it can take a while).
+        self.sealed_snapshot_record(ns, volume, tag).await?;
         let _names = self.names.lock().await;
-        let snapshot = self.snapshot_record(ns, volume, tag)?;
+        let snapshot = self.sealed_snapshot_record(ns, volume, tag).await?;
         if let Ok(source) = self.volume(ns, volume) {
             Self::check_not_transitional(&source.record(), "fork")?;
         }
@@ -1047,9 +1115,10 @@ impl Engine {
             name,
             SnapshotTag::new(format!("clone-{new}")).unwrap_or_else(|_| Self::default_tag()),
         )?;
-        let snapshot = self
-            .snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
+        self.snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
             .await?;
+        // The new volume starts from the snapshot's final root.
+        let snapshot = self.sealed_snapshot_record(ns, name, &tag).await?;
         let _names = self.names.lock().await;
         let mut record = self.derived_record(ns, &new, &snapshot, size).await?;
         record.cloned_from = Some(name.clone());
@@ -1091,8 +1160,10 @@ impl Engine {
     ) -> Result<VolumeRecord> {
         let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
+        self.snapshot_record(ns, name, tag)?;
+        let guard = volume.exclusive().await?;
+        // Read after `exclusive`, which seals what pending snapshots wait for.
         let snapshot = self.snapshot_record(ns, name, tag)?;
-        let guard = volume.exclusive().await;
         let mut updated = guard.record();
         Self::check_not_transitional(&updated, "rollback")?;
         if updated.state == VolumeState::Attached {
@@ -1138,11 +1209,11 @@ impl Engine {
         tag: &SnapshotTag,
         base: Option<(&VolumeName, &SnapshotTag)>,
     ) -> Result<Extents> {
-        let target = self.snapshot_record(ns, volume, tag)?;
+        let target = self.sealed_snapshot_record(ns, volume, tag).await?;
         let geometry = Self::geometry(target.chunk_size)?;
         let (base_root, base_size) = match base {
             Some((bv, bt)) => {
-                let b = self.snapshot_record(ns, bv, bt)?;
+                let b = self.sealed_snapshot_record(ns, bv, bt).await?;
                 if b.chunk_size != target.chunk_size {
                     return Err(StoreError::InvalidSize(format!(
                         "cannot diff snapshots of different chunk sizes ({} and {})",
@@ -1179,9 +1250,17 @@ impl Engine {
             None => Ok(Readable::Volume(self.volume(ns, name)?)),
             Some(tag) => {
                 let s = self.snapshot_record(ns, name, tag)?;
+                let pending = match s.pending {
+                    Some(through) => Some(PendingView {
+                        volume: self.volume(ns, name)?,
+                        through,
+                    }),
+                    None => None,
+                };
                 Ok(Readable::Snapshot {
                     tree: SealedTree::new(s.root, s.size, Self::geometry(s.chunk_size)?),
                     size: s.size,
+                    pending,
                 })
             }
         }
@@ -1191,15 +1270,12 @@ impl Engine {
     pub async fn read(&self, source: &Readable, offset: u64, buf: &mut [u8]) -> Result<()> {
         match source {
             Readable::Volume(v) => v.read(offset, buf).await,
-            Readable::Snapshot { tree, size } => {
-                if offset.checked_add(buf.len() as u64).is_none_or(|end| end > *size) {
-                    return Err(StoreError::OutOfRange {
-                        offset,
-                        length: buf.len() as u64,
-                        size: *size,
-                    });
+            Readable::Snapshot { tree, size, pending } => {
+                check_within(offset, buf.len() as u64, *size)?;
+                match pending {
+                    Some(p) => p.volume.read_view(View::Through(p.through), offset, buf).await,
+                    None => self.backend.read_tree(*tree, offset, buf).await,
                 }
-                self.backend.read_tree(*tree, offset, buf).await
             }
         }
     }
@@ -1209,9 +1285,12 @@ impl Engine {
     pub fn try_read(&self, source: &Readable, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
         match source {
             Readable::Volume(v) => v.try_read(offset, buf),
-            Readable::Snapshot { tree, size } => {
-                if offset.checked_add(buf.len() as u64).is_none_or(|end| end > *size) {
+            Readable::Snapshot { tree, size, pending } => {
+                if check_within(offset, buf.len() as u64, *size).is_err() {
                     return None;
+                }
+                if let Some(p) = pending {
+                    return p.volume.try_read_view(View::Through(p.through), offset, buf);
                 }
                 let holes = tree
                     .geometry
@@ -1234,17 +1313,20 @@ impl Engine {
     pub async fn allocation(&self, source: &Readable, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
         match source {
             Readable::Volume(v) => v.allocation(offset, length).await,
-            Readable::Snapshot { tree, size } => {
-                if offset.checked_add(length).is_none_or(|end| end > *size) {
-                    return Err(StoreError::OutOfRange {
-                        offset,
-                        length,
-                        size: *size,
-                    });
+            Readable::Snapshot { tree, size, pending } => {
+                check_within(offset, length, *size)?;
+                match pending {
+                    Some(p) => {
+                        p.volume
+                            .allocation_view(View::Through(p.through), offset, length)
+                            .await
+                    }
+                    None => {
+                        self.backend
+                            .allocation(*tree, offset, length, &HashMap::new())
+                            .await
+                    }
                 }
-                self.backend
-                    .allocation(*tree, offset, length, &HashMap::new())
-                    .await
             }
         }
     }

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::objects::ObjectKind;
+use crate::sealed::{Backend, SealedTree};
 use crate::tree::Reachable;
-use crate::volume::{Backend, SealedTree};
 
 /// Chunk fetches in flight while warming.
 const WARM_CONCURRENCY: usize = 16;

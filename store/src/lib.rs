@@ -4,7 +4,8 @@
 //! - [`tree`]: the manifest, a content-addressed radix tree of chunk ids
 //! - [`catalog`]: volumes, snapshots, events, journal and existence index in RocksDB
 //! - [`overlay`] and [`journal`]: the write-back layer of acknowledged writes
-//! - [`volume`]: one open volume (read, write, flush, seal)
+//! - [`sealed`]: what volumes share, and reads of sealed trees
+//! - [`volume`]: one open volume (read, write, flush; generations, seal)
 //! - [`engine`]: every user-visible operation, for the API and NBD server
 //! - [`gc`] and [`verify`]: space reclamation and scrubbing
 //!
@@ -24,6 +25,7 @@ pub mod objects;
 pub mod overlay;
 pub mod readahead;
 pub mod records;
+pub mod sealed;
 pub mod shared;
 pub mod tree;
 pub mod url;
@@ -32,7 +34,7 @@ pub mod verify;
 pub mod volume;
 pub mod wrap;
 
-pub use engine::{Actor, Engine, EngineConfig, Readable};
+pub use engine::{Actor, Engine, EngineConfig, PendingView, Readable};
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
 pub use hydrate::Hydration;
@@ -41,4 +43,4 @@ pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, Volume
 pub use tree::NodeId;
 pub use usage::{Usage, VolumeUsage};
 pub use verify::{VerifyProblem, VerifyReport};
-pub use volume::Volume;
+pub use volume::{View, Volume};

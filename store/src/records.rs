@@ -117,6 +117,12 @@ pub struct SnapshotRecord {
     /// User labels (e.g. a kernel hash a fork may require).
     #[serde(default)]
     pub labels: Labels,
+    /// While its volume's dirty data is not yet sealed: the generation up
+    /// to which it holds the volume's writes (`root` is then the sealed
+    /// root it builds on). The seal of that generation sets the final root
+    /// and clears this in the same catalog batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
 }
 
 /// What an audit event records.

@@ -1,0 +1,591 @@
+//! One open volume: the write-back layers over a sealed manifest tree.
+//!
+//! Writes are appended to the volume's journal file and indexed in the
+//! active dirty overlay under one lock, so journal order equals overlay
+//! order, and are then acknowledged. [`Volume::flush`] fsyncs the journal
+//! files. A snapshot (or a seal) *freezes* the active overlay in O(1): it
+//! becomes an immutable generation, readable at once, and new writes go to
+//! a new generation and log file. The sealer ([`seal`]) turns frozen
+//! generations into chunk objects oldest first, one commit per generation,
+//! so a snapshot taken with dirty data is pending (sealed root + frozen
+//! generations up to its own) until the seal of its generation gives it
+//! its final root in the same catalog batch. Reads look in the active
+//! overlay, then the frozen generations newest first, then the tree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_chunker::{ByteRange, ChunkGeometry, BLOCK_SIZE};
+use parking_lot::Mutex;
+
+use crate::error::{Result, StoreError};
+use crate::journal::{self, LogFile, Record};
+use crate::overlay::{read_logs, Hole, LogRead, Overlay};
+use crate::records::{SnapshotRecord, VolumeRecord};
+use crate::sealed::{Backend, SealedTree};
+use crate::tree::NodeId;
+
+mod seal;
+
+/// How often a writer waiting for backlog room looks again without being
+/// woken.
+const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct State {
+    record: VolumeRecord,
+    active: Overlay,
+    /// Frozen generations not yet sealed, oldest first.
+    frozen: Vec<Frozen>,
+    /// Generation that new writes belong to.
+    generation: u64,
+    /// Its log file, created at the generation's first write.
+    log: Option<Arc<LogFile>>,
+    /// Log files of unsealed older generations (frozen or replayed):
+    /// flushes sync them too.
+    older_logs: Vec<Arc<LogFile>>,
+    /// When the active layer got its first write since it was last frozen.
+    dirty_since: Option<Instant>,
+    /// Snapshots waiting for the seal of a frozen generation, by that
+    /// generation.
+    pending: BTreeMap<u64, Vec<SnapshotRecord>>,
+    /// Final roots of generations that pending snapshots waited for, for
+    /// readers that looked the snapshot up just before its seal committed.
+    sealed_roots: HashMap<u64, NodeId>,
+    deleted: bool,
+}
+
+/// A frozen generation: immutable, readable, waiting to be sealed.
+#[derive(Clone)]
+struct Frozen {
+    layer: Arc<Overlay>,
+    /// The newest journal generation it holds.
+    through: u64,
+}
+
+/// Which state of a volume a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Every acknowledged write.
+    Live,
+    /// A pending snapshot: the sealed root and the frozen generations up to
+    /// this one.
+    Through(u64),
+}
+
+/// An open volume.
+pub struct Volume {
+    backend: Arc<Backend>,
+    id: u64,
+    geometry: ChunkGeometry,
+    state: Mutex<State>,
+    /// Serialises seals, and everything that swaps the root (rollback,
+    /// resize, delete, direct imports).
+    seal_lock: tokio::sync::Mutex<()>,
+    /// Serialises catalog commits that must agree with the frozen
+    /// generations: a seal's commit, a snapshot's freeze and record, a
+    /// direct import, a pending snapshot's deletion.
+    commit_lock: tokio::sync::Mutex<()>,
+    /// Aligned writes share it; read-modify-write of partial blocks takes it
+    /// alone, so no concurrent write to the same block is lost.
+    rmw_lock: tokio::sync::RwLock<()>,
+    last_write_ms: AtomicU64,
+    opened: Instant,
+    /// This volume, for starting a seal in the background.
+    me: std::sync::Weak<Volume>,
+    /// A background seal has been asked for and not yet finished.
+    seal_queued: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("id", &self.id).finish()
+    }
+}
+
+fn check_bounds(offset: u64, length: u64, size: u64) -> Result<()> {
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(StoreError::OutOfRange { offset, length, size }),
+    }
+}
+
+fn align_down(x: u64) -> u64 {
+    x & !(BLOCK_SIZE - 1)
+}
+
+fn align_up(x: u64) -> u64 {
+    x.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+fn is_aligned(x: u64) -> bool {
+    x.is_multiple_of(BLOCK_SIZE)
+}
+
+impl Volume {
+    /// Opens a volume and replays its unsealed journal: every replayed
+    /// log becomes part of a frozen generation, split where `pending`
+    /// snapshots (this volume's) need them apart.
+    pub(crate) fn open(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+    ) -> Result<Arc<Self>> {
+        let geometry =
+            ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
+        let mut waiting: BTreeMap<u64, Vec<SnapshotRecord>> = BTreeMap::new();
+        for s in pending {
+            if let Some(through) = s.pending {
+                waiting.entry(through).or_default().push(s);
+            }
+        }
+        let mut frozen = Vec::new();
+        let mut layer = Overlay::default();
+        let mut generation = record.journal_floor;
+        let mut older_logs = Vec::new();
+        let logs = backend.journal.replay(record.id, record.journal_floor)?;
+        let last = logs.last().map(|l| l.generation);
+        for log in logs {
+            log.scan(|at, r| {
+                match r {
+                    Record::Write { offset, data } => {
+                        layer.write(geometry, offset, data.len(), &log, at + journal::WRITE_DATA_AT)
+                    }
+                    Record::Zero { offset, length } => layer.zero(geometry, offset, length),
+                }
+                Ok(())
+            })?;
+            generation = generation.max(log.generation + 1);
+            if waiting.contains_key(&log.generation) || Some(log.generation) == last {
+                frozen.push(Frozen {
+                    layer: Arc::new(std::mem::take(&mut layer)),
+                    through: log.generation,
+                });
+            }
+            older_logs.push(log);
+        }
+        if let Some(lost) = waiting.keys().find(|g| !frozen.iter().any(|f| f.through == **g)) {
+            return Err(StoreError::CatalogCorrupt {
+                key: format!("volume {}", record.name),
+                reason: format!("a pending snapshot needs journal generation {lost}, which is not there"),
+            });
+        }
+        if !frozen.is_empty() {
+            let dirty: usize = frozen.iter().map(|f| f.layer.dirty_bytes()).sum();
+            tracing::info!(volume = %record.name, dirty_bytes = dirty, generations = frozen.len(), pending_snapshots = waiting.values().map(Vec::len).sum::<usize>(), "replayed write-back journal");
+        }
+        Ok(Arc::new_cyclic(|me| Self {
+            backend,
+            id: record.id,
+            geometry,
+            state: Mutex::new(State {
+                record,
+                dirty_since: None,
+                active: Overlay::default(),
+                frozen,
+                generation,
+                log: None,
+                older_logs,
+                pending: waiting,
+                sealed_roots: HashMap::new(),
+                deleted: false,
+            }),
+            seal_lock: tokio::sync::Mutex::new(()),
+            commit_lock: tokio::sync::Mutex::new(()),
+            rmw_lock: tokio::sync::RwLock::new(()),
+            last_write_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+            me: me.clone(),
+            seal_queued: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The volume's catalog record as of now.
+    pub fn record(&self) -> VolumeRecord {
+        self.state.lock().record.clone()
+    }
+
+    /// Logical size in bytes.
+    pub fn size(&self) -> u64 {
+        self.state.lock().record.size
+    }
+
+    /// Chunk geometry.
+    pub fn geometry(&self) -> ChunkGeometry {
+        self.geometry
+    }
+
+    /// Bytes written but not yet sealed.
+    pub fn dirty_bytes(&self) -> usize {
+        let st = self.state.lock();
+        st.active.dirty_bytes() + st.frozen.iter().map(|f| f.layer.dirty_bytes()).sum::<usize>()
+    }
+
+    /// Bytes of the volume's live log files: its write-back backlog on
+    /// local disk (dirty data, plus older versions of rewritten blocks
+    /// until a seal retires their logs).
+    pub fn log_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        st.older_logs.iter().chain(st.log.as_ref()).map(|l| l.len()).sum()
+    }
+
+    /// How long the oldest unfrozen write has waited for a seal.
+    pub fn dirty_age(&self) -> std::time::Duration {
+        self.state
+            .lock()
+            .dirty_since
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Milliseconds since the last write (for the idle sealer).
+    pub fn idle_ms(&self) -> u64 {
+        let last = self.last_write_ms.load(Ordering::Relaxed);
+        (self.opened.elapsed().as_millis() as u64).saturating_sub(last)
+    }
+
+    fn check_range(&self, st: &State, offset: u64, length: u64) -> Result<()> {
+        if st.deleted {
+            return Err(StoreError::VolumeNotFound {
+                name: st.record.name.to_string(),
+            });
+        }
+        check_bounds(offset, length, st.record.size)
+    }
+
+    /// The dirty layers a view reads, newest first.
+    fn layers(st: &State, view: View) -> Vec<&Overlay> {
+        let frozen = st.frozen.iter().rev();
+        match view {
+            View::Live => std::iter::once(&st.active)
+                .chain(frozen.map(|f| &*f.layer))
+                .collect(),
+            View::Through(g) => frozen.filter(|f| f.through <= g).map(|f| &*f.layer).collect(),
+        }
+    }
+
+    /// Serves what `layers` (newest first) hold of `[offset, +buf.len())`:
+    /// zeros into `buf`, dirty data as log reads; returns those and the
+    /// parts left for the sealed tree.
+    fn fill_dirty(&self, layers: &[&Overlay], offset: u64, buf: &mut [u8]) -> (Vec<Hole>, Vec<LogRead>) {
+        let mut holes: Vec<Hole> = self
+            .geometry
+            .spans(ByteRange::new(offset, buf.len() as u64))
+            .map(|s| Hole {
+                chunk: s.index,
+                offset_in_chunk: s.offset_in_chunk,
+                len: s.len,
+                buf_offset: s.offset_in_range,
+            })
+            .collect();
+        let mut reads = Vec::new();
+        for layer in layers {
+            if holes.is_empty() {
+                break;
+            }
+            let mut deeper = Vec::new();
+            for h in &holes {
+                let out = &mut buf[h.buf_offset..h.buf_offset + h.len];
+                layer.fill(
+                    h.chunk,
+                    h.offset_in_chunk,
+                    out,
+                    h.buf_offset,
+                    &mut deeper,
+                    &mut reads,
+                );
+            }
+            holes = deeper;
+        }
+        (holes, reads)
+    }
+
+    /// The tree and dirty layers (newest first) a view reads: for a
+    /// pending snapshot whose seal has committed meanwhile, its final root
+    /// and no layer.
+    fn view_of<'a>(&self, st: &'a State, view: View) -> Result<(SealedTree, Vec<&'a Overlay>)> {
+        match view {
+            View::Live => Ok((self.tree_of(st), Self::layers(st, view))),
+            View::Through(g) => match st.sealed_roots.get(&g) {
+                Some(root) => Ok((SealedTree::new(*root, st.record.size, self.geometry), Vec::new())),
+                None if st.record.journal_floor > g => Err(StoreError::CatalogCorrupt {
+                    key: format!("volume {}", st.record.name),
+                    reason: format!("generation {g} is sealed but its snapshot's root is unknown"),
+                }),
+                None => Ok((self.tree_of(st), Self::layers(st, view))),
+            },
+        }
+    }
+
+    /// The dirty part of a read: located under the state lock, the log
+    /// reads done after it (log files are append-only and stay open while
+    /// referenced, so the bytes cannot change). Returns the holes left for
+    /// the tree, and the tree.
+    fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, SealedTree)> {
+        let (holes, reads, tree) = {
+            let st = self.state.lock();
+            if view == View::Live {
+                self.check_range(&st, offset, buf.len() as u64)?;
+            } else {
+                check_bounds(offset, buf.len() as u64, st.record.size)?;
+            }
+            let (tree, layers) = self.view_of(&st, view)?;
+            let (holes, reads) = self.fill_dirty(&layers, offset, buf);
+            (holes, reads, tree)
+        };
+        read_logs(&reads, buf)?;
+        Ok((holes, tree))
+    }
+
+    fn tree_of(&self, st: &State) -> SealedTree {
+        SealedTree::new(st.record.root, st.record.size, self.geometry)
+    }
+
+    /// The volume's committed (sealed) tree.
+    pub(crate) fn sealed_tree(&self) -> SealedTree {
+        self.tree_of(&self.state.lock())
+    }
+
+    /// Reads without waiting: `None` when some of the range is neither
+    /// dirty nor cached (then [`Volume::read`] is needed).
+    pub fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        self.try_read_view(View::Live, offset, buf)
+    }
+
+    /// [`Volume::try_read`] of a view.
+    pub fn try_read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        let (holes, tree) = match self.read_dirty(view, offset, buf) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        self.backend
+            .read_sealed_cached(tree, &holes, buf)
+            .then_some(Ok(()))
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_view(View::Live, offset, buf).await
+    }
+
+    /// [`Volume::read`] of a view.
+    pub async fn read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let (holes, tree) = self.read_dirty(view, offset, buf)?;
+        if holes.is_empty() {
+            return Ok(());
+        }
+        self.backend.read_sealed(tree, &holes, buf).await
+    }
+
+    /// Allocation of `[offset, +length)` at chunk granularity: `(bytes,
+    /// hole)` runs in order. A chunk is a hole when it is zero in the tree
+    /// and no dirty data covers it.
+    pub async fn allocation(&self, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
+        self.allocation_view(View::Live, offset, length).await
+    }
+
+    /// [`Volume::allocation`] of a view.
+    pub async fn allocation_view(&self, view: View, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
+        let (dirty, tree) = {
+            let st = self.state.lock();
+            check_bounds(offset, length, st.record.size)?;
+            let (tree, layers) = self.view_of(&st, view)?;
+            let dirty: Vec<(u64, Option<(bool, bool)>)> = self
+                .geometry
+                .spans(ByteRange::new(offset, length))
+                .map(|s| (s.index, layers.iter().find_map(|l| l.peek(s.index))))
+                .collect();
+            (dirty, tree)
+        };
+        let mut known = std::collections::HashMap::new();
+        for (index, state) in dirty {
+            match state {
+                Some((_, true)) => {
+                    known.insert(index, false);
+                }
+                Some((true, false)) => {
+                    known.insert(index, true);
+                }
+                _ => {}
+            }
+        }
+        self.backend.allocation(tree, offset, length, &known).await
+    }
+
+    /// Writes `data` at `offset`; acknowledged once journaled (not yet
+    /// durable: see [`Volume::flush`]).
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(&self.state.lock(), offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.make_room(data.len()).await?;
+        let end = offset + data.len() as u64;
+        if is_aligned(offset) && is_aligned(end) {
+            let _shared = self.rmw_lock.read().await;
+            self.apply(Record::Write { offset, data })?;
+        } else {
+            let _alone = self.rmw_lock.write().await;
+            let merged = self.merge_partial_blocks(offset, data).await?;
+            self.apply(Record::Write {
+                offset: align_down(offset),
+                data: &merged,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the partial head and tail blocks around `[offset, +data.len())`
+    /// and lays `data` over them. Caller holds the rmw lock exclusively.
+    async fn merge_partial_blocks(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
+        let start = align_down(offset);
+        let end = align_up(offset + data.len() as u64);
+        let mut merged = vec![0u8; (end - start) as usize];
+        let block = BLOCK_SIZE as usize;
+        if !is_aligned(offset) {
+            self.read(start, &mut merged[..block]).await?;
+        }
+        if !is_aligned(offset + data.len() as u64) {
+            let at = merged.len() - block;
+            self.read(end - BLOCK_SIZE, &mut merged[at..]).await?;
+        }
+        let at = (offset - start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        Ok(merged)
+    }
+
+    /// Makes `[offset, +length)` read as zeros (WRITE_ZEROES and TRIM).
+    pub async fn write_zeroes(&self, offset: u64, length: u64) -> Result<()> {
+        self.check_range(&self.state.lock(), offset, length)?;
+        if length == 0 {
+            return Ok(());
+        }
+        self.make_room(0).await?;
+        let end = offset + length;
+        let (inner_start, inner_end) = (align_up(offset), align_down(end));
+        if inner_start >= inner_end {
+            // Within one or two blocks: a plain write of zeros.
+            return self.write(offset, &vec![0u8; length as usize]).await;
+        }
+        if offset < inner_start {
+            self.write(offset, &vec![0u8; (inner_start - offset) as usize])
+                .await?;
+        }
+        {
+            let _shared = self.rmw_lock.read().await;
+            self.apply(Record::Zero {
+                offset: inner_start,
+                length: inner_end - inner_start,
+            })?;
+        }
+        if inner_end < end {
+            self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Journals and applies one aligned record, atomically with respect to
+    /// other writers (journal order = overlay order).
+    fn apply(&self, record: Record<'_>) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Err(StoreError::VolumeNotFound {
+                name: st.record.name.to_string(),
+            });
+        }
+        let log = match &st.log {
+            Some(log) => log.clone(),
+            None => {
+                let log = self.backend.journal.create(self.id, st.generation)?;
+                st.log = Some(log.clone());
+                log
+            }
+        };
+        let at = log.append(&record)?;
+        if st.active.is_empty() {
+            st.dirty_since = Some(Instant::now());
+        }
+        match record {
+            Record::Write { offset, data } => {
+                st.active.write(
+                    self.geometry,
+                    offset,
+                    data.len(),
+                    &log,
+                    at + journal::WRITE_DATA_AT,
+                );
+                self.backend
+                    .written_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
+        }
+        self.last_write_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits until the write-back backlog (unsealed bytes) has room for
+    /// `incoming` more bytes, asking for a seal in the background: while
+    /// the object store answers, a writer is slowed down, never refused.
+    /// Refuses the write with [`StoreError::BacklogFull`] while the store
+    /// does not take the backlog: the last seal failed on it, or this
+    /// writer waited the store timeout without the store answering any
+    /// request (a hung store; then it is marked down until a seal succeeds).
+    async fn make_room(&self, incoming: usize) -> Result<()> {
+        let limit = self.backend.dirty_hard_limit;
+        let timeout = self.backend.store_timeout;
+        let started = Instant::now();
+        loop {
+            let held = self.log_bytes() as usize;
+            if held == 0 || held + incoming <= limit {
+                return Ok(());
+            }
+            let stalled = started.elapsed() >= timeout && self.backend.objects.silent_for() >= timeout;
+            if stalled && !self.backend.store_down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(volume = %self.state.lock().record.name, silent_ms = self.backend.objects.silent_for().as_millis() as u64, "the object store does not answer: refusing writes past the backlog until a seal succeeds");
+            }
+            if self.backend.store_down.load(Ordering::Relaxed) {
+                return Err(StoreError::BacklogFull {
+                    held,
+                    limit,
+                    store_down: true,
+                });
+            }
+            let room = self.backend.room.notified();
+            self.seal_in_background();
+            // Woken by every seal attempt; the timeout only re-checks.
+            let _ = tokio::time::timeout(BACKLOG_RECHECK, room).await;
+        }
+    }
+
+    /// Starts a seal on its own task unless one is queued already.
+    fn seal_in_background(&self) {
+        if self.seal_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = me.seal().await {
+                tracing::warn!(volume = %me.record().name, error = %e, "seal for backpressure failed");
+            }
+            me.seal_queued.store(false, Ordering::Release);
+            me.backend.room.notify_waiters();
+        });
+    }
+
+    /// Makes every acknowledged write durable on local disk.
+    pub fn flush(&self) -> Result<()> {
+        let logs: Vec<Arc<LogFile>> = {
+            let st = self.state.lock();
+            st.older_logs.iter().chain(st.log.as_ref()).cloned().collect()
+        };
+        for log in &logs {
+            log.sync()?;
+        }
+        self.backend.journal.sync_dir()
+    }
+}

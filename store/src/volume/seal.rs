@@ -1,0 +1,404 @@
+//! Sealing a volume, and everything that commits its root.
+//!
+//! A seal freezes the active overlay into a generation (if it holds
+//! anything), then seals the frozen generations oldest first: each dirty
+//! chunk is materialised from the logs (merged with the sealed chunk only
+//! when the overlay does not cover it whole), ingested, the changed tree
+//! path written, the objects made durable, and one synced catalog batch
+//! commits the new root, the journal floor past the generation, and the
+//! final root of every snapshot that waited for it. A generation leaves the
+//! frozen list only in that commit: a seal that fails or is dropped at any
+//! `.await` leaves it frozen, readable and still to be sealed.
+//!
+//! Commit points that must agree with the frozen list hold the volume's
+//! commit lock: a seal's commit, a snapshot (freeze + record), a direct
+//! import, the deletion of a pending snapshot.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_chunker::ChunkId;
+use futures::stream::{StreamExt, TryStreamExt};
+
+use super::{Frozen, State, Volume};
+use crate::error::{Result, StoreError};
+use crate::overlay::{DirtyChunk, Overlay};
+use crate::records::{now, SnapshotRecord, VolumeRecord};
+use crate::sealed::SealedTree;
+use crate::tree::NodeId;
+
+/// Chunks hashed and compressed together while sealing.
+const SEAL_BATCH: usize = 64;
+/// Seal batches in progress at once (pipelining hashing with uploads).
+const SEAL_BATCHES_IN_FLIGHT: usize = 3;
+
+/// Freezes the active overlay into a new generation when it holds
+/// anything; returns the newest frozen generation, if any.
+fn freeze(st: &mut State) -> Option<u64> {
+    if !st.active.is_empty() {
+        let layer = Arc::new(std::mem::take(&mut st.active));
+        let through = st.generation;
+        st.generation += 1;
+        if let Some(log) = st.log.take() {
+            st.older_logs.push(log);
+        }
+        st.dirty_since = None;
+        st.frozen.push(Frozen { layer, through });
+    }
+    st.frozen.last().map(|f| f.through)
+}
+
+impl Volume {
+    /// Seals all dirty data into the object store and commits new roots.
+    /// Returns the number of chunks sealed.
+    pub async fn seal(&self) -> Result<usize> {
+        let _seal = self.seal_lock.lock().await;
+        self.seal_locked().await
+    }
+
+    /// Freezes the active overlay and seals every frozen generation
+    /// (caller holds the seal lock).
+    pub(super) async fn seal_locked(&self) -> Result<usize> {
+        freeze(&mut self.state.lock());
+        self.seal_frozen_locked().await
+    }
+
+    /// Seals the frozen generations, oldest first, one commit each.
+    async fn seal_frozen_locked(&self) -> Result<usize> {
+        let mut chunks = 0;
+        loop {
+            let (next, tree) = {
+                let st = self.state.lock();
+                if st.deleted {
+                    return Ok(chunks);
+                }
+                (st.frozen.first().cloned(), self.tree_of(&st))
+            };
+            let Some(generation) = next else {
+                break;
+            };
+            let started = Instant::now();
+            match self.seal_generation(&generation, tree).await {
+                Ok(root) => {
+                    chunks += generation.layer.chunk_count();
+                    tracing::debug!(volume = %self.state.lock().record.name, generation = generation.through, chunks = generation.layer.chunk_count(), dirty_bytes = generation.layer.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?root, "sealed");
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %self.state.lock().record.name, error = %e, "seal failed; dirty data kept in the journal");
+                    if matches!(e, StoreError::ObjectStore(_)) {
+                        self.backend.store_down.store(true, Ordering::Relaxed);
+                    }
+                    self.backend.room.notify_waiters();
+                    return Err(e);
+                }
+            }
+            self.backend.store_down.store(false, Ordering::Relaxed);
+            self.backend.room.notify_waiters();
+        }
+        Ok(chunks)
+    }
+
+    async fn seal_generation(&self, generation: &Frozen, tree: SealedTree) -> Result<NodeId> {
+        // Objects uploaded or claimed from here to the commit are not yet
+        // reachable from any root: GC must not sweep them.
+        let _writing = self.backend.objects.begin_write();
+        let new_root = self.seal_layer(&generation.layer, tree).await?;
+        self.backend.objects.make_durable().await?;
+        let _commit = self.commit_lock.lock().await;
+        self.commit_sealed(new_root, generation.through)?;
+        Ok(new_root)
+    }
+
+    async fn seal_layer(&self, frozen: &Overlay, tree: SealedTree) -> Result<NodeId> {
+        let sorted = frozen.sorted_chunks();
+        // Batches overlap (hashing one while another uploads); `buffered`
+        // keeps their order, so updates stay sorted by chunk index.
+        let batches: Vec<_> = sorted
+            .chunks(SEAL_BATCH)
+            .map(|batch| self.seal_batch(batch, tree))
+            .collect();
+        let updates: Vec<(u64, ChunkId)> = futures::stream::iter(batches)
+            .buffered(SEAL_BATCHES_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        self.backend.trees.update(tree.root, tree.level, &updates).await
+    }
+
+    /// Materialises one batch of dirty chunks (merging partial ones with
+    /// their sealed base) and ingests them.
+    async fn seal_batch(
+        &self,
+        batch: &[(u64, &DirtyChunk)],
+        tree: SealedTree,
+    ) -> Result<Vec<(u64, ChunkId)>> {
+        let chunk_size = self.geometry.chunk_size();
+        let blocks = self.geometry.blocks_per_chunk();
+        let mut work = Vec::with_capacity(batch.len());
+        for (index, dirty) in batch {
+            let base = if dirty.is_complete(blocks) {
+                None
+            } else {
+                let id = self.backend.trees.lookup(tree.root, tree.level, *index).await?;
+                if id.is_zero() {
+                    None
+                } else {
+                    Some(self.backend.objects.chunk(id).await?)
+                }
+            };
+            work.push((*index, (*dirty).clone(), base));
+        }
+        // Dirty blocks are read back from the logs: off the reactor.
+        let contents = tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(index, dirty, base)| Ok((index, dirty.materialize(chunk_size, base.as_deref())?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .expect("materialising chunks does not panic")?;
+        self.backend
+            .sealed_bytes
+            .fetch_add((contents.len() * chunk_size) as u64, Ordering::Relaxed);
+        self.backend.ingest(contents).await
+    }
+
+    /// Commits the seal of frozen generation `through` (caller holds the
+    /// commit lock): the volume's new root and journal floor, and the final
+    /// root of every snapshot pending on it, in one synced batch; then the
+    /// generation leaves the frozen list and its log files go.
+    fn commit_sealed(&self, new_root: NodeId, through: u64) -> Result<()> {
+        let (record, finished) = {
+            let st = self.state.lock();
+            let mut record = st.record.clone();
+            record.root = new_root;
+            record.updated_at = now();
+            record.journal_floor = through + 1;
+            let finished: Vec<SnapshotRecord> = st
+                .pending
+                .get(&through)
+                .into_iter()
+                .flatten()
+                .map(|s| SnapshotRecord {
+                    root: new_root,
+                    pending: None,
+                    ..s.clone()
+                })
+                .collect();
+            (record, finished)
+        };
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&record);
+        for s in &finished {
+            batch.put_snapshot(s);
+        }
+        batch.commit()?;
+        {
+            let mut st = self.state.lock();
+            st.record.root = new_root;
+            st.record.updated_at = record.updated_at;
+            st.record.journal_floor = record.journal_floor;
+            if st.frozen.first().is_some_and(|f| f.through == through) {
+                st.frozen.remove(0);
+            }
+            st.older_logs.retain(|l| l.generation > through);
+            if st.pending.remove(&through).is_some() {
+                st.sealed_roots.insert(through, new_root);
+            }
+        }
+        // Past the commit: a file left behind is below the floor and goes
+        // at the next open.
+        if let Err(e) = self.backend.journal.remove_through(self.id, through) {
+            tracing::warn!(volume_id = self.id, error = %e, "removing sealed journal files failed");
+        }
+        Ok(())
+    }
+
+    /// Writes whole, chunk-aligned chunks straight into the object store and
+    /// the tree, bypassing the journal (bulk import). Durable on return.
+    pub(crate) async fn write_chunks_direct(&self, first_chunk: u64, data: Vec<Vec<u8>>) -> Result<()> {
+        if self.backend.store_down.load(Ordering::Relaxed) {
+            // Do not queue behind a seal that may hang on the store: ask the
+            // store once (with retries) whether it answers again.
+            if !self.backend.objects.probe().await {
+                return Err(StoreError::StoreDown);
+            }
+            self.backend.store_down.store(false, Ordering::Relaxed);
+        }
+        let _seal = self.seal_lock.lock().await;
+        // Older dirty data in these chunks must not be sealed over the
+        // import later, and no snapshot may freeze in between.
+        let _commit = self.commit_lock.lock().await;
+        freeze(&mut self.state.lock());
+        self.seal_frozen_with_commit_lock().await?;
+        let _writing = self.backend.objects.begin_write();
+        let end = self.geometry.chunk_start(first_chunk + data.len() as u64);
+        let tree = {
+            let st = self.state.lock();
+            self.check_range(
+                &st,
+                self.geometry.chunk_start(first_chunk),
+                end - self.geometry.chunk_start(first_chunk),
+            )?;
+            self.tree_of(&st)
+        };
+        let chunks = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (first_chunk + i as u64, c))
+            .collect();
+        let updates = self.backend.ingest(chunks).await?;
+        let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
+        self.backend.objects.make_durable().await?;
+        let mut record = self.state.lock().record.clone();
+        record.root = new_root;
+        record.updated_at = now();
+        let mut batch = self.backend.catalog.batch();
+        batch.put_volume(&record);
+        batch.commit()?;
+        let mut st = self.state.lock();
+        st.record.root = new_root;
+        st.record.updated_at = record.updated_at;
+        Ok(())
+    }
+
+    /// [`Volume::seal_frozen_locked`] for a caller that already holds the
+    /// commit lock (the seal and commit lock are both held).
+    async fn seal_frozen_with_commit_lock(&self) -> Result<()> {
+        loop {
+            let (next, tree) = {
+                let st = self.state.lock();
+                (st.frozen.first().cloned(), self.tree_of(&st))
+            };
+            let Some(generation) = next else {
+                return Ok(());
+            };
+            let _writing = self.backend.objects.begin_write();
+            let new_root = self.seal_layer(&generation.layer, tree).await?;
+            self.backend.objects.make_durable().await?;
+            self.commit_sealed(new_root, generation.through)?;
+        }
+    }
+
+    /// Takes a snapshot in O(1): freezes the active overlay (if it holds
+    /// anything) and lets `record` build and commit the snapshot's record
+    /// from the volume's record and the generation it must wait for
+    /// (`None`: nothing unsealed, the sealed root is the snapshot). A
+    /// pending snapshot gets its final root from the seal of that
+    /// generation.
+    pub(crate) async fn snapshot(
+        &self,
+        record: impl FnOnce(&VolumeRecord, Option<u64>) -> Result<SnapshotRecord>,
+    ) -> Result<SnapshotRecord> {
+        let _commit = self.commit_lock.lock().await;
+        let (volume, through) = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Err(StoreError::VolumeNotFound {
+                    name: st.record.name.to_string(),
+                });
+            }
+            let through = freeze(&mut st);
+            (st.record.clone(), through)
+        };
+        let snapshot = record(&volume, through)?;
+        if let Some(through) = through {
+            self.state
+                .lock()
+                .pending
+                .entry(through)
+                .or_default()
+                .push(snapshot.clone());
+        }
+        Ok(snapshot)
+    }
+
+    /// Runs `commit` (which deletes snapshot `tag` of this volume) so that
+    /// no seal commit writes the snapshot back, and forgets it as pending.
+    pub(crate) async fn forget_snapshot<T>(
+        &self,
+        tag: &crate::names::SnapshotTag,
+        commit: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _commit = self.commit_lock.lock().await;
+        let out = commit()?;
+        let mut st = self.state.lock();
+        for waiting in st.pending.values_mut() {
+            waiting.retain(|s| &s.tag != tag);
+        }
+        st.pending.retain(|_, waiting| !waiting.is_empty());
+        Ok(out)
+    }
+
+    /// Takes the volume for a root or record swap (rollback, resize,
+    /// delete): no seal and no write runs until the guard is committed or
+    /// dropped. When snapshots are pending, the frozen generations are
+    /// sealed first, so none waits on data the swap would discard or
+    /// re-root.
+    pub(crate) async fn exclusive(&self) -> Result<Exclusive<'_>> {
+        let seal = self.seal_lock.lock().await;
+        let rmw = self.rmw_lock.write().await;
+        if !self.state.lock().pending.is_empty() {
+            self.seal_frozen_locked().await?;
+        }
+        Ok(Exclusive {
+            volume: self,
+            _seal: seal,
+            _rmw: rmw,
+        })
+    }
+}
+
+/// Exclusive access to a volume for swapping its record (see [`Volume::exclusive`]).
+pub(crate) struct Exclusive<'a> {
+    volume: &'a Volume,
+    _seal: tokio::sync::MutexGuard<'a, ()>,
+    _rmw: tokio::sync::RwLockWriteGuard<'a, ()>,
+}
+
+impl Exclusive<'_> {
+    /// The record as of now.
+    pub fn record(&self) -> VolumeRecord {
+        self.volume.record()
+    }
+
+    /// Commits `batch` (which persists `updated`, or deletes the volume),
+    /// then installs `updated`. With `discard_dirty`, unsealed writes are
+    /// dropped: the journal floor moves past them in the same batch and
+    /// their files are removed after.
+    pub fn commit(
+        self,
+        mut batch: crate::catalog::CatalogBatch<'_>,
+        mut updated: VolumeRecord,
+        discard_dirty: bool,
+        delete: bool,
+    ) -> Result<Vec<crate::records::Event>> {
+        let volume = self.volume;
+        let generation = volume.state.lock().generation;
+        if discard_dirty && !delete {
+            updated.journal_floor = generation + 1;
+            batch.put_volume(&updated);
+        }
+        let events = batch.commit()?;
+        {
+            let mut st = volume.state.lock();
+            if discard_dirty {
+                st.active = Overlay::default();
+                st.frozen.clear();
+                st.pending.clear();
+                st.generation = generation + 1;
+                st.log = None;
+                st.older_logs.clear();
+                st.dirty_since = None;
+            }
+            st.deleted |= delete;
+            st.record = updated;
+        }
+        if discard_dirty {
+            volume.backend.journal.remove_through(volume.id, generation)?;
+        }
+        Ok(events)
+    }
+}
