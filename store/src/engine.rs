@@ -181,14 +181,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Checks that `[offset, +length)` lies within `size` bytes.
-fn check_within(offset: u64, length: u64, size: u64) -> Result<()> {
-    match offset.checked_add(length) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(StoreError::OutOfRange { offset, length, size }),
-    }
-}
-
 /// Checks a volume size: positive and a multiple of 4 KiB.
 pub fn check_size(size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(4096) {
@@ -1271,7 +1263,7 @@ impl Engine {
         match source {
             Readable::Volume(v) => v.read(offset, buf).await,
             Readable::Snapshot { tree, size, pending } => {
-                check_within(offset, buf.len() as u64, *size)?;
+                crate::volume::check_bounds(offset, buf.len() as u64, *size)?;
                 match pending {
                     Some(p) => p.volume.read_view(View::Through(p.through), offset, buf).await,
                     None => self.backend.read_tree(*tree, offset, buf).await,
@@ -1286,22 +1278,13 @@ impl Engine {
         match source {
             Readable::Volume(v) => v.try_read(offset, buf),
             Readable::Snapshot { tree, size, pending } => {
-                if check_within(offset, buf.len() as u64, *size).is_err() {
+                if crate::volume::check_bounds(offset, buf.len() as u64, *size).is_err() {
                     return None;
                 }
                 if let Some(p) = pending {
                     return p.volume.try_read_view(View::Through(p.through), offset, buf);
                 }
-                let holes = tree
-                    .geometry
-                    .spans(ByteRange::new(offset, buf.len() as u64))
-                    .map(|s| crate::overlay::Hole {
-                        chunk: s.index,
-                        offset_in_chunk: s.offset_in_chunk,
-                        len: s.len,
-                        buf_offset: s.offset_in_range,
-                    })
-                    .collect::<Vec<_>>();
+                let holes = crate::overlay::Hole::all(tree.geometry, offset, buf.len());
                 self.backend
                     .read_sealed_cached(*tree, &holes, buf)
                     .then_some(Ok(()))
@@ -1314,7 +1297,7 @@ impl Engine {
         match source {
             Readable::Volume(v) => v.allocation(offset, length).await,
             Readable::Snapshot { tree, size, pending } => {
-                check_within(offset, length, *size)?;
+                crate::volume::check_bounds(offset, length, *size)?;
                 match pending {
                     Some(p) => {
                         p.volume

@@ -124,6 +124,21 @@ pub struct Hole {
     pub buf_offset: usize,
 }
 
+impl Hole {
+    /// The whole of `[offset, +len)`, one hole per chunk it touches.
+    pub fn all(geometry: ChunkGeometry, offset: u64, len: usize) -> Vec<Hole> {
+        geometry
+            .spans(cairn_chunker::ByteRange::new(offset, len as u64))
+            .map(|s| Hole {
+                chunk: s.index,
+                offset_in_chunk: s.offset_in_chunk,
+                len: s.len,
+                buf_offset: s.offset_in_range,
+            })
+            .collect()
+    }
+}
+
 /// The dirty overlay of one volume (or one frozen generation of it).
 #[derive(Clone, Debug, Default)]
 pub struct Overlay {

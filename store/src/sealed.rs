@@ -180,16 +180,7 @@ impl Backend {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        let holes: Vec<Hole> = tree
-            .geometry
-            .spans(ByteRange::new(offset, buf.len() as u64))
-            .map(|s| Hole {
-                chunk: s.index,
-                offset_in_chunk: s.offset_in_chunk,
-                len: s.len,
-                buf_offset: s.offset_in_range,
-            })
-            .collect();
+        let holes = Hole::all(tree.geometry, offset, buf.len());
         self.read_sealed(tree, &holes, buf).await
     }
 

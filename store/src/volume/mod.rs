@@ -104,7 +104,8 @@ impl std::fmt::Debug for Volume {
     }
 }
 
-fn check_bounds(offset: u64, length: u64, size: u64) -> Result<()> {
+/// Checks that `[offset, +length)` lies within `size` bytes.
+pub(crate) fn check_bounds(offset: u64, length: u64, size: u64) -> Result<()> {
     match offset.checked_add(length) {
         Some(end) if end <= size => Ok(()),
         _ => Err(StoreError::OutOfRange { offset, length, size }),
@@ -268,16 +269,7 @@ impl Volume {
     /// zeros into `buf`, dirty data as log reads; returns those and the
     /// parts left for the sealed tree.
     fn fill_dirty(&self, layers: &[&Overlay], offset: u64, buf: &mut [u8]) -> (Vec<Hole>, Vec<LogRead>) {
-        let mut holes: Vec<Hole> = self
-            .geometry
-            .spans(ByteRange::new(offset, buf.len() as u64))
-            .map(|s| Hole {
-                chunk: s.index,
-                offset_in_chunk: s.offset_in_chunk,
-                len: s.len,
-                buf_offset: s.offset_in_range,
-            })
-            .collect();
+        let mut holes = Hole::all(self.geometry, offset, buf.len());
         let mut reads = Vec::new();
         for layer in layers {
             if holes.is_empty() {
