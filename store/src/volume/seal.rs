@@ -303,6 +303,11 @@ impl Volume {
             let through = freeze(&mut st);
             (st.record.clone(), through)
         };
+        if through.is_some() {
+            // The snapshot holds every acknowledged write: its generations'
+            // logs must be durable before its record commits.
+            self.flush()?;
+        }
         let snapshot = record(&volume, through)?;
         if let Some(through) = through {
             self.state
