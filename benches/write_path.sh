@@ -84,12 +84,15 @@ done
 w=$(metric cairn_write_bytes_total); sl=$(metric cairn_sealed_bytes_total)
 echo "bytes written $w, chunk bytes sealed $sl during the runs: $(python3 -c "print(round($sl/max(1,$w),2))") sealed per written"
 
-echo "== snapshot latency right after random 4 KiB writes (ms)"
+# A snapshot makes the writes it holds durable: what the client has not
+# flushed yet is fsynced by the snapshot. SNAP_FSYNC=0: nothing flushed.
+SNAP_FSYNC="${SNAP_FSYNC:-256}"
+echo "== snapshot latency right after random 4 KiB writes, FLUSH every $SNAP_FSYNC (ms)"
 snap_bench() { # volume dirty_bytes
   local v=$1 n=$(( $2 / 4096 )) times=()
   for i in $(seq "$SNAPS"); do
     fio --name=d --ioengine=nbd --uri="nbd://127.0.0.1:$cn/$v" --rw=randwrite --bs=4k --iodepth=32 \
-        --size="$SIZE" --number_ios="$n" --randseed="$i" >/dev/null
+        --size="$SIZE" --number_ios="$n" --randseed="$i" --fsync="$SNAP_FSYNC" >/dev/null
     local secs
     secs=$(curl -s -o /dev/null -w '%{time_total}' -X POST -H 'Content-Type: application/json' \
         --data "{\"tag\":\"t$i\"}" "$api/api/v1/volumes/$v/snapshots")
