@@ -254,6 +254,15 @@ impl Volume {
         check_bounds(offset, length, st.record.size)
     }
 
+    /// Checks a read of `view`: the live volume must still exist; a
+    /// pending snapshot stays readable after its volume is deleted.
+    fn check_view(&self, st: &State, view: View, offset: u64, length: u64) -> Result<()> {
+        match view {
+            View::Live => self.check_range(st, offset, length),
+            View::Through(_) => check_bounds(offset, length, st.record.size),
+        }
+    }
+
     /// The dirty layers a view reads, newest first.
     fn layers(st: &State, view: View) -> Vec<&Overlay> {
         let frozen = st.frozen.iter().rev();
@@ -316,11 +325,7 @@ impl Volume {
     fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, SealedTree)> {
         let (holes, reads, tree) = {
             let st = self.state.lock();
-            if view == View::Live {
-                self.check_range(&st, offset, buf.len() as u64)?;
-            } else {
-                check_bounds(offset, buf.len() as u64, st.record.size)?;
-            }
+            self.check_view(&st, view, offset, buf.len() as u64)?;
             let (tree, layers) = self.view_of(&st, view)?;
             let (holes, reads) = self.fill_dirty(&layers, offset, buf);
             (holes, reads, tree)
@@ -380,7 +385,7 @@ impl Volume {
     pub async fn allocation_view(&self, view: View, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
         let (dirty, tree) = {
             let st = self.state.lock();
-            check_bounds(offset, length, st.record.size)?;
+            self.check_view(&st, view, offset, length)?;
             let (tree, layers) = self.view_of(&st, view)?;
             let dirty: Vec<(u64, Option<(bool, bool)>)> = self
                 .geometry
