@@ -124,22 +124,13 @@ mod tests {
 
     #[test]
     fn a_full_backlog_and_an_unreachable_store_are_503() {
-        let e = ApiError::from(StoreError::BacklogFull {
-            held: 10,
-            limit: 8,
-            store_down: true,
-        });
+        let e = ApiError::from(StoreError::BacklogFull { held: 10, limit: 8 });
         assert_eq!(
             e.status_and_code(),
             (StatusCode::SERVICE_UNAVAILABLE, "backlog_full")
         );
         assert_eq!(
-            StoreError::BacklogFull {
-                held: 10,
-                limit: 8,
-                store_down: false
-            }
-            .errno(),
+            StoreError::BacklogFull { held: 10, limit: 8 }.errno(),
             28,
             "NBD clients see ENOSPC"
         );

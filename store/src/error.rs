@@ -150,15 +150,14 @@ pub enum StoreError {
     /// Input stream failed during import.
     #[error("import stream: {0}")]
     ImportStream(String),
-    /// The write-back backlog is at its limit and is not draining.
-    #[error("write-back backlog full: {held} unsealed bytes, limit {limit}{}; retry when it drains", if *store_down { " and the object store is unreachable" } else { " and not draining" })]
+    /// The write-back backlog is at its limit and the object store does not
+    /// take it (the last seal failed on it, or it answers nothing).
+    #[error("write-back backlog full: {held} unsealed bytes, limit {limit} and the object store is unreachable; retry when it drains")]
     BacklogFull {
         /// Unsealed bytes held.
         held: usize,
         /// The backlog limit.
         limit: usize,
-        /// Whether the last seal failed on the object store.
-        store_down: bool,
     },
     /// The object store is unreachable (the last seal failed on it), so a
     /// write that must go straight to it is refused.

@@ -32,15 +32,16 @@ pub(crate) struct Backend {
     pub trees: TreeStore,
     /// Write-back journal files.
     pub journal: JournalDir,
-    /// Unsealed bytes per volume (the write-back backlog) past which
+    /// Log bytes per volume (the write-back backlog, on disk) past which
     /// writers wait for sealing, and past which, when the object store
     /// does not take the backlog, writes are refused.
     pub dirty_hard_limit: usize,
     /// How long a writer waits for backlog room while the object store
     /// answers nothing, before the store counts as down.
     pub store_timeout: std::time::Duration,
-    /// Set when a seal failed on the object store, cleared by the next
-    /// successful one: writes past the backlog limit fail at once.
+    /// Set when a seal failed on the object store or a writer waited the
+    /// store timeout without an answer from it; cleared by the next
+    /// successful seal: writes past the backlog limit fail at once.
     pub store_down: std::sync::atomic::AtomicBool,
     /// Woken after every seal attempt (writers waiting for room).
     pub room: tokio::sync::Notify,

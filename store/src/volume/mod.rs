@@ -56,6 +56,13 @@ struct State {
     deleted: bool,
 }
 
+impl State {
+    /// The log files of every unsealed generation.
+    fn live_logs(&self) -> impl Iterator<Item = &Arc<LogFile>> {
+        self.older_logs.iter().chain(self.log.as_ref())
+    }
+}
+
 /// A frozen generation: immutable, readable, waiting to be sealed.
 #[derive(Clone)]
 struct Frozen {
@@ -217,18 +224,11 @@ impl Volume {
         self.geometry
     }
 
-    /// Bytes written but not yet sealed.
-    pub fn dirty_bytes(&self) -> usize {
-        let st = self.state.lock();
-        st.active.dirty_bytes() + st.frozen.iter().map(|f| f.layer.dirty_bytes()).sum::<usize>()
-    }
-
     /// Bytes of the volume's live log files: its write-back backlog on
     /// local disk (dirty data, plus older versions of rewritten blocks
     /// until a seal retires their logs).
     pub fn log_bytes(&self) -> u64 {
-        let st = self.state.lock();
-        st.older_logs.iter().chain(st.log.as_ref()).map(|l| l.len()).sum()
+        self.state.lock().live_logs().map(|l| l.len()).sum()
     }
 
     /// How long the oldest unfrozen write has waited for a seal.
@@ -544,11 +544,7 @@ impl Volume {
                 tracing::warn!(volume = %self.state.lock().record.name, silent_ms = self.backend.objects.silent_for().as_millis() as u64, "the object store does not answer: refusing writes past the backlog until a seal succeeds");
             }
             if self.backend.store_down.load(Ordering::Relaxed) {
-                return Err(StoreError::BacklogFull {
-                    held,
-                    limit,
-                    store_down: true,
-                });
+                return Err(StoreError::BacklogFull { held, limit });
             }
             let room = self.backend.room.notified();
             self.seal_in_background();
@@ -576,10 +572,7 @@ impl Volume {
 
     /// Makes every acknowledged write durable on local disk.
     pub fn flush(&self) -> Result<()> {
-        let logs: Vec<Arc<LogFile>> = {
-            let st = self.state.lock();
-            st.older_logs.iter().chain(st.log.as_ref()).cloned().collect()
-        };
+        let logs: Vec<Arc<LogFile>> = self.state.lock().live_logs().cloned().collect();
         for log in &logs {
             log.sync()?;
         }

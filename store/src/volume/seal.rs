@@ -33,6 +33,14 @@ const SEAL_BATCH: usize = 64;
 /// Seal batches in progress at once (pipelining hashing with uploads).
 const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 
+/// Whether a seal's commit takes the volume's commit lock, or its caller
+/// holds it already (a direct import, for its whole run).
+#[derive(Clone, Copy)]
+enum CommitLock {
+    Take,
+    Held,
+}
+
 /// Freezes the active overlay into a new generation when it holds
 /// anything; returns the newest frozen generation, if any.
 fn freeze(st: &mut State) -> Option<u64> {
@@ -54,18 +62,13 @@ impl Volume {
     /// Returns the number of chunks sealed.
     pub async fn seal(&self) -> Result<usize> {
         let _seal = self.seal_lock.lock().await;
-        self.seal_locked().await
-    }
-
-    /// Freezes the active overlay and seals every frozen generation
-    /// (caller holds the seal lock).
-    pub(super) async fn seal_locked(&self) -> Result<usize> {
         freeze(&mut self.state.lock());
-        self.seal_frozen_locked().await
+        self.seal_frozen_locked(CommitLock::Take).await
     }
 
-    /// Seals the frozen generations, oldest first, one commit each.
-    async fn seal_frozen_locked(&self) -> Result<usize> {
+    /// Seals the frozen generations, oldest first, one commit each (caller
+    /// holds the seal lock).
+    async fn seal_frozen_locked(&self, commit_lock: CommitLock) -> Result<usize> {
         let mut chunks = 0;
         loop {
             let (next, tree) = {
@@ -79,7 +82,7 @@ impl Volume {
                 break;
             };
             let started = Instant::now();
-            match self.seal_generation(&generation, tree).await {
+            match self.seal_generation(&generation, tree, commit_lock).await {
                 Ok(root) => {
                     chunks += generation.layer.chunk_count();
                     tracing::debug!(volume = %self.state.lock().record.name, generation = generation.through, chunks = generation.layer.chunk_count(), dirty_bytes = generation.layer.dirty_bytes(), ms = started.elapsed().as_millis() as u64, root = ?root, "sealed");
@@ -99,14 +102,22 @@ impl Volume {
         Ok(chunks)
     }
 
-    async fn seal_generation(&self, generation: &Frozen, tree: SealedTree) -> Result<NodeId> {
+    async fn seal_generation(
+        &self,
+        generation: &Frozen,
+        tree: SealedTree,
+        commit_lock: CommitLock,
+    ) -> Result<NodeId> {
         // Objects uploaded or claimed from here to the commit are not yet
         // reachable from any root: GC must not sweep them.
         let _writing = self.backend.objects.begin_write();
         let new_root = self.seal_layer(&generation.layer, tree).await?;
         self.backend.objects.make_durable().await?;
-        let _commit = self.commit_lock.lock().await;
-        self.commit_sealed(new_root, generation.through)?;
+        let _commit = match commit_lock {
+            CommitLock::Take => Some(self.commit_lock.lock().await),
+            CommitLock::Held => None,
+        };
+        self.commit_root(new_root, Some(generation.through))?;
         Ok(new_root)
     }
 
@@ -165,20 +176,22 @@ impl Volume {
         self.backend.ingest(contents).await
     }
 
-    /// Commits the seal of frozen generation `through` (caller holds the
-    /// commit lock): the volume's new root and journal floor, and the final
-    /// root of every snapshot pending on it, in one synced batch; then the
-    /// generation leaves the frozen list and its log files go.
-    fn commit_sealed(&self, new_root: NodeId, through: u64) -> Result<()> {
+    /// Commits a new root (caller holds the commit lock). With `sealed`,
+    /// it is the seal of that frozen generation: the journal floor moves
+    /// past it and every snapshot pending on it gets the root as its final
+    /// one, in the same synced batch; then the generation leaves the
+    /// frozen list and its log files go.
+    fn commit_root(&self, new_root: NodeId, sealed: Option<u64>) -> Result<()> {
         let (record, finished) = {
             let st = self.state.lock();
             let mut record = st.record.clone();
             record.root = new_root;
             record.updated_at = now();
-            record.journal_floor = through + 1;
-            let finished: Vec<SnapshotRecord> = st
-                .pending
-                .get(&through)
+            if let Some(through) = sealed {
+                record.journal_floor = through + 1;
+            }
+            let finished: Vec<SnapshotRecord> = sealed
+                .and_then(|through| st.pending.get(&through))
                 .into_iter()
                 .flatten()
                 .map(|s| SnapshotRecord {
@@ -200,18 +213,22 @@ impl Volume {
             st.record.root = new_root;
             st.record.updated_at = record.updated_at;
             st.record.journal_floor = record.journal_floor;
-            if st.frozen.first().is_some_and(|f| f.through == through) {
-                st.frozen.remove(0);
-            }
-            st.older_logs.retain(|l| l.generation > through);
-            if st.pending.remove(&through).is_some() {
-                st.sealed_roots.insert(through, new_root);
+            if let Some(through) = sealed {
+                if st.frozen.first().is_some_and(|f| f.through == through) {
+                    st.frozen.remove(0);
+                }
+                st.older_logs.retain(|l| l.generation > through);
+                if st.pending.remove(&through).is_some() {
+                    st.sealed_roots.insert(through, new_root);
+                }
             }
         }
-        // Past the commit: a file left behind is below the floor and goes
-        // at the next open.
-        if let Err(e) = self.backend.journal.remove_through(self.id, through) {
-            tracing::warn!(volume_id = self.id, error = %e, "removing sealed journal files failed");
+        if let Some(through) = sealed {
+            // Past the commit: a file left behind is below the floor and
+            // goes at the next open.
+            if let Err(e) = self.backend.journal.remove_through(self.id, through) {
+                tracing::warn!(volume_id = self.id, error = %e, "removing sealed journal files failed");
+            }
         }
         Ok(())
     }
@@ -232,7 +249,7 @@ impl Volume {
         // import later, and no snapshot may freeze in between.
         let _commit = self.commit_lock.lock().await;
         freeze(&mut self.state.lock());
-        self.seal_frozen_with_commit_lock().await?;
+        self.seal_frozen_locked(CommitLock::Held).await?;
         let _writing = self.backend.objects.begin_write();
         let end = self.geometry.chunk_start(first_chunk + data.len() as u64);
         let tree = {
@@ -252,34 +269,7 @@ impl Volume {
         let updates = self.backend.ingest(chunks).await?;
         let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
         self.backend.objects.make_durable().await?;
-        let mut record = self.state.lock().record.clone();
-        record.root = new_root;
-        record.updated_at = now();
-        let mut batch = self.backend.catalog.batch();
-        batch.put_volume(&record);
-        batch.commit()?;
-        let mut st = self.state.lock();
-        st.record.root = new_root;
-        st.record.updated_at = record.updated_at;
-        Ok(())
-    }
-
-    /// [`Volume::seal_frozen_locked`] for a caller that already holds the
-    /// commit lock (the seal and commit lock are both held).
-    async fn seal_frozen_with_commit_lock(&self) -> Result<()> {
-        loop {
-            let (next, tree) = {
-                let st = self.state.lock();
-                (st.frozen.first().cloned(), self.tree_of(&st))
-            };
-            let Some(generation) = next else {
-                return Ok(());
-            };
-            let _writing = self.backend.objects.begin_write();
-            let new_root = self.seal_layer(&generation.layer, tree).await?;
-            self.backend.objects.make_durable().await?;
-            self.commit_sealed(new_root, generation.through)?;
-        }
+        self.commit_root(new_root, None)
     }
 
     /// Takes a snapshot in O(1): freezes the active overlay (if it holds
@@ -346,7 +336,7 @@ impl Volume {
         let seal = self.seal_lock.lock().await;
         let rmw = self.rmw_lock.write().await;
         if !self.state.lock().pending.is_empty() {
-            self.seal_frozen_locked().await?;
+            self.seal_frozen_locked(CommitLock::Take).await?;
         }
         Ok(Exclusive {
             volume: self,
