@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Write path against peers, in one run: fio's nbd engine with a FLUSH every
 # 256 writes against cairn, qemu-nbd raw and qemu-nbd qcow2 (writeback,
-# io_uring); then snapshot latency right after random dirty data; then
-# cairn's peak RSS with 4 connections writing 4 volumes. Prints IOPS,
-# MiB/s, server CPU per write, ratios, bytes sealed per byte written.
+# io_uring); then snapshot, fork and clone latency right after random
+# dirty data; then cairn's peak RSS with 4 connections writing 4 volumes.
+# Prints IOPS, MiB/s, server CPU per write, ratios, bytes sealed per byte
+# written.
 #
 #   benches/write_path.sh                 # 20 s per test, 1 GiB exports
 #   RUNTIME=5 SNAPS=5 benches/write_path.sh
@@ -87,22 +88,34 @@ echo "bytes written $w, chunk bytes sealed $sl during the runs: $(python3 -c "pr
 # A snapshot makes the writes it holds durable: what the client has not
 # flushed yet is fsynced by the snapshot. SNAP_FSYNC=0: nothing flushed.
 SNAP_FSYNC="${SNAP_FSYNC:-256}"
-echo "== snapshot latency right after random 4 KiB writes, FLUSH every $SNAP_FSYNC (ms)"
-snap_bench() { # volume dirty_bytes
-  local v=$1 n=$(( $2 / 4096 )) times=()
-  for i in $(seq "$SNAPS"); do
-    fio --name=d --ioengine=nbd --uri="nbd://127.0.0.1:$cn/$v" --rw=randwrite --bs=4k --iodepth=32 \
-        --size="$SIZE" --number_ios="$n" --randseed="$i" --fsync="$SNAP_FSYNC" >/dev/null
-    local secs
-    secs=$(curl -s -o /dev/null -w '%{time_total}' -X POST -H 'Content-Type: application/json' \
-        --data "{\"tag\":\"t$i\"}" "$api/api/v1/volumes/$v/snapshots")
-    times+=("$(python3 -c "print(int($secs*1e6))")")
-  done
-  python3 -c "import sys; t=sorted(int(x)/1000 for x in sys.argv[2:]); print(f'{sys.argv[1]}: n={len(t)} p50 {t[len(t)//2]:.1f} ms, p99 {t[min(len(t)-1, int(len(t)*0.99))]:.1f} ms, max {t[-1]:.1f} ms')" "$3" "${times[@]}"
+echo "== snapshot, fork (of that snapshot, still pending) and clone latency right after random 4 KiB writes, FLUSH every $SNAP_FSYNC (ms)"
+post_ms() { # path json -> milliseconds (fails on an HTTP error)
+  local out
+  out=$(curl -s -o "$work/post.out" -w '%{http_code} %{time_total}' -X POST -H 'Content-Type: application/json' \
+      --data "$2" "$api/api/v1$1")
+  case "$out" in 2*) ;; *) echo "POST $1 failed: $out $(cat "$work/post.out")" >&2; return 1 ;; esac
+  python3 -c "print(int(${out#* } * 1e6))"
 }
-snap_bench s1 $((16 << 20)) "16 MiB dirty"
+dirty() { # volume writes seed
+  fio --name=d --ioengine=nbd --uri="nbd://127.0.0.1:$cn/$1" --rw=randwrite --bs=4k --iodepth=32 \
+      --size="$SIZE" --number_ios="$2" --randseed="$3" --fsync="$SNAP_FSYNC" >/dev/null
+}
+stats() { python3 -c "import sys; t=sorted(int(x)/1000 for x in sys.argv[2:]); print(f'  {sys.argv[1]:9} n={len(t)} p50 {t[len(t)//2]:.1f} ms, p99 {t[min(len(t)-1, int(len(t)*0.99))]:.1f} ms, max {t[-1]:.1f} ms')" "$@"; }
+op_bench() { # volume dirty_bytes label
+  local v=$1 n=$(( $2 / 4096 )) snaps=() forks=() clones=()
+  for i in $(seq "$SNAPS"); do
+    dirty "$v" "$n" "$i"
+    snaps+=("$(post_ms "/volumes/$v/snapshots" "{\"tag\":\"t$i\"}")")
+    forks+=("$(post_ms "/volumes/$v/snapshots/t$i/fork" "{\"name\":\"f-$v-$i\"}")")
+    dirty "$v" "$n" "$((i + 1000))"
+    clones+=("$(post_ms "/volumes/$v/clone" "{\"name\":\"c-$v-$i\"}")")
+  done
+  echo "$3:"
+  stats snapshot "${snaps[@]}"; stats fork "${forks[@]}"; stats clone "${clones[@]}"
+}
+op_bench s1 $((16 << 20)) "16 MiB dirty"
 SNAPS_BIG="${SNAPS_BIG:-3}"
-SNAPS=$SNAPS_BIG snap_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
+SNAPS=$SNAPS_BIG op_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
 
 echo "== peak RSS, 4 connections writing 4 volumes (4k random QD32 + 1M sequential QD8 alternately)"
 jobs=()

@@ -408,7 +408,7 @@ fn volume_table(volumes: &[Volume]) {
 
 fn snapshot_table(snapshots: &[Snapshot]) {
     table(
-        &["VOLUME", "TAG", "SIZE", "CREATED"],
+        &["VOLUME", "TAG", "SIZE", "CREATED", "SEALED"],
         snapshots
             .iter()
             .map(|s| {
@@ -417,6 +417,7 @@ fn snapshot_table(snapshots: &[Snapshot]) {
                     s.tag.clone(),
                     format_size(s.size),
                     time_text(&s.created_at),
+                    if s.sealed { "yes" } else { "pending" }.to_string(),
                 ]
             })
             .collect(),

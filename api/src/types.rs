@@ -36,6 +36,10 @@ pub struct Volume {
     /// Source snapshot (`VOLUME@TAG`) of a fork or clone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// True while a fork or clone of a snapshot with unsealed data reads
+    /// through it (until that snapshot's seal gives it its base).
+    #[serde(default)]
+    pub base_pending: bool,
     /// Stored (compressed) bytes of the distinct chunks the volume references.
     pub stored_bytes: u64,
     /// The part of `stored_bytes` no other volume or snapshot references.
@@ -59,6 +63,7 @@ impl Volume {
             labels: r.labels,
             cloned_from: r.cloned_from.map(|v| v.to_string()),
             from_snapshot: r.from_snapshot.map(|o| format!("{}@{}", o.volume, o.tag)),
+            base_pending: r.base_pending,
             stored_bytes: usage.stored_bytes,
             unique_bytes: usage.unique_bytes,
             hydration: None,

@@ -33,7 +33,7 @@ use crate::sealed::{Backend, SealedTree};
 use crate::tree::{levels_for, NodeId, TreeStore};
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
-use crate::volume::{View, Volume};
+use crate::volume::{Hold, PendingBase, View, Volume};
 use crate::wrap::{layered, Faults, StoreStats};
 
 /// Default chunk size: 64 KiB.
@@ -269,12 +269,17 @@ impl Engine {
                     .push(s);
             }
         }
+        let mut forks = Vec::new();
         for record in catalog.volumes(None)? {
             let key = (record.namespace.clone(), record.name.clone());
             live_ids.insert(record.id);
             let waiting = pending.remove(&key).unwrap_or_default();
+            if record.base_pending {
+                forks.push(record.clone());
+            }
             volumes.insert(key, Volume::open(backend.clone(), record, waiting)?);
         }
+        Self::resolve_bases(&catalog, &volumes, forks).await?;
         let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
         let orphans = backend.journal.remove_orphans(&live_ids)?;
         if orphans > 0 {
@@ -292,6 +297,44 @@ impl Engine {
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
         }))
+    }
+
+    /// Gives each fork of a pending snapshot (`forks`) its base at open:
+    /// the source's pending view while the snapshot is pending, else the
+    /// snapshot's final root, adopted now.
+    async fn resolve_bases(
+        catalog: &Catalog,
+        volumes: &HashMap<(Namespace, VolumeName), Arc<Volume>>,
+        forks: Vec<VolumeRecord>,
+    ) -> Result<()> {
+        for fork in forks {
+            let corrupt = |reason: &str| StoreError::CatalogCorrupt {
+                key: format!("volume {}", fork.name),
+                reason: reason.to_string(),
+            };
+            let origin = fork
+                .from_snapshot
+                .as_ref()
+                .ok_or_else(|| corrupt("pending base without a source snapshot"))?;
+            let snapshot = catalog
+                .snapshot(&fork.namespace, &origin.volume, &origin.tag)?
+                .ok_or_else(|| corrupt("the snapshot of its pending base is gone"))?;
+            let volume = &volumes[&(fork.namespace.clone(), fork.name.clone())];
+            match snapshot.pending {
+                Some(through) => {
+                    let source = volumes
+                        .get(&(fork.namespace.clone(), origin.volume.clone()))
+                        .ok_or_else(|| corrupt("the volume of its pending base is gone"))?;
+                    volume.attach_base(PendingBase {
+                        source: source.clone(),
+                        through,
+                        size: snapshot.size,
+                    });
+                }
+                None => volume.adopt_root(snapshot.root, snapshot.size).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Every live root with its tree level, read at one moment: no fork,
@@ -596,6 +639,11 @@ impl Engine {
     pub async fn seal_due(&self) {
         let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
         for volume in open {
+            if volume.base_sealed() {
+                if let Err(e) = volume.adopt_base().await {
+                    tracing::warn!(volume = %volume.record().name, error = %e, "adopting a sealed base failed; will retry");
+                }
+            }
             let logged = volume.log_bytes();
             if logged == 0 {
                 continue;
@@ -676,6 +724,7 @@ impl Engine {
         self.insert_volume(
             record,
             event(EventKind::Create, ns, actor, Some(name), None, detail),
+            None,
         )
     }
 
@@ -708,15 +757,25 @@ impl Engine {
             cloned_from: None,
             from_snapshot: None,
             journal_floor: 0,
+            base_pending: false,
         })
     }
 
-    /// Persists a new volume record with its event and opens it. Caller holds `names`.
-    fn insert_volume(&self, record: VolumeRecord, ev: Event) -> Result<VolumeRecord> {
+    /// Persists a new volume record with its event and opens it (on
+    /// `base`, for a fork of a pending snapshot). Caller holds `names`.
+    fn insert_volume(
+        &self,
+        record: VolumeRecord,
+        ev: Event,
+        base: Option<PendingBase>,
+    ) -> Result<VolumeRecord> {
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&record).event(ev);
         batch.commit()?;
         let volume = Volume::open(self.backend.clone(), record.clone(), Vec::new())?;
+        if let Some(base) = base {
+            volume.attach_base(base);
+        }
         self.volumes
             .lock()
             .insert((record.namespace.clone(), record.name.clone()), volume);
@@ -743,7 +802,7 @@ impl Engine {
         state: VolumeState,
     ) -> Result<VolumeRecord> {
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await?;
+        let guard = volume.exclusive(Hold::Record).await?;
         let mut updated = guard.record();
         updated.state = state;
         updated.updated_at = now();
@@ -769,9 +828,10 @@ impl Engine {
         name: &VolumeName,
         keep_snapshots: bool,
     ) -> Result<()> {
+        self.adopt_dependents(&self.volume(ns, name)?).await?;
         let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await?;
+        let guard = volume.exclusive(Hold::Delete).await?;
         let record = guard.record();
         Self::check_not_transitional(&record, "delete")?;
         let snapshots = if keep_snapshots {
@@ -801,7 +861,7 @@ impl Engine {
     ) -> Result<VolumeRecord> {
         check_size(size)?;
         let volume = self.volume(ns, name)?;
-        let guard = volume.exclusive().await?;
+        let guard = volume.exclusive(Hold::Root).await?;
         let mut updated = guard.record();
         Self::check_not_transitional(&updated, "resize")?;
         if size < updated.size {
@@ -976,6 +1036,12 @@ impl Engine {
         volume: &VolumeName,
         tag: &SnapshotTag,
     ) -> Result<()> {
+        if self.snapshot_record(ns, volume, tag)?.pending.is_some() {
+            // Forks reading through it resolve their base from its record.
+            if let Ok(open) = self.volume(ns, volume) {
+                self.adopt_dependents(&open).await?;
+            }
+        }
         // Under `names`: a fork or rollback copying this root, and GC
         // reading the roots, see it either here or in its new place.
         let _names = self.names.lock().await;
@@ -999,9 +1065,11 @@ impl Engine {
         }
     }
 
-    /// Creates volume `new` from a snapshot. `size` defaults to the
-    /// snapshot's and may not be smaller; every `require_labels` entry must
-    /// match the snapshot's labels.
+    /// Creates volume `new` from a snapshot in O(1), pending or not (a
+    /// fork of a pending snapshot reads through it until its seal, see
+    /// [`crate::volume`]'s `base`). `size` defaults to the snapshot's and
+    /// may not be smaller; every `require_labels` entry must match the
+    /// snapshot's labels.
     #[allow(clippy::too_many_arguments)]
     pub async fn fork(
         &self,
@@ -1013,10 +1081,8 @@ impl Engine {
         size: Option<u64>,
         require_labels: &Labels,
     ) -> Result<VolumeRecord> {
-        // Sealed before the names lock is taken (it can take a while).
-        self.sealed_snapshot_record(ns, volume, tag).await?;
         let _names = self.names.lock().await;
-        let snapshot = self.sealed_snapshot_record(ns, volume, tag).await?;
+        let snapshot = self.snapshot_record(ns, volume, tag)?;
         if let Ok(source) = self.volume(ns, volume) {
             Self::check_not_transitional(&source.record(), "fork")?;
         }
@@ -1030,25 +1096,31 @@ impl Engine {
                 });
             }
         }
-        let mut record = self.derived_record(ns, new, &snapshot, size).await?;
-        record.from_snapshot = Some(SnapshotOrigin {
-            volume: volume.clone(),
-            tag: tag.clone(),
-        });
-        let detail = json!({"source": volume, "snapshot": tag, "root": snapshot.root, "size": record.size});
-        self.insert_volume(
-            record,
-            event(EventKind::Fork, ns, actor, Some(new), Some(tag), detail),
-        )
+        let detail = json!({"source": volume, "snapshot": tag, "root": snapshot.root, "pending": snapshot.pending, "size": size.unwrap_or(snapshot.size)});
+        let ev = event(EventKind::Fork, ns, actor, Some(new), Some(tag), detail);
+        self.fork_locked(ns, new, &snapshot, size, None, ev).await
     }
 
-    async fn derived_record(
+    /// Creates `new` from `snapshot` (caller holds `names`): its root is
+    /// the snapshot's, grown to `size`; a pending snapshot becomes its
+    /// pending base.
+    async fn fork_locked(
         &self,
         ns: &Namespace,
         new: &VolumeName,
         snapshot: &SnapshotRecord,
         size: Option<u64>,
+        cloned_from: Option<VolumeName>,
+        ev: Event,
     ) -> Result<VolumeRecord> {
+        let base = match snapshot.pending {
+            Some(through) => Some(PendingBase {
+                source: self.volume(ns, &snapshot.volume)?,
+                through,
+                size: snapshot.size,
+            }),
+            None => None,
+        };
         let size = size.unwrap_or(snapshot.size);
         check_size(size)?;
         if size < snapshot.size {
@@ -1070,10 +1142,35 @@ impl Engine {
             )
             .await?;
         self.backend.objects.make_durable().await?;
-        self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())
+        let mut record = self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())?;
+        record.cloned_from = cloned_from;
+        record.from_snapshot = Some(SnapshotOrigin {
+            volume: snapshot.volume.clone(),
+            tag: snapshot.tag.clone(),
+        });
+        record.base_pending = base.is_some();
+        self.insert_volume(record, ev, base)
     }
 
-    /// Snapshot now + fork. `new` defaults to `<name>-clone-<unix seconds>`.
+    /// Lets every volume that reads through `source`'s pending generations
+    /// adopt its base (sealing them): before a snapshot or volume they
+    /// resolve their base from goes.
+    async fn adopt_dependents(&self, source: &Arc<Volume>) -> Result<()> {
+        let dependents: Vec<Arc<Volume>> = self
+            .volumes
+            .lock()
+            .values()
+            .filter(|v| v.depends_on(source))
+            .cloned()
+            .collect();
+        for volume in dependents {
+            volume.adopt_base().await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot now + fork, in O(1) both. `new` defaults to
+    /// `<name>-clone-<unix seconds>`.
     pub async fn clone_volume(
         &self,
         ns: &Namespace,
@@ -1107,22 +1204,17 @@ impl Engine {
             name,
             SnapshotTag::new(format!("clone-{new}")).unwrap_or_else(|_| Self::default_tag()),
         )?;
-        self.snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
+        let snapshot = self
+            .snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
             .await?;
-        // The new volume starts from the snapshot's final root.
-        let snapshot = self.sealed_snapshot_record(ns, name, &tag).await?;
         let _names = self.names.lock().await;
-        let mut record = self.derived_record(ns, &new, &snapshot, size).await?;
-        record.cloned_from = Some(name.clone());
-        record.from_snapshot = Some(SnapshotOrigin {
-            volume: name.clone(),
-            tag: tag.clone(),
-        });
-        let detail = json!({"source": name, "snapshot": tag, "root": snapshot.root, "size": record.size});
-        self.insert_volume(
-            record,
-            event(EventKind::Clone, ns, actor, Some(&new), Some(&tag), detail),
-        )
+        let detail = json!({"source": name, "snapshot": tag, "root": snapshot.root, "pending": snapshot.pending, "size": size.unwrap_or(snapshot.size)});
+        let ev = event(EventKind::Clone, ns, actor, Some(&new), Some(&tag), detail);
+        // The snapshot is this call's own: a concurrent deletion of it
+        // fails the clone here rather than forking something else.
+        let snapshot = self.snapshot_record(ns, name, &tag)?;
+        self.fork_locked(ns, &new, &snapshot, size, Some(name.clone()), ev)
+            .await
     }
 
     fn default_clone_name(&self, ns: &Namespace, name: &VolumeName) -> Result<VolumeName> {
@@ -1153,7 +1245,7 @@ impl Engine {
         let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
         self.snapshot_record(ns, name, tag)?;
-        let guard = volume.exclusive().await?;
+        let guard = volume.exclusive(Hold::Root).await?;
         // Read after `exclusive`, which seals what pending snapshots wait for.
         let snapshot = self.snapshot_record(ns, name, tag)?;
         let mut updated = guard.record();

@@ -94,6 +94,12 @@ pub struct VolumeRecord {
     /// `root` (or were discarded): never replayed.
     #[serde(default)]
     pub journal_floor: u64,
+    /// The volume was forked from `from_snapshot` while that snapshot was
+    /// pending: until its seal, the volume reads below its own writes from
+    /// the snapshot's view, and `root` (the snapshot's sealed root at the
+    /// fork) is not yet its base. Cleared when the base is adopted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_pending: bool,
 }
 
 /// An immutable snapshot.

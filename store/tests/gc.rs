@@ -181,6 +181,7 @@ fn verify_reports_flipped_and_deleted_objects_and_reads_fail_only_there() {
                 .fork(&ns(), &actor(), &a, &tag("s"), &b, None, &Labels::new())
                 .await
                 .unwrap();
+            engine.seal_all().await.unwrap();
         }
         // Damage two chunks: flip a byte in one, delete another.
         let mut chunks: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("objects/chunks"))

@@ -1,7 +1,7 @@
 //! A snapshot of a volume with unsealed writes is taken without sealing
 //! (pending), reads right at once, survives a restart while pending, takes
 //! no later write, and gets its final root from the background seal;
-//! forking it seals first.
+//! forking it does not seal (see `pending_fork.rs` for forks).
 
 mod common;
 
@@ -73,7 +73,7 @@ async fn pending_snapshot_reads_survives_restart_and_seals() {
     assert!(read(&engine, "v", Some("s2")).await == live);
     assert!(read(&engine, "v", None).await == live);
 
-    // Fork of a pending snapshot seals it first.
+    // Fork of a pending snapshot does not seal it.
     let fork = engine
         .fork(
             &ns(),
@@ -86,15 +86,21 @@ async fn pending_snapshot_reads_survives_restart_and_seals() {
         )
         .await
         .unwrap();
+    assert!(fork.base_pending);
     let s1 = engine.snapshot_record(&ns(), &vol("v"), &tag("s1")).unwrap();
-    assert!(s1.pending.is_none(), "sealed for the fork");
+    assert!(s1.pending.is_some(), "not sealed for the fork");
+    assert!(read(&engine, "f", None).await == model);
+    engine.seal_all().await.unwrap();
+    let s1 = engine.snapshot_record(&ns(), &vol("v"), &tag("s1")).unwrap();
+    assert!(s1.pending.is_none(), "sealed by seal_all");
+    let fork = engine.volume(&ns(), &vol("f")).unwrap().record();
+    assert!(!fork.base_pending, "the fork adopted its base");
     assert_eq!(fork.root, s1.root);
     assert!(read(&engine, "f", None).await == model);
     assert!(
         read(&engine, "v", Some("s1")).await == model,
         "sealed snapshot reads the same"
     );
-    engine.seal_all().await.unwrap();
     let s2 = engine.snapshot_record(&ns(), &vol("v"), &tag("s2")).unwrap();
     assert!(s2.pending.is_none());
     assert!(read(&engine, "v", Some("s2")).await == live);

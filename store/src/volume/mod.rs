@@ -27,7 +27,11 @@ use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::sealed::{Backend, SealedTree};
 use crate::tree::NodeId;
 
+mod base;
 mod seal;
+
+pub(crate) use base::PendingBase;
+pub(crate) use seal::Hold;
 
 /// How often a writer waiting for backlog room looks again without being
 /// woken.
@@ -53,6 +57,9 @@ struct State {
     /// Final roots of generations that pending snapshots waited for, for
     /// readers that looked the snapshot up just before its seal committed.
     sealed_roots: HashMap<u64, NodeId>,
+    /// Set while the volume reads below its writes from a pending
+    /// snapshot (see [`base`]).
+    base: Option<PendingBase>,
     deleted: bool,
 }
 
@@ -69,6 +76,12 @@ struct Frozen {
     layer: Arc<Overlay>,
     /// The newest journal generation it holds.
     through: u64,
+}
+
+/// What a read finds below a view's dirty layers.
+enum Below {
+    Tree(SealedTree),
+    Base(PendingBase),
 }
 
 /// Which state of a volume a read sees.
@@ -197,6 +210,7 @@ impl Volume {
                 older_logs,
                 pending: waiting,
                 sealed_roots: HashMap::new(),
+                base: None,
                 deleted: false,
             }),
             seal_lock: tokio::sync::Mutex::new(()),
@@ -301,19 +315,26 @@ impl Volume {
         (holes, reads)
     }
 
-    /// The tree and dirty layers (newest first) a view reads: for a
-    /// pending snapshot whose seal has committed meanwhile, its final root
-    /// and no layer.
-    fn view_of<'a>(&self, st: &'a State, view: View) -> Result<(SealedTree, Vec<&'a Overlay>)> {
+    /// What a view reads below its dirty layers, and those layers (newest
+    /// first): for a pending snapshot whose seal has committed meanwhile,
+    /// its final root and no layer.
+    fn view_of<'a>(&self, st: &'a State, view: View) -> Result<(Below, Vec<&'a Overlay>)> {
+        let below = || match &st.base {
+            Some(base) => Below::Base(base.clone()),
+            None => Below::Tree(self.tree_of(st)),
+        };
         match view {
-            View::Live => Ok((self.tree_of(st), Self::layers(st, view))),
+            View::Live => Ok((below(), Self::layers(st, view))),
             View::Through(g) => match st.sealed_roots.get(&g) {
-                Some(root) => Ok((SealedTree::new(*root, st.record.size, self.geometry), Vec::new())),
+                Some(root) => Ok((
+                    Below::Tree(SealedTree::new(*root, st.record.size, self.geometry)),
+                    Vec::new(),
+                )),
                 None if st.record.journal_floor > g => Err(StoreError::CatalogCorrupt {
                     key: format!("volume {}", st.record.name),
                     reason: format!("generation {g} is sealed but its snapshot's root is unknown"),
                 }),
-                None => Ok((self.tree_of(st), Self::layers(st, view))),
+                None => Ok((below(), Self::layers(st, view))),
             },
         }
     }
@@ -321,24 +342,25 @@ impl Volume {
     /// The dirty part of a read: located under the state lock, the log
     /// reads done after it (log files are append-only and stay open while
     /// referenced, so the bytes cannot change). Returns the holes left for
-    /// the tree, and the tree.
-    fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, SealedTree)> {
-        let (holes, reads, tree) = {
+    /// what is below, and that.
+    fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, Below)> {
+        let (holes, reads, below) = {
             let st = self.state.lock();
             self.check_view(&st, view, offset, buf.len() as u64)?;
-            let (tree, layers) = self.view_of(&st, view)?;
+            let (below, layers) = self.view_of(&st, view)?;
             let (holes, reads) = self.fill_dirty(&layers, offset, buf);
-            (holes, reads, tree)
+            (holes, reads, below)
         };
         read_logs(&reads, buf)?;
-        Ok((holes, tree))
+        Ok((holes, below))
     }
 
     fn tree_of(&self, st: &State) -> SealedTree {
         SealedTree::new(st.record.root, st.record.size, self.geometry)
     }
 
-    /// The volume's committed (sealed) tree.
+    /// The volume's committed (sealed) tree (with a pending base, the
+    /// source snapshot's sealed root at the fork).
     pub(crate) fn sealed_tree(&self) -> SealedTree {
         self.tree_of(&self.state.lock())
     }
@@ -351,13 +373,20 @@ impl Volume {
 
     /// [`Volume::try_read`] of a view.
     pub fn try_read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
-        let (holes, tree) = match self.read_dirty(view, offset, buf) {
+        let (holes, below) = match self.read_dirty(view, offset, buf) {
             Ok(v) => v,
             Err(e) => return Some(Err(e)),
         };
-        self.backend
-            .read_sealed_cached(tree, &holes, buf)
-            .then_some(Ok(()))
+        if holes.is_empty() {
+            return Some(Ok(()));
+        }
+        match below {
+            Below::Tree(tree) => self
+                .backend
+                .read_sealed_cached(tree, &holes, buf)
+                .then_some(Ok(())),
+            Below::Base(base) => base.try_read(self.geometry, &holes, buf),
+        }
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -367,11 +396,14 @@ impl Volume {
 
     /// [`Volume::read`] of a view.
     pub async fn read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let (holes, tree) = self.read_dirty(view, offset, buf)?;
+        let (holes, below) = self.read_dirty(view, offset, buf)?;
         if holes.is_empty() {
             return Ok(());
         }
-        self.backend.read_sealed(tree, &holes, buf).await
+        match below {
+            Below::Tree(tree) => self.backend.read_sealed(tree, &holes, buf).await,
+            Below::Base(base) => base.read(self.geometry, &holes, buf).await,
+        }
     }
 
     /// Allocation of `[offset, +length)` at chunk granularity: `(bytes,
@@ -383,16 +415,16 @@ impl Volume {
 
     /// [`Volume::allocation`] of a view.
     pub async fn allocation_view(&self, view: View, offset: u64, length: u64) -> Result<Vec<(u64, bool)>> {
-        let (dirty, tree) = {
+        let (dirty, below) = {
             let st = self.state.lock();
             self.check_view(&st, view, offset, length)?;
-            let (tree, layers) = self.view_of(&st, view)?;
+            let (below, layers) = self.view_of(&st, view)?;
             let dirty: Vec<(u64, Option<(bool, bool)>)> = self
                 .geometry
                 .spans(ByteRange::new(offset, length))
                 .map(|s| (s.index, layers.iter().find_map(|l| l.peek(s.index))))
                 .collect();
-            (dirty, tree)
+            (dirty, below)
         };
         let mut known = std::collections::HashMap::new();
         for (index, state) in dirty {
@@ -406,7 +438,10 @@ impl Volume {
                 _ => {}
             }
         }
-        self.backend.allocation(tree, offset, length, &known).await
+        match below {
+            Below::Tree(tree) => self.backend.allocation(tree, offset, length, &known).await,
+            Below::Base(base) => base.allocation(self.geometry, offset, length, &known).await,
+        }
     }
 
     /// Writes `data` at `offset`; acknowledged once journaled (not yet

@@ -36,7 +36,7 @@ const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 /// Whether a seal's commit takes the volume's commit lock, or its caller
 /// holds it already (a direct import, for its whole run).
 #[derive(Clone, Copy)]
-enum CommitLock {
+pub(super) enum CommitLock {
     Take,
     Held,
 }
@@ -67,8 +67,10 @@ impl Volume {
     }
 
     /// Seals the frozen generations, oldest first, one commit each (caller
-    /// holds the seal lock).
-    async fn seal_frozen_locked(&self, commit_lock: CommitLock) -> Result<usize> {
+    /// holds the seal lock). A pending base is adopted first: the
+    /// generations are sealed onto it.
+    pub(super) async fn seal_frozen_locked(&self, commit_lock: CommitLock) -> Result<usize> {
+        self.adopt_base_locked(commit_lock).await?;
         let mut chunks = 0;
         loop {
             let (next, tree) = {
@@ -180,12 +182,14 @@ impl Volume {
     /// it is the seal of that frozen generation: the journal floor moves
     /// past it and every snapshot pending on it gets the root as its final
     /// one, in the same synced batch; then the generation leaves the
-    /// frozen list and its log files go.
-    fn commit_root(&self, new_root: NodeId, sealed: Option<u64>) -> Result<()> {
+    /// frozen list and its log files go. Every new root is built on an
+    /// adopted base: a pending base is gone with the commit.
+    pub(super) fn commit_root(&self, new_root: NodeId, sealed: Option<u64>) -> Result<()> {
         let (record, finished) = {
             let st = self.state.lock();
             let mut record = st.record.clone();
             record.root = new_root;
+            record.base_pending = false;
             record.updated_at = now();
             if let Some(through) = sealed {
                 record.journal_floor = through + 1;
@@ -211,6 +215,8 @@ impl Volume {
         {
             let mut st = self.state.lock();
             st.record.root = new_root;
+            st.record.base_pending = false;
+            st.base = None;
             st.record.updated_at = record.updated_at;
             st.record.journal_floor = record.journal_floor;
             if let Some(through) = sealed {
@@ -282,6 +288,15 @@ impl Volume {
         &self,
         record: impl FnOnce(&VolumeRecord, Option<u64>) -> Result<SnapshotRecord>,
     ) -> Result<SnapshotRecord> {
+        let clean_on_pending_base = {
+            let st = self.state.lock();
+            st.base.is_some() && st.active.is_empty() && st.frozen.is_empty()
+        };
+        if clean_on_pending_base {
+            // No generation to wait for: the snapshot is the base, whose
+            // final root comes with the source's seal.
+            self.adopt_base().await?;
+        }
         let _commit = self.commit_lock.lock().await;
         let (volume, through) = {
             let mut st = self.state.lock();
@@ -291,6 +306,13 @@ impl Volume {
                 });
             }
             let through = freeze(&mut st);
+            if through.is_none() && st.base.is_some() {
+                // Dirty data seen above was sealed since, which adopts the base.
+                return Err(StoreError::CatalogCorrupt {
+                    key: format!("volume {}", st.record.name),
+                    reason: "a pending base outlived the seal of every generation".into(),
+                });
+            }
             (st.record.clone(), through)
         };
         if through.is_some() {
@@ -327,16 +349,16 @@ impl Volume {
         Ok(out)
     }
 
-    /// Takes the volume for a root or record swap (rollback, resize,
-    /// delete): no seal and no write runs until the guard is committed or
-    /// dropped. When snapshots are pending, the frozen generations are
-    /// sealed first, so none waits on data the swap would discard or
-    /// re-root.
-    pub(crate) async fn exclusive(&self) -> Result<Exclusive<'_>> {
+    /// Takes the volume for a record swap (see [`Hold`]): no seal and no
+    /// write runs until the guard is committed or dropped.
+    pub(crate) async fn exclusive(&self, hold: Hold) -> Result<Exclusive<'_>> {
         let seal = self.seal_lock.lock().await;
         let rmw = self.rmw_lock.write().await;
-        if !self.state.lock().pending.is_empty() {
+        if hold != Hold::Record && !self.state.lock().pending.is_empty() {
             self.seal_frozen_locked(CommitLock::Take).await?;
+        }
+        if hold == Hold::Root {
+            self.adopt_base_locked(CommitLock::Take).await?;
         }
         Ok(Exclusive {
             volume: self,
@@ -344,6 +366,20 @@ impl Volume {
             _rmw: rmw,
         })
     }
+}
+
+/// What an exclusive hold of a volume is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// A metadata change (state): nothing is sealed first.
+    Record,
+    /// A root swap (rollback, resize): pending snapshots are sealed first,
+    /// so none waits on data the swap would discard or re-root, and a
+    /// pending base is adopted, so the swap builds on a real root.
+    Root,
+    /// Deletion: pending snapshots are sealed first (they may outlive the
+    /// volume).
+    Delete,
 }
 
 /// Exclusive access to a volume for swapping its record (see [`Volume::exclusive`]).
@@ -389,6 +425,9 @@ impl Exclusive<'_> {
                 st.dirty_since = None;
             }
             st.deleted |= delete;
+            if !updated.base_pending {
+                st.base = None;
+            }
             st.record = updated;
         }
         if discard_dirty {
