@@ -8,6 +8,7 @@
 #
 #   benches/write_path.sh                 # 20 s per test, 1 GiB exports
 #   RUNTIME=5 SNAPS=5 benches/write_path.sh
+#   PHASES="writes ops rss" SERVERS="cairn qemu-raw qemu-qcow2"   # (defaults) a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME="${RUNTIME:-20}"
@@ -38,7 +39,9 @@ uri[qemu-raw]="nbd://127.0.0.1:$qr/bench"
 qemu-img create -q -f qcow2 "$work/q.qcow2" "$SIZE"; qq=$(port)
 qemu-nbd -t -b 127.0.0.1 -p "$qq" -x bench -f qcow2 --cache=writeback --aio=io_uring -e 8 "$work/q.qcow2" & pids+=($!); pid[qemu-qcow2]=$!
 uri[qemu-qcow2]="nbd://127.0.0.1:$qq/bench"
-servers=(cairn qemu-raw qemu-qcow2)
+read -r -a servers <<< "${SERVERS:-cairn qemu-raw qemu-qcow2}"
+PHASES="${PHASES:-writes ops rss}"
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
 for s in "${servers[@]}"; do wait_nbd "${uri[$s]}"; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -58,6 +61,7 @@ print(f'{j["iops"]:.0f} {j["bw"]/1024:.0f} {int(sys.argv[2]) / int(sys.argv[3]) 
 PY
 }
 
+if phase writes; then
 echo "== writes, FLUSH every 256 (server CPU includes cairn's sealer while it runs)"
 tests=("randwrite 4k 32" "write 1M 8")
 printf '%-16s %-12s %10s %8s %14s\n' test server IOPS MiB/s server_us/io
@@ -79,11 +83,12 @@ for t in "${tests[@]}"; do
     fi
   done
   printf '%-16s cairn/raw %.2f  cairn/qcow2 %.2f\n' "" \
-    "$(python3 -c "print(${res["$t/cairn"]}/max(1,${res["$t/qemu-raw"]}))")" \
-    "$(python3 -c "print(${res["$t/cairn"]}/max(1,${res["$t/qemu-qcow2"]}))")"
+    "$(python3 -c "print(${res["$t/cairn"]:-0}/max(1,${res["$t/qemu-raw"]:-0}))")" \
+    "$(python3 -c "print(${res["$t/cairn"]:-0}/max(1,${res["$t/qemu-qcow2"]:-0}))")"
 done
 w=$(metric cairn_write_bytes_total); sl=$(metric cairn_sealed_bytes_total)
 echo "bytes written $w, chunk bytes sealed $sl during the runs: $(python3 -c "print(round($sl/max(1,$w),2))") sealed per written"
+fi
 
 # A snapshot makes the writes it holds durable: what the client has not
 # flushed yet is fsynced by the snapshot. SNAP_FSYNC=0: nothing flushed.
@@ -113,10 +118,13 @@ op_bench() { # volume dirty_bytes label
   echo "$3:"
   stats snapshot "${snaps[@]}"; stats fork "${forks[@]}"; stats clone "${clones[@]}"
 }
+if phase ops; then
 op_bench s1 $((16 << 20)) "16 MiB dirty"
 SNAPS_BIG="${SNAPS_BIG:-3}"
 SNAPS=$SNAPS_BIG op_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
+fi
 
+phase rss || exit 0
 echo "== peak RSS, 4 connections writing 4 volumes (4k random QD32 + 1M sequential QD8 alternately)"
 jobs=()
 for i in 1 2 3 4; do

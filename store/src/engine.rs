@@ -1141,7 +1141,11 @@ impl Engine {
                 levels_for(geometry.chunk_count(size)),
             )
             .await?;
-        self.backend.objects.make_durable().await?;
+        if root != snapshot.root {
+            // Only the new top nodes need syncing: a fork of the same size
+            // does not wait for a barrier (which may be a seal's).
+            self.backend.objects.make_durable().await?;
+        }
         let mut record = self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())?;
         record.cloned_from = cloned_from;
         record.from_snapshot = Some(SnapshotOrigin {

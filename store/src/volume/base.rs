@@ -209,7 +209,9 @@ impl Volume {
             .trees
             .grow(root, levels(base_size), levels(self.size()))
             .await?;
-        self.backend.objects.make_durable().await?;
+        if grown != root {
+            self.backend.objects.make_durable().await?;
+        }
         let _commit = match commit_lock {
             CommitLock::Take => Some(self.commit_lock.lock().await),
             CommitLock::Held => None,
