@@ -4,12 +4,14 @@
 //! A chunk's entry says, per block, "these bytes, at this place in a log
 //! file" or "zeros", and may say "the whole chunk was zeroed first", so
 //! that a large TRIM costs one entry per chunk and no data. The bytes stay
-//! in the journal's log files (page cache, then disk): memory holds a few
-//! dozen bytes per dirty block, so the dirty set can be GiBs. Reads consult
+//! in the journal's log files (page cache, then disk): memory holds about
+//! 24 bytes per dirty block (a sorted vector per chunk: a lone random 4 KiB
+//! block costs about 100 bytes with its chunk's entry), so the dirty set can
+//! be GiBs. Reads consult
 //! the overlay first and fall through to older layers only for the blocks
 //! it does not hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cairn_chunker::{ChunkGeometry, BLOCK_SIZE};
@@ -19,7 +21,8 @@ use crate::journal::LogFile;
 
 const BLOCK: usize = BLOCK_SIZE as usize;
 
-/// One 4 KiB block's dirty contents.
+/// One 4 KiB block's dirty contents (16 bytes: `Zero` takes the `Arc`'s
+/// niche).
 #[derive(Clone, Debug)]
 pub enum Block {
     /// These bytes (exactly 4 KiB), in a log file at `at`.
@@ -38,14 +41,47 @@ pub enum Block {
 pub struct DirtyChunk {
     /// The whole chunk was zeroed; blocks not listed read as zeros.
     pub zero_base: bool,
-    /// Dirty blocks by index within the chunk.
-    pub blocks: BTreeMap<u32, Block>,
+    /// Dirty blocks by index within the chunk, sorted, no index twice.
+    blocks: Vec<(u16, Block)>,
 }
 
 impl DirtyChunk {
     /// True when every block is known without reading the sealed chunk.
     pub fn is_complete(&self, blocks_per_chunk: usize) -> bool {
         self.zero_base || self.blocks.len() == blocks_per_chunk
+    }
+
+    /// The dirty block at `index`, if any.
+    fn get(&self, index: u16) -> Option<&Block> {
+        self.blocks
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|at| &self.blocks[at].1)
+    }
+
+    /// Sets block `index`; returns what it replaced. Grows by one slot at a
+    /// time while small (most chunks of random writes hold one block).
+    fn insert(&mut self, index: u16, value: Block) -> Option<Block> {
+        match self.blocks.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) => Some(std::mem::replace(&mut self.blocks[at].1, value)),
+            Err(at) => {
+                if self.blocks.len() == self.blocks.capacity() {
+                    let more = self.blocks.len().clamp(1, 64);
+                    self.blocks
+                        .reserve_exact(if self.blocks.len() < 4 { 1 } else { more });
+                }
+                self.blocks.insert(at, (index, value));
+                None
+            }
+        }
+    }
+
+    /// Number of blocks holding data (not zeros).
+    fn data_blocks(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter(|(_, b)| matches!(b, Block::Logged { .. }))
+            .count()
     }
 
     /// Builds the chunk's full contents over `base` (the sealed chunk, or
@@ -58,7 +94,7 @@ impl DirtyChunk {
         };
         let mut reads = Vec::new();
         for (index, block) in &self.blocks {
-            let at = *index as usize * BLOCK;
+            let at = usize::from(*index) * BLOCK;
             match block {
                 Block::Logged { log, at: pos } => push_read(&mut reads, log, *pos, BLOCK, at),
                 Block::Zero => out[at..at + BLOCK].fill(0),
@@ -169,10 +205,10 @@ impl Overlay {
         out
     }
 
-    fn set_block(&mut self, chunk: u64, block: u32, value: Block) {
+    fn set_block(&mut self, chunk: u64, block: u16, value: Block) {
         let entry = self.chunks.entry(chunk).or_default();
         let is_data = matches!(value, Block::Logged { .. });
-        match entry.blocks.insert(block, value) {
+        match entry.insert(block, value) {
             Some(Block::Logged { .. }) => self.data_blocks -= 1,
             Some(Block::Zero) | None => {}
         }
@@ -190,7 +226,7 @@ impl Overlay {
             let block = offset / BLOCK_SIZE + i;
             self.set_block(
                 block / per_chunk,
-                (block % per_chunk) as u32,
+                (block % per_chunk) as u16,
                 Block::Logged {
                     log: log.clone(),
                     at: at + i * BLOCK_SIZE,
@@ -212,16 +248,12 @@ impl Overlay {
                         ..Default::default()
                     },
                 ) {
-                    self.data_blocks -= old
-                        .blocks
-                        .values()
-                        .filter(|b| matches!(b, Block::Logged { .. }))
-                        .count();
+                    self.data_blocks -= old.data_blocks();
                 }
             } else {
                 let first = span.offset_in_chunk / BLOCK;
                 for block in first..first + span.len / BLOCK {
-                    self.set_block(span.index, block as u32, Block::Zero);
+                    self.set_block(span.index, block as u16, Block::Zero);
                 }
             }
         }
@@ -255,7 +287,7 @@ impl Overlay {
             let block = at / BLOCK;
             let in_block = at % BLOCK;
             let n = (BLOCK - in_block).min(out.len() - pos);
-            match dirty.blocks.get(&(block as u32)) {
+            match dirty.get(block as u16) {
                 Some(Block::Logged { log, at: logged }) => {
                     push_read(reads, log, logged + in_block as u64, n, buf_offset + pos)
                 }
@@ -281,7 +313,7 @@ impl Overlay {
         self.chunks.get(&chunk).map(|c| {
             (
                 c.zero_base,
-                c.blocks.values().any(|b| matches!(b, Block::Logged { .. })),
+                c.blocks.iter().any(|(_, b)| matches!(b, Block::Logged { .. })),
             )
         })
     }
@@ -292,11 +324,7 @@ impl Overlay {
         for (index, chunk) in newer.chunks {
             if chunk.zero_base {
                 if let Some(old) = self.chunks.remove(&index) {
-                    self.data_blocks -= old
-                        .blocks
-                        .values()
-                        .filter(|b| matches!(b, Block::Logged { .. }))
-                        .count();
+                    self.data_blocks -= old.data_blocks();
                 }
                 self.chunks.insert(
                     index,
@@ -408,6 +436,34 @@ mod tests {
         assert_eq!(reads.len(), 1, "one log read for one contiguous write");
         read_logs(&reads, &mut out).unwrap();
         assert_eq!(out, data[1000..31000]);
+    }
+
+    #[test]
+    fn dirty_chunk_blocks_stay_sorted_unique_and_small() {
+        assert_eq!(std::mem::size_of::<Block>(), 16, "Zero uses the Arc's niche");
+        let log = Log::new();
+        let logged = |at| Block::Logged {
+            log: log.file.clone(),
+            at,
+        };
+        let mut c = DirtyChunk::default();
+        assert!(c.insert(9, logged(1)).is_none());
+        assert_eq!(c.blocks.capacity(), 1, "a lone block takes one slot");
+        for (i, index) in [3u16, 15, 0, 9, 7, 3].into_iter().enumerate() {
+            c.insert(index, logged(100 + i as u64));
+        }
+        let indices: Vec<u16> = c.blocks.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, vec![0, 3, 7, 9, 15]);
+        assert!(
+            matches!(c.get(3), Some(Block::Logged { at: 105, .. })),
+            "the later write wins"
+        );
+        assert!(matches!(
+            c.insert(9, Block::Zero),
+            Some(Block::Logged { at: 103, .. })
+        ));
+        assert_eq!(c.data_blocks(), 4);
+        assert!(c.get(4).is_none());
     }
 
     #[test]
