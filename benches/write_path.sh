@@ -16,7 +16,9 @@ SIZE="${SIZE:-1G}"
 SNAPS="${SNAPS:-20}"
 CACHE="${CACHE:-256M}"
 bash scripts/setup.sh >/dev/null
-cargo build --release --bin cairn -q
+# CAIRN_BIN=path runs another build of cairn (A/B against a commit).
+if [ -z "${CAIRN_BIN:-}" ]; then cargo build --release --bin cairn -q; fi
+CAIRN_BIN="${CAIRN_BIN:-./target/release/cairn}"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -26,11 +28,11 @@ wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && retu
 declare -A pid uri
 
 cp=$(port); cn=$(port)
-RUST_LOG=warn ./target/release/cairn serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
+RUST_LOG=warn "$CAIRN_BIN" serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
   --nbd-listen "127.0.0.1:$cn" --memory-cache-size "$CACHE" & pids+=($!); pid[cairn]=$!
 api="http://127.0.0.1:$cp"
 for _ in $(seq 100); do curl -sf "$api/healthz" >/dev/null && break; sleep 0.1; done
-cli() { ./target/release/cairn --server "$api" "$@"; }
+cli() { "$CAIRN_BIN" --server "$api" "$@"; }
 for v in bench s1 s2 v1 v2 v3 v4; do cli volume create "$v" --size "$SIZE" >/dev/null; done
 uri[cairn]="nbd://127.0.0.1:$cn/bench"
 truncate -s "$SIZE" "$work/raw.img"; qr=$(port)
@@ -93,7 +95,7 @@ fi
 # A snapshot makes the writes it holds durable: what the client has not
 # flushed yet is fsynced by the snapshot. SNAP_FSYNC=0: nothing flushed.
 SNAP_FSYNC="${SNAP_FSYNC:-256}"
-echo "== snapshot, fork (of that snapshot, still pending) and clone latency right after random 4 KiB writes, FLUSH every $SNAP_FSYNC (ms)"
+phase ops && echo "== snapshot, fork (of that snapshot, still pending) and clone latency right after random 4 KiB writes, FLUSH every $SNAP_FSYNC (ms)"
 post_ms() { # path json -> milliseconds (fails on an HTTP error)
   local out
   out=$(curl -s -o "$work/post.out" -w '%{http_code} %{time_total}' -X POST -H 'Content-Type: application/json' \

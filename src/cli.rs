@@ -168,7 +168,8 @@ struct ServeArgs {
     /// (default: a quarter of the free space, at least 1G).
     #[arg(long, env = "CAIRN_CACHE_SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
-    /// Memory for decompressed chunks.
+    /// Memory for decompressed chunks and decoded manifest nodes (an
+    /// eighth, at least 8M, goes to nodes).
     #[arg(long, env = "CAIRN_MEMORY_CACHE_SIZE", default_value = "256M", value_parser = parse_size)]
     memory_cache_size: u64,
     /// Local disk per volume for acknowledged writes not yet in the object

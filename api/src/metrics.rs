@@ -160,6 +160,11 @@ impl Metrics {
             "# HELP cairn_chunk_cache_bytes Bytes in the decompressed chunk cache.\n# TYPE cairn_chunk_cache_bytes gauge\ncairn_chunk_cache_bytes {}",
             engine.objects().cache_bytes()
         );
+        let _ = writeln!(
+            out,
+            "# HELP cairn_node_cache_bytes Bytes of decoded manifest nodes cached (part of the memory cache budget).\n# TYPE cairn_node_cache_bytes gauge\ncairn_node_cache_bytes {}",
+            engine.trees().cached_bytes()
+        );
         for (name, help, value) in [
             (
                 "cairn_disk_cache_bytes",

@@ -45,6 +45,9 @@ const ROOTS_PUBLISH_INTERVAL: Duration = Duration::from_secs(30);
 /// Catalog meta key of the last GC report.
 const LAST_GC: &str = "gc_last";
 
+/// Generations sealed at once across all volumes.
+const SEALS_AT_ONCE: usize = 2;
+
 /// How to open an engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -54,7 +57,8 @@ pub struct EngineConfig {
     pub object_store: Option<String>,
     /// Chunk size for new volumes that do not name one.
     pub default_chunk_size: u64,
-    /// Budget of the decompressed chunk cache (memory).
+    /// Budget of the memory cache: decompressed chunks and decoded
+    /// manifest nodes (an eighth, at least 8 MiB).
     pub cache_bytes: usize,
     /// Budget of the on-disk chunk cache, used when the object store is not
     /// local (`s3://`); `None` picks [`default_disk_cache_bytes`].
@@ -221,7 +225,8 @@ impl Engine {
         let faults = Faults::from_env();
         let store_stats = Arc::new(StoreStats::default());
         let store = layered(opened.store, faults.clone(), store_stats.clone());
-        let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), config.cache_bytes)
+        let (chunk_cache, node_cache) = crate::tree::split_cache_budget(config.cache_bytes);
+        let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), chunk_cache)
             .with_store_stats(store_stats, faults);
         if let Some(root) = opened.local_root {
             objects = objects.with_local_root(root);
@@ -246,7 +251,7 @@ impl Engine {
         let objects = Arc::new(objects);
         let backend = Arc::new(Backend {
             catalog: catalog.clone(),
-            trees: TreeStore::new(objects.clone()),
+            trees: TreeStore::new(objects.clone(), node_cache),
             objects,
             journal: JournalDir::open(&config.data_dir.join("journal"))?,
             dirty_hard_limit: config.dirty_hard_limit,
@@ -255,6 +260,7 @@ impl Engine {
             sealed_bytes: Default::default(),
             store_down: Default::default(),
             room: Default::default(),
+            seal_slots: tokio::sync::Semaphore::new(SEALS_AT_ONCE),
             readahead: remote.then(Default::default),
             runtime: tokio::runtime::Handle::current(),
         });

@@ -45,6 +45,10 @@ pub(crate) struct Backend {
     pub store_down: std::sync::atomic::AtomicBool,
     /// Woken after every seal attempt (writers waiting for room).
     pub room: tokio::sync::Notify,
+    /// Generations being sealed at once, across volumes: a seal holds tens
+    /// of MiB of chunks in flight and is CPU-bound, so more at once only
+    /// costs memory.
+    pub seal_slots: tokio::sync::Semaphore,
     /// Bytes acknowledged by writes (not zeroes), for the seal
     /// amplification metric.
     pub written_bytes: AtomicU64,

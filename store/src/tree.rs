@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -36,7 +35,9 @@ pub const FANOUT_BITS: u32 = 9;
 /// Entries per node.
 pub const FANOUT: u64 = 1 << FANOUT_BITS;
 const NODE_MAGIC: u8 = b'T';
-const NODE_CACHE_ENTRIES: usize = 8192;
+/// The node cache's share of the memory cache budget (the rest holds
+/// chunks): 1/8, at least this much.
+const MIN_NODE_CACHE_BYTES: usize = 8 << 20;
 
 /// Root level needed for a tree of `chunks` chunks.
 pub fn levels_for(chunks: u64) -> u8 {
@@ -68,6 +69,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Memory the decoded node holds (for the cache's budget).
+    fn memory(&self) -> usize {
+        std::mem::size_of::<Self>() + self.entries.capacity() * std::mem::size_of::<(u16, [u8; 32])>() + 64
+    }
+
     fn empty(level: u8) -> Self {
         Self {
             level,
@@ -142,22 +148,65 @@ pub struct ChunkRun {
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// Decoded nodes, least recently used out first, bounded by bytes: every
+/// seal writes new versions of the nodes on its paths, so a count bound
+/// would let old versions of full leaves (17 KiB each) pile up.
+#[derive(Debug)]
+struct NodeCache {
+    nodes: LruCache<NodeId, Arc<Node>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl NodeCache {
+    fn get(&mut self, id: &NodeId) -> Option<&Arc<Node>> {
+        self.nodes.get(id)
+    }
+
+    fn put(&mut self, id: NodeId, node: Arc<Node>) {
+        self.bytes += node.memory();
+        if let Some(old) = self.nodes.put(id, node) {
+            self.bytes -= old.memory();
+        }
+        while self.bytes > self.budget {
+            match self.nodes.pop_lru() {
+                Some((_, old)) => self.bytes -= old.memory(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Reads and writes manifest trees, with a cache of decoded nodes.
 #[derive(Debug)]
 pub struct TreeStore {
     objects: Arc<ObjectLayer>,
-    cache: Mutex<LruCache<NodeId, Arc<Node>>>,
+    cache: Mutex<NodeCache>,
+}
+
+/// How a memory cache budget splits into (chunk cache, node cache) bytes.
+pub fn split_cache_budget(cache_bytes: usize) -> (usize, usize) {
+    let nodes = (cache_bytes / 8).max(MIN_NODE_CACHE_BYTES).min(cache_bytes);
+    (cache_bytes - nodes, nodes)
 }
 
 impl TreeStore {
-    /// A tree store over an object layer.
-    pub fn new(objects: Arc<ObjectLayer>) -> Self {
+    /// A tree store over an object layer, caching up to `cache_bytes` of
+    /// decoded nodes.
+    pub fn new(objects: Arc<ObjectLayer>, cache_bytes: usize) -> Self {
         Self {
             objects,
-            cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(NODE_CACHE_ENTRIES).expect("non-zero"),
-            )),
+            cache: Mutex::new(NodeCache {
+                nodes: LruCache::unbounded(),
+                bytes: 0,
+                budget: cache_bytes,
+            }),
         }
+    }
+
+    /// Bytes of decoded nodes cached.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().bytes
     }
 
     /// Loads a node (from the cache or the store) and checks its level.

@@ -13,6 +13,9 @@ use cairn_store::tree::{levels_for, NodeId, TreeStore};
 use object_store::memory::InMemory;
 use proptest::prelude::*;
 
+/// A node cache of a few full nodes: reads past it go to the store.
+const CACHE: usize = 64 << 10;
+
 fn trees(dir: &std::path::Path) -> TreeStore {
     let catalog = Arc::new(Catalog::open(dir).unwrap());
     let objects = Arc::new(ObjectLayer::new(
@@ -21,7 +24,7 @@ fn trees(dir: &std::path::Path) -> TreeStore {
         catalog,
         1 << 20,
     ));
-    TreeStore::new(objects)
+    TreeStore::new(objects, CACHE)
 }
 
 fn id(v: u8) -> ChunkId {
@@ -64,6 +67,7 @@ proptest! {
                 }
                 // Content addressing: an empty model is the zero root.
                 assert_eq!(root.is_zero(), model.is_empty());
+                assert!(store.cached_bytes() <= CACHE, "node cache past its budget");
                 history.push((root, model.clone()));
             }
             // Diff between any two versions equals the model's differing keys.

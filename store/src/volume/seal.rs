@@ -110,6 +110,12 @@ impl Volume {
         tree: SealedTree,
         commit_lock: CommitLock,
     ) -> Result<NodeId> {
+        let _slot = self
+            .backend
+            .seal_slots
+            .acquire()
+            .await
+            .expect("the seal semaphore is never closed");
         // Objects uploaded or claimed from here to the commit are not yet
         // reachable from any root: GC must not sweep them.
         let _writing = self.backend.objects.begin_write();
