@@ -1,0 +1,543 @@
+//! The engine: every user-visible operation on volumes and snapshots, in
+//! one place that both the REST API and the NBD server call.
+//!
+//! Rules enforced here: names are RFC 1123 labels; sizes are multiples of
+//! 4 KiB and chunk sizes powers of two; volumes only grow (resize, fork and
+//! clone sizes are at least the source's); a volume in a transitional state
+//! cannot be cloned, forked from, rolled back or deleted; an attached volume
+//! cannot be rolled back; `require_labels` must match the snapshot's labels.
+//! Every change is one atomic catalog batch together with its audit event.
+
+mod data;
+mod maintenance;
+mod remote;
+mod snapshots;
+mod volumes;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_chunker::{ByteRange, ChunkGeometry};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::catalog::Catalog;
+use crate::disk_cache::DiskCache;
+use crate::error::{Result, StoreError};
+use crate::gc::{GcOptions, GcReport};
+use crate::hydrate::Hydration;
+use crate::journal::JournalDir;
+use crate::names::{Namespace, SnapshotTag, VolumeName};
+use crate::objects::ObjectLayer;
+use crate::records::{
+    now, Event, EventKind, Labels, SnapshotOrigin, SnapshotRecord, VolumeRecord, VolumeState,
+};
+use crate::sealed::{Backend, SealedTree};
+use crate::tree::{levels_for, NodeId, TreeStore};
+use crate::url::open_object_store;
+use crate::verify::VerifyReport;
+use crate::volume::{Hold, PendingBase, View, Volume};
+use crate::wrap::{layered, Faults, StoreStats};
+
+/// Default chunk size: 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
+/// Bytes moved per step of an import or export.
+const STREAM_STEP: usize = 4 << 20;
+/// How often a server sharing its bucket republishes its live roots.
+const ROOTS_PUBLISH_INTERVAL: Duration = Duration::from_secs(30);
+/// Catalog meta key of the last GC report.
+const LAST_GC: &str = "gc_last";
+
+/// Generations sealed at once across all volumes.
+const SEALS_AT_ONCE: usize = 2;
+
+/// How to open an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Data directory: holds the catalog (and the default object store).
+    pub data_dir: PathBuf,
+    /// Object store URL; `None` means `file://<data_dir>/objects`.
+    pub object_store: Option<String>,
+    /// Chunk size for new volumes that do not name one.
+    pub default_chunk_size: u64,
+    /// Budget of the memory cache: decompressed chunks and decoded
+    /// manifest nodes (an eighth, at least 8 MiB).
+    pub cache_bytes: usize,
+    /// Budget of the on-disk chunk cache, used when the object store is not
+    /// local (`s3://`); `None` picks [`default_disk_cache_bytes`].
+    pub disk_cache_bytes: Option<u64>,
+    /// Log bytes of one volume that make the background sealer act.
+    pub dirty_soft_limit: usize,
+    /// Log bytes of one volume (its write-back backlog, on local disk) past
+    /// which writers wait for sealing.
+    pub dirty_hard_limit: usize,
+    /// Idle time after which dirty data is sealed anyway.
+    pub idle_seal_after: Duration,
+    /// Age of the oldest unsealed write after which it is sealed even
+    /// while writes go on.
+    pub seal_age: Duration,
+    /// How long a writer waits for backlog room while the object store
+    /// answers nothing before writes are refused.
+    pub store_timeout: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            object_store: None,
+            default_chunk_size: DEFAULT_CHUNK_SIZE,
+            cache_bytes: 256 << 20,
+            disk_cache_bytes: None,
+            dirty_soft_limit: 1 << 30,
+            dirty_hard_limit: 2 << 30,
+            idle_seal_after: Duration::from_secs(2),
+            seal_age: Duration::from_secs(60),
+            store_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The default on-disk cache budget: a quarter of the space free on the
+/// data dir's filesystem at start, at least 1 GiB (or all of it when less
+/// is free).
+pub fn default_disk_cache_bytes(data_dir: &std::path::Path) -> u64 {
+    let free = free_bytes(data_dir).unwrap_or(4 << 30);
+    (free / 4).max(1 << 30).min(free)
+}
+
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a
+    // properly sized out-parameter; statvfs writes it fully on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Changed extents between two snapshots.
+pub type Extents = Vec<ByteRange>;
+
+/// Who asks: used for the audit log's actor.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The server itself (sealer, GC, recovery).
+    pub fn system() -> Self {
+        Actor("system".into())
+    }
+}
+
+/// A source to read from: a live volume or a snapshot.
+#[derive(Clone, Debug)]
+pub enum Readable {
+    /// A volume (dirty data included).
+    Volume(Arc<Volume>),
+    /// A snapshot's frozen tree.
+    Snapshot {
+        /// Its sealed tree.
+        tree: SealedTree,
+        /// Its size.
+        size: u64,
+        /// While its seal is pending: its volume's generations to read.
+        pending: Option<PendingView>,
+    },
+}
+
+/// A pending snapshot's data: its volume's sealed root and frozen
+/// generations up to `through`.
+#[derive(Clone, Debug)]
+pub struct PendingView {
+    /// The volume the snapshot was taken of.
+    pub volume: Arc<Volume>,
+    /// The newest generation it holds.
+    pub through: u64,
+}
+
+/// cairn's storage engine.
+pub struct Engine {
+    backend: Arc<Backend>,
+    config: EngineConfig,
+    volumes: Mutex<HashMap<(Namespace, VolumeName), Arc<Volume>>>,
+    /// Serialises name-level changes (create, delete, fork) so name checks
+    /// and inserts are atomic.
+    names: tokio::sync::Mutex<()>,
+    /// Held by the running garbage collection (one at a time).
+    gc_running: tokio::sync::Mutex<()>,
+    /// This server's identity and published roots in a shared bucket.
+    shared: crate::shared::SharedBucket,
+    /// Warms by volume id (see [`Engine::warm`]).
+    warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
+    /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
+    stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
+    }
+}
+
+/// Checks a volume size: positive and a multiple of 4 KiB.
+pub fn check_size(size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(4096) {
+        return Err(StoreError::InvalidSize(format!(
+            "volume size {size} must be a positive multiple of 4096"
+        )));
+    }
+    Ok(())
+}
+
+fn event(
+    kind: EventKind,
+    ns: &Namespace,
+    actor: &Actor,
+    volume: Option<&VolumeName>,
+    tag: Option<&SnapshotTag>,
+    detail: serde_json::Value,
+) -> Event {
+    Event {
+        seq: 0,
+        time: now(),
+        namespace: ns.clone(),
+        actor: actor.0.clone(),
+        kind,
+        volume: volume.map(|v| v.to_string()),
+        tag: tag.map(|t| t.to_string()),
+        detail,
+    }
+}
+
+impl Engine {
+    /// Opens the catalog and object store, and every volume (replaying
+    /// unsealed journals).
+    pub async fn open(config: EngineConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"))?);
+        let opened = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
+        let faults = Faults::from_env();
+        let store_stats = Arc::new(StoreStats::default());
+        let store = layered(opened.store, faults.clone(), store_stats.clone());
+        let (chunk_cache, node_cache) = crate::tree::split_cache_budget(config.cache_bytes);
+        let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), chunk_cache)
+            .with_store_stats(store_stats, faults);
+        if let Some(root) = opened.local_root {
+            objects = objects.with_local_root(root);
+        }
+        let remote = config
+            .object_store
+            .as_deref()
+            .is_some_and(|url| url.starts_with("s3://"));
+        if remote {
+            let capacity = config
+                .disk_cache_bytes
+                .unwrap_or_else(|| default_disk_cache_bytes(&config.data_dir));
+            let disk = DiskCache::open(&config.data_dir.join("cache"), capacity)?;
+            tracing::info!(
+                capacity,
+                objects = disk.len(),
+                bytes = disk.bytes(),
+                "chunk cache on disk"
+            );
+            objects = objects.with_disk_cache(Arc::new(disk));
+        }
+        let objects = Arc::new(objects);
+        let backend = Arc::new(Backend {
+            catalog: catalog.clone(),
+            trees: TreeStore::new(objects.clone(), node_cache),
+            objects,
+            journal: JournalDir::open(&config.data_dir.join("journal"))?,
+            dirty_hard_limit: config.dirty_hard_limit,
+            store_timeout: config.store_timeout,
+            written_bytes: Default::default(),
+            sealed_bytes: Default::default(),
+            store_down: Default::default(),
+            room: Default::default(),
+            seal_slots: tokio::sync::Semaphore::new(SEALS_AT_ONCE),
+            readahead: remote.then(Default::default),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let mut volumes = HashMap::new();
+        let mut live_ids = HashSet::new();
+        let mut pending: HashMap<(Namespace, VolumeName), Vec<SnapshotRecord>> = HashMap::new();
+        for s in catalog.snapshots(None, None)? {
+            if s.pending.is_some() {
+                pending
+                    .entry((s.namespace.clone(), s.volume.clone()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut forks = Vec::new();
+        for record in catalog.volumes(None)? {
+            let key = (record.namespace.clone(), record.name.clone());
+            live_ids.insert(record.id);
+            let waiting = pending.remove(&key).unwrap_or_default();
+            if record.base_pending {
+                forks.push(record.clone());
+            }
+            volumes.insert(key, Volume::open(backend.clone(), record, waiting)?);
+        }
+        Self::resolve_bases(&catalog, &volumes, forks).await?;
+        let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
+        let orphans = backend.journal.remove_orphans(&live_ids)?;
+        if orphans > 0 {
+            tracing::info!(files = orphans, "removed journal files of deleted volumes");
+        }
+        Ok(Arc::new(Self {
+            backend,
+            config,
+            volumes: Mutex::new(volumes),
+            names: tokio::sync::Mutex::new(()),
+            gc_running: tokio::sync::Mutex::new(()),
+            warming: Mutex::new(HashMap::new()),
+            shared,
+            stored_memo: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            )),
+        }))
+    }
+
+    /// Gives each fork of a pending snapshot (`forks`) its base at open:
+    /// the source's pending view while the snapshot is pending, else the
+    /// snapshot's final root, adopted now.
+    async fn resolve_bases(
+        catalog: &Catalog,
+        volumes: &HashMap<(Namespace, VolumeName), Arc<Volume>>,
+        forks: Vec<VolumeRecord>,
+    ) -> Result<()> {
+        for fork in forks {
+            let corrupt = |reason: &str| StoreError::CatalogCorrupt {
+                key: format!("volume {}", fork.name),
+                reason: reason.to_string(),
+            };
+            let origin = fork
+                .from_snapshot
+                .as_ref()
+                .ok_or_else(|| corrupt("pending base without a source snapshot"))?;
+            let snapshot = catalog
+                .snapshot(&fork.namespace, &origin.volume, &origin.tag)?
+                .ok_or_else(|| corrupt("the snapshot of its pending base is gone"))?;
+            let volume = &volumes[&(fork.namespace.clone(), fork.name.clone())];
+            match snapshot.pending {
+                Some(through) => {
+                    let source = volumes
+                        .get(&(fork.namespace.clone(), origin.volume.clone()))
+                        .ok_or_else(|| corrupt("the volume of its pending base is gone"))?;
+                    volume.attach_base(PendingBase {
+                        source: source.clone(),
+                        through,
+                        size: snapshot.size,
+                    });
+                }
+                None => volume.adopt_root(snapshot.root, snapshot.size).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Every live root with its tree level, read at one moment: no fork,
+    /// rollback or delete moves or drops a root meanwhile (they hold
+    /// `names`). For GC's mark.
+    pub(crate) async fn live_roots(&self) -> Result<Vec<(NodeId, u8)>> {
+        let _names = self.names.lock().await;
+        self.live_roots_locked()
+    }
+
+    fn live_roots_locked(&self) -> Result<Vec<(NodeId, u8)>> {
+        let catalog = &self.backend.catalog;
+        let mut roots = Vec::new();
+        for v in catalog.volumes(None)? {
+            let geometry = Self::geometry(v.chunk_size)?;
+            roots.push((v.root, levels_for(geometry.chunk_count(v.size))));
+        }
+        for s in catalog.snapshots(None, None)? {
+            let geometry = Self::geometry(s.chunk_size)?;
+            roots.push((s.root, levels_for(geometry.chunk_count(s.size))));
+        }
+        Ok(roots)
+    }
+
+    pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
+        &self.stored_memo
+    }
+
+    /// Unsealed bytes of all volumes (the write-back backlog).
+    pub fn backlog_bytes(&self) -> u64 {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        open.iter().map(|v| v.log_bytes()).sum()
+    }
+
+    /// Bytes acknowledged by writes, and chunk bytes written by seals,
+    /// since start: their ratio is the seal's work amplification.
+    pub fn write_and_seal_bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.backend.written_bytes.load(Relaxed),
+            self.backend.sealed_bytes.load(Relaxed),
+        )
+    }
+
+    /// Whether the last seal failed on the object store.
+    pub fn store_down(&self) -> bool {
+        self.backend.store_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The catalog (read access for listings and events).
+    pub fn catalog(&self) -> &Catalog {
+        &self.backend.catalog
+    }
+
+    /// The object layer (stats, tests).
+    pub fn objects(&self) -> &ObjectLayer {
+        &self.backend.objects
+    }
+
+    /// The tree store (walks for GC, verify, accounting).
+    pub fn trees(&self) -> &TreeStore {
+        &self.backend.trees
+    }
+
+    /// Seals volumes that are idle or over the soft limit until `stop`
+    /// completes. Spawn it; `stop` is only looked at between passes, so a
+    /// seal in progress finishes.
+    pub async fn run_sealer(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_publish = std::time::Instant::now();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            self.seal_due().await;
+            if last_publish.elapsed() >= ROOTS_PUBLISH_INTERVAL {
+                last_publish = std::time::Instant::now();
+                if let Err(e) = self.publish_roots_if_shared().await {
+                    tracing::warn!(error = %e, "publishing live roots failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// One pass of the background sealer.
+    pub async fn seal_due(&self) {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        for volume in open {
+            if volume.base_sealed() {
+                if let Err(e) = volume.adopt_base().await {
+                    tracing::warn!(volume = %volume.record().name, error = %e, "adopting a sealed base failed; will retry");
+                }
+            }
+            let logged = volume.log_bytes();
+            if logged == 0 {
+                continue;
+            }
+            // Sealing late lets rewrites of a chunk coalesce: one object per
+            // chunk per seal, however often it was written.
+            let why = if logged >= self.config.dirty_soft_limit as u64 {
+                "backlog"
+            } else if volume.idle_ms() >= self.config.idle_seal_after.as_millis() as u64 {
+                "idle"
+            } else if volume.dirty_age() >= self.config.seal_age {
+                "age"
+            } else {
+                continue;
+            };
+            tracing::debug!(volume = %volume.record().name, logged, why, "sealing");
+            {
+                if let Err(e) = volume.seal().await {
+                    tracing::warn!(volume = %volume.record().name, error = %e, "background seal failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Seals every volume and syncs the catalog: for shutdown.
+    pub async fn seal_all(&self) -> Result<()> {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        for volume in open {
+            volume.seal().await?;
+        }
+        self.backend.catalog.sync()
+    }
+
+    /// An open volume.
+    pub fn volume(&self, ns: &Namespace, name: &VolumeName) -> Result<Arc<Volume>> {
+        self.volumes
+            .lock()
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .ok_or_else(|| StoreError::VolumeNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// All volumes of a namespace, sorted by name.
+    pub fn list_volumes(&self, ns: &Namespace) -> Vec<VolumeRecord> {
+        let mut out: Vec<VolumeRecord> = self
+            .volumes
+            .lock()
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|(_, v)| v.record())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub(crate) fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
+        ChunkGeometry::new(chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
+    }
+
+    /// Audit events from `since_seq`, optionally of one volume.
+    pub fn events(
+        &self,
+        ns: &Namespace,
+        volume: Option<&str>,
+        since_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        let mut from = since_seq;
+        loop {
+            let page = self.backend.catalog.events(from, 1024)?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            let full = page.len() == 1024;
+            out.extend(
+                page.into_iter()
+                    .filter(|e| &e.namespace == ns && volume.is_none_or(|v| e.volume.as_deref() == Some(v))),
+            );
+            if out.len() >= limit || !full {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Data directory path.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
