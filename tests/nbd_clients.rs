@@ -213,3 +213,37 @@ fn attached_volume_refuses_rollback_until_detached() {
     }
     server.json(&["rollback", "live@t"]);
 }
+
+#[test]
+fn attached_state_left_by_a_kill9_is_cleared_at_start() {
+    assert!(have("qemu-io"), "qemu-io is not installed: run scripts/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, port) = start(dir.path());
+    server.json(&["volume", "create", "vm", "--size", "16M"]);
+    server.json(&["snapshot", "create", "vm", "--tag", "t"]);
+    // A client that stays connected: the volume is attached.
+    let mut client = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "sleep 60000",
+            &format!("nbd://127.0.0.1:{port}/vm"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = |server: &Server| server.json(&["volume", "show", "vm"])["state"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state(&server) != "attached" {
+        assert!(std::time::Instant::now() < deadline, "never attached");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = server.fails(&["rollback", "vm@t"]);
+    assert!(refused.contains("attached"), "{refused}");
+    server.kill9_and_restart();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_eq!(state(&server), "ready", "cleared at start");
+    server.ok(&["rollback", "vm@t"]);
+}

@@ -282,7 +282,23 @@ impl Engine {
             }
         }
         let mut forks = Vec::new();
-        for record in catalog.volumes(None)? {
+        for mut record in catalog.volumes(None)? {
+            if record.state == VolumeState::Attached {
+                // No NBD client is connected to a server that is starting:
+                // the state is left over from a crash or a kill.
+                record.state = VolumeState::Ready;
+                let mut batch = catalog.batch();
+                batch.put_volume(&record).event(event(
+                    EventKind::Detach,
+                    &record.namespace,
+                    &Actor::system(),
+                    Some(&record.name),
+                    None,
+                    json!({"reason": "server start"}),
+                ));
+                batch.commit()?;
+                tracing::info!(volume = %record.name, namespace = %record.namespace, "cleared the attached state left by the last run");
+            }
             let key = (record.namespace.clone(), record.name.clone());
             live_ids.insert(record.id);
             let waiting = pending.remove(&key).unwrap_or_default();
