@@ -74,6 +74,15 @@ pub enum FrameError {
         /// Uncompressed length recorded in the header.
         expected: usize,
     },
+    /// The header claims more bytes than any object holds (a damaged or
+    /// hostile frame): refused before anything is allocated for it.
+    #[error("frame claims {len} bytes, more than the {max} an object may hold")]
+    TooLarge {
+        /// Length recorded in the header.
+        len: usize,
+        /// Largest object (the largest chunk size).
+        max: usize,
+    },
     /// The plaintext does not hash to the id it was stored under.
     #[error("content hash mismatch: expected {expected}, got {actual}")]
     HashMismatch {
@@ -153,6 +162,13 @@ pub fn decode(frame: &[u8], expected: Option<ChunkId>) -> Result<Vec<u8>, FrameE
     let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
     let uncompressed_len = word(8) as usize;
     let payload_len = word(12) as usize;
+    let max = crate::geometry::MAX_CHUNK_SIZE as usize;
+    if uncompressed_len > max || payload_len > max + FRAME_HEADER_LEN {
+        return Err(FrameError::TooLarge {
+            len: uncompressed_len.max(payload_len),
+            max,
+        });
+    }
     let stored = word(16);
     let payload = &frame[FRAME_HEADER_LEN..];
     let mut crc = crc32fast::Hasher::new();
@@ -282,5 +298,21 @@ mod tests {
             let frame = encode(&data);
             prop_assert_eq!(decode(&frame, Some(ChunkId::of(&data))).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn a_header_claiming_gigabytes_is_refused_before_decompressing() {
+        let mut frame = encode(&compressible(8192));
+        frame[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        // A valid crc over the forged header: only the length check stops it.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&frame[..16]);
+        crc.update(&frame[FRAME_HEADER_LEN..]);
+        let crc = crc.finalize();
+        frame[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode(&frame, None),
+            Err(FrameError::TooLarge { len, .. }) if len == u32::MAX as usize
+        ));
     }
 }
