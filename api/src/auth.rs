@@ -5,8 +5,10 @@
 //! token's namespace is the only one it sees: other namespaces' volumes
 //! simply do not exist for it (404, no names leaked).
 //!
-//! Token file format: one `TOKEN NAMESPACE` pair per line; blank lines and
-//! lines starting with `#` are ignored.
+//! Token file format: one `TOKEN NAMESPACE` pair per line, optionally
+//! followed by `admin`; blank lines and lines starting with `#` are
+//! ignored. Only admin tokens (or anyone, without a token file) run a
+//! garbage collection or a scrub of the whole store ([`Admin`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +23,14 @@ use crate::AppState;
 /// How requests are authenticated.
 #[derive(Debug, Default)]
 pub struct Auth {
-    tokens: Option<HashMap<String, Namespace>>,
+    tokens: Option<HashMap<String, Grant>>,
+}
+
+/// What one token may do.
+#[derive(Debug, Clone)]
+struct Grant {
+    namespace: Namespace,
+    admin: bool,
 }
 
 /// Problems with a token file.
@@ -76,19 +85,38 @@ impl Auth {
                 reason,
             };
             let mut parts = line.split_whitespace();
-            let (Some(token), Some(ns), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad("expected `TOKEN NAMESPACE`".into()));
+            let (Some(token), Some(ns), role, None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad("expected `TOKEN NAMESPACE [admin]`".into()));
             };
-            let ns = Namespace::new(ns).map_err(|e| bad(e.to_string()))?;
-            tokens.insert(token.to_string(), ns);
+            let admin = match role {
+                None => false,
+                Some("admin") => true,
+                Some(other) => return Err(bad(format!("unknown role {other:?}: the only role is `admin`"))),
+            };
+            let namespace = Namespace::new(ns).map_err(|e| bad(e.to_string()))?;
+            tokens.insert(token.to_string(), Grant { namespace, admin });
         }
         Ok(Self { tokens: Some(tokens) })
     }
 
     /// The namespace a request acts in, from its Authorization header.
     pub fn namespace(&self, authorization: Option<&str>) -> Result<Namespace, ApiError> {
+        self.grant(authorization).map(|g| g.namespace)
+    }
+
+    /// True when the caller may act on the whole store.
+    pub fn is_admin(&self, authorization: Option<&str>) -> Result<bool, ApiError> {
+        self.grant(authorization).map(|g| g.admin)
+    }
+
+    fn grant(&self, authorization: Option<&str>) -> Result<Grant, ApiError> {
         let Some(tokens) = &self.tokens else {
-            return Ok(Namespace::default_ns());
+            return Ok(Grant {
+                namespace: Namespace::default_ns(),
+                admin: true,
+            });
         };
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -100,6 +128,14 @@ impl Auth {
     }
 }
 
+/// The request's `Authorization` header, if it is text.
+fn authorization(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The caller's namespace, extracted from the request.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Namespace);
@@ -108,11 +144,39 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        state.auth.namespace(header).map(Caller)
+        state.auth.namespace(authorization(parts)).map(Caller)
+    }
+}
+
+/// The caller's namespace and whether its token is an admin token.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The token's namespace.
+    pub namespace: Namespace,
+    /// An admin token, or no token file at all.
+    pub admin: bool,
+}
+
+impl Admin {
+    /// Refuses a non-admin caller with 403.
+    pub fn require(&self, what: &'static str) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(what))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let grant = state.auth.grant(authorization(parts))?;
+        Ok(Admin {
+            namespace: grant.namespace,
+            admin: grant.admin,
+        })
     }
 }
 
@@ -140,6 +204,13 @@ mod tests {
         assert!(Auth::from_file(&path).is_err());
         std::fs::write(&path, "tok Bad_NS\n").unwrap();
         assert!(Auth::from_file(&path).is_err());
+        std::fs::write(&path, "tok ns root\n").unwrap();
+        assert!(Auth::from_file(&path).is_err());
+        std::fs::write(&path, "tok-a ns-a admin\ntok-b ns-b\n").unwrap();
+        let auth = Auth::from_file(&path).unwrap();
+        assert!(auth.is_admin(Some("Bearer tok-a")).unwrap());
+        assert!(!auth.is_admin(Some("Bearer tok-b")).unwrap());
+        assert!(Auth::open().is_admin(None).unwrap());
         assert_eq!(Auth::open().namespace(None).unwrap().as_str(), "default");
     }
 }

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No or unknown token.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The token may not do this (admin-only operations).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// Request needs a length that was not given.
     #[error("{0}")]
     LengthRequired(String),
@@ -47,6 +50,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::LengthRequired(_) => (StatusCode::LENGTH_REQUIRED, "length_required"),
             ApiError::Store(e) => match e {
                 StoreError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_name"),

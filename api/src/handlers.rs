@@ -14,7 +14,7 @@ use cairn_store::{Actor, Labels, Namespace, SnapshotTag, StoreError, VolumeName,
 use futures::TryStreamExt;
 use tokio_util::io::StreamReader;
 
-use crate::auth::Caller;
+use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
 use crate::openapi::openapi_json;
 use crate::stream::export_body;
@@ -92,11 +92,13 @@ pub fn routes(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/gc", post(gc))
         .route("/verify", post(verify))
+        .route("/usage", get(space_usage))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -155,7 +157,7 @@ async fn fresh_volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<
         .engine
         .stored_bytes_of(record.root, record.size, record.chunk_size)
         .await?;
-    Ok(Volume::from_record(
+    Ok(volume_body(
         record,
         cairn_store::VolumeUsage {
             stored_bytes,
@@ -164,14 +166,14 @@ async fn fresh_volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<
     ))
 }
 
-async fn volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
+async fn volume_with_usage(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
     let usage = state.engine.usage().await?;
     let u = usage
         .volumes
         .get(&(record.namespace.clone(), record.name.clone()))
         .copied()
         .unwrap_or_default();
-    Ok(Volume::from_record(record, u))
+    Ok(volume_body(record, u))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolume,
@@ -212,7 +214,7 @@ pub async fn list_volumes(State(state): State<AppState>, Caller(ns): Caller) -> 
                 .get(&(r.namespace.clone(), r.name.clone()))
                 .copied()
                 .unwrap_or_default();
-            Volume::from_record(r, u)
+            volume_body(r, u)
         })
         .collect();
     Ok(Json(VolumeList { volumes }))
@@ -227,20 +229,20 @@ pub async fn show_volume(
 ) -> ApiResult<Json<Volume>> {
     let name = volume_name(&name)?;
     let record = state.engine.volume(&ns, &name)?.record();
-    let mut body = volume_body(&state, record).await?;
+    let mut body = volume_with_usage(&state, record).await?;
     body.hydration = Some(state.engine.hydration(&ns, &name).await?);
     Ok(Json(body))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/warm", params(("name" = String, Path)),
-    responses((status = 202, body = cairn_store::Hydration), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = cairn_api_types::Hydration), (status = 404, body = crate::error::ErrorBody)))]
 /// Starts fetching the volume's data that is not local into the disk
 /// cache; progress shows in the volume's `hydration`.
 pub async fn warm_volume(
     State(state): State<AppState>,
     Caller(ns): Caller,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<cairn_store::Hydration>)> {
+) -> ApiResult<(StatusCode, Json<cairn_api_types::Hydration>)> {
     let hydration = state.engine.warm(&ns, &volume_name(&name)?).await?;
     Ok((StatusCode::ACCEPTED, Json(hydration)))
 }
@@ -257,7 +259,7 @@ pub async fn resize_volume(
         .engine
         .resize(&ns, &actor(&ns), &volume_name(&name)?, req.size)
         .await?;
-    Ok(Json(volume_body(&state, record).await?))
+    Ok(Json(volume_with_usage(&state, record).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}", params(("name" = String, Path), DeleteQuery),
@@ -338,7 +340,7 @@ pub async fn put_data(
     Ok((
         status,
         Json(ImportResult {
-            volume: volume_body(&state, record).await?,
+            volume: volume_with_usage(&state, record).await?,
             bytes,
         }),
     ))
@@ -410,7 +412,7 @@ pub async fn create_snapshot(
         .engine
         .snapshot(&ns, &actor(&ns), &volume_name(&name)?, tag, labels(req.labels))
         .await?;
-    Ok((StatusCode::CREATED, Json(snap.into())))
+    Ok((StatusCode::CREATED, Json(snapshot_body(snap))))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots", params(("name" = String, Path)),
@@ -422,7 +424,7 @@ pub async fn list_volume_snapshots(
 ) -> ApiResult<Json<SnapshotList>> {
     let snaps = state.engine.list_snapshots(&ns, Some(&volume_name(&name)?))?;
     Ok(Json(SnapshotList {
-        snapshots: snaps.into_iter().map(Into::into).collect(),
+        snapshots: snaps.into_iter().map(snapshot_body).collect(),
     }))
 }
 
@@ -433,7 +435,7 @@ pub async fn list_snapshots(
 ) -> ApiResult<Json<SnapshotList>> {
     let snaps = state.engine.list_snapshots(&ns, None)?;
     Ok(Json(SnapshotList {
-        snapshots: snaps.into_iter().map(Into::into).collect(),
+        snapshots: snaps.into_iter().map(snapshot_body).collect(),
     }))
 }
 
@@ -447,7 +449,7 @@ pub async fn show_snapshot(
     let snap = state
         .engine
         .snapshot_record(&ns, &volume_name(&name)?, &tag_name(&tag)?)?;
-    Ok(Json(snap.into()))
+    Ok(Json(snapshot_body(snap)))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/ref", params(("name" = String, Path), ("tag" = String, Path)),
@@ -478,7 +480,7 @@ pub async fn import_snapshot_ref(
         .engine
         .import_snapshot_ref(&ns, &actor(&ns), &req.reference, name)
         .await?;
-    Ok((StatusCode::CREATED, Json(snap.into())))
+    Ok((StatusCode::CREATED, Json(snapshot_body(snap))))
 }
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}/snapshots/{tag}", params(("name" = String, Path), ("tag" = String, Path)),
@@ -555,7 +557,7 @@ pub async fn rollback(
         .engine
         .rollback(&ns, &actor(&ns), &volume_name(&name)?, &tag_name(&req.tag)?)
         .await?;
-    Ok(Json(volume_body(&state, record).await?))
+    Ok(Json(volume_with_usage(&state, record).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/diff", params(("name" = String, Path), ("tag" = String, Path), DiffQuery),
@@ -605,15 +607,38 @@ pub async fn events(
             }
         },
     };
-    let mut events = state
-        .engine
-        .events(&ns, q.volume.as_deref(), since_seq, usize::MAX)?;
+    // Without a time filter or a tail the scan stops at `limit` matches.
+    let scan = match (since_time, q.tail) {
+        (None, None) => limit,
+        _ => usize::MAX,
+    };
+    let mut events = state.engine.events(&ns, q.volume.as_deref(), since_seq, scan)?;
     if let Some(t) = since_time {
         events.retain(|e| e.time >= t);
     }
+    if let Some(tail) = q.tail {
+        events.drain(..events.len().saturating_sub(tail));
+    }
     events.truncate(limit);
     Ok(Json(EventList {
-        events: events.into_iter().map(Into::into).collect(),
+        events: events.into_iter().map(event_body).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage", responses((status = 200, body = SpaceUsage)))]
+/// Space figures of the caller's namespace and the last GC's report.
+pub async fn space_usage(State(state): State<AppState>, Caller(ns): Caller) -> ApiResult<Json<SpaceUsage>> {
+    let usage = state.engine.usage().await?;
+    let mine = usage.namespaces.get(&ns).copied().unwrap_or_default();
+    Ok(Json(SpaceUsage {
+        namespace: ns.to_string(),
+        volume_count: mine.volume_count,
+        snapshot_count: mine.snapshot_count,
+        logical_bytes: mine.logical_bytes,
+        stored_bytes: mine.stored_bytes,
+        saved_bytes: mine.logical_bytes.saturating_sub(mine.stored_bytes),
+        dedup_ratio: mine.dedup_ratio(),
+        last_gc: state.engine.last_gc(),
     }))
 }
 
@@ -634,13 +659,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 #[utoipa::path(post, path = "/api/v1/gc", request_body = GcRequest,
-    responses((status = 200, body = cairn_store::GcReport), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, body = cairn_api_types::GcReport), (status = 400, body = crate::error::ErrorBody),
+        (status = 403, description = "not an admin token", body = crate::error::ErrorBody),
         (status = 409, description = "a garbage collection is already running", body = crate::error::ErrorBody)))]
 pub async fn gc(
     State(state): State<AppState>,
-    Caller(ns): Caller,
+    caller: Admin,
     OptionalBody(req): OptionalBody<GcRequest>,
-) -> ApiResult<Json<cairn_store::GcReport>> {
+) -> ApiResult<Json<cairn_api_types::GcReport>> {
+    caller.require("garbage collection covers the whole store: it needs an admin token")?;
+    let ns = caller.namespace;
     let mut options = cairn_store::GcOptions {
         dry_run: req.dry_run.unwrap_or(false),
         ..Default::default()
@@ -658,18 +686,27 @@ pub async fn gc(
 }
 
 #[utoipa::path(post, path = "/api/v1/verify", request_body = VerifyRequest,
-    responses((status = 200, body = cairn_store::VerifyReport), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, body = cairn_api_types::VerifyReport), (status = 400, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub async fn verify(
     State(state): State<AppState>,
-    Caller(ns): Caller,
+    caller: Admin,
     OptionalBody(req): OptionalBody<VerifyRequest>,
-) -> ApiResult<Json<cairn_store::VerifyReport>> {
+) -> ApiResult<Json<cairn_api_types::VerifyReport>> {
     let volume = req.volume.as_deref().map(volume_name).transpose()?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
     if tag.is_some() && volume.is_none() {
         return Err(ApiError::BadRequest("tag needs a volume".into()));
     }
-    let report = state.engine.verify(&ns, volume.as_ref(), tag.as_ref()).await?;
+    // An admin's scrub without a volume covers every namespace; anyone
+    // else's covers their own.
+    let report = if volume.is_none() && caller.admin {
+        state.engine.verify_all().await?
+    } else {
+        state
+            .engine
+            .verify(&caller.namespace, volume.as_ref(), tag.as_ref())
+            .await?
+    };
     Ok(Json(report))
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 mod stream;
 pub mod types;
+mod ui;
 
 use std::sync::Arc;
 

@@ -35,6 +35,7 @@ use crate::handlers;
         handlers::warm_volume,
         handlers::diff,
         handlers::events,
+        handlers::space_usage,
         handlers::openapi,
         handlers::healthz,
         handlers::metrics,

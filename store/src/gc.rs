@@ -35,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::{Deserialize, Serialize};
+
+pub use cairn_api_types::GcReport;
 
 use crate::engine::Engine;
 use crate::error::Result;
@@ -63,53 +64,6 @@ impl Default for GcOptions {
             grace: Duration::from_secs(3600),
         }
     }
-}
-
-/// What a GC run found and did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct GcReport {
-    /// Nothing was deleted.
-    pub dry_run: bool,
-    /// Grace period, seconds.
-    pub grace_seconds: u64,
-    /// Objects older than this (unix seconds) could go.
-    pub cutoff_unix: u64,
-    /// Unix seconds at start.
-    pub started_unix: u64,
-    /// Live roots walked (volumes and snapshots, before dedup of equal roots).
-    pub roots: u64,
-    /// Objects in the store.
-    pub scanned_objects: u64,
-    /// Their stored bytes.
-    pub scanned_bytes: u64,
-    /// Objects reachable from a root.
-    pub marked_objects: u64,
-    /// Their stored bytes.
-    pub marked_bytes: u64,
-    /// Objects deleted (or, in a dry run, that would be).
-    pub reclaimed_objects: u64,
-    /// Their stored bytes.
-    pub reclaimed_bytes: u64,
-    /// Unreachable objects kept because they are newer than the cutoff.
-    pub skipped_young_objects: u64,
-    /// Their stored bytes.
-    pub skipped_young_bytes: u64,
-    /// Existence-index entries dropped because their object is gone.
-    pub stale_index_entries: u64,
-    /// Bytes held by the mark set at its largest.
-    pub mark_set_bytes: u64,
-    /// Wall time of the mark phase, milliseconds.
-    pub mark_ms: u64,
-    /// Wall time of the whole run, milliseconds.
-    pub duration_ms: u64,
-    /// Roots published by other servers over the same bucket, marked too.
-    #[serde(default)]
-    pub foreign_roots: u64,
-    /// Unreachable objects kept because another server over the same
-    /// bucket uploaded them.
-    #[serde(default)]
-    pub kept_foreign_objects: u64,
 }
 
 fn unix_now() -> u64 {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use cairn_chunker::ChunkId;
 use futures::stream::StreamExt;
 use parking_lot::Mutex;
-use serde::Serialize;
+
+pub use cairn_api_types::Hydration;
 
 use crate::error::Result;
 use crate::objects::ObjectKind;
@@ -18,38 +19,6 @@ use crate::tree::Reachable;
 
 /// Chunk fetches in flight while warming.
 const WARM_CONCURRENCY: usize = 16;
-
-/// How much of a volume's sealed data is local.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Hydration {
-    /// Logical bytes of the volume's non-zero chunks.
-    pub total_bytes: u64,
-    /// The part of `total_bytes` readable without the object store.
-    pub local_bytes: u64,
-    /// `local_bytes / total_bytes` (1 for an empty volume).
-    pub fraction: f64,
-    /// A warm of this volume is running.
-    pub warming: bool,
-    /// Why the last warm stopped early, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warm_error: Option<String>,
-}
-
-impl Hydration {
-    fn new(total_bytes: u64, local_bytes: u64) -> Self {
-        Self {
-            total_bytes,
-            local_bytes,
-            fraction: match total_bytes {
-                0 => 1.0,
-                t => local_bytes as f64 / t as f64,
-            },
-            warming: false,
-            warm_error: None,
-        }
-    }
-}
 
 /// Progress of one warm.
 #[derive(Debug, Default)]
@@ -102,7 +71,7 @@ pub(crate) async fn measure(backend: &Backend, tree: SealedTree) -> Result<(Hydr
             true
         })
         .await?;
-    Ok((Hydration::new(total, local), missing))
+    Ok((Hydration::from_counts(total, local), missing))
 }
 
 /// Starts fetching `missing` (from [`measure`]) into the disk cache;

@@ -41,6 +41,6 @@ pub use hydrate::Hydration;
 pub use names::{Namespace, SnapshotRef, SnapshotTag, VolumeName};
 pub use records::{Event, EventKind, Labels, SnapshotRecord, VolumeRecord, VolumeState};
 pub use tree::NodeId;
-pub use usage::{Usage, VolumeUsage};
+pub use usage::{NamespaceUsage, Usage, VolumeUsage};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use volume::{View, Volume};

@@ -33,10 +33,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use cairn_api_types::SnapshotRefDoc;
+
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 use crate::objects::ObjectLayer;
-use crate::records::{Labels, SnapshotRecord};
+use crate::records::SnapshotRecord;
 use crate::tree::NodeId;
 
 /// Format name of a snapshot reference.
@@ -44,61 +46,32 @@ pub const REF_FORMAT: &str = "cairn.snapshot-ref.v1";
 const META_SERVER_ID: &str = "server_id";
 const META_SHARED: &str = "shared_bucket";
 
-/// A snapshot as another server over the same bucket imports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct SnapshotRefDoc {
-    /// Always [`REF_FORMAT`].
-    pub format: String,
-    /// Server that exported it.
-    pub server: String,
-    /// Volume it was taken of.
-    pub volume: String,
-    /// Tag.
-    pub tag: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Chunk size in bytes.
-    pub chunk_size: u64,
-    /// Manifest root (hex BLAKE3).
-    pub root: String,
-    /// RFC 3339 UTC.
-    #[serde(with = "time::serde::rfc3339")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
-    pub created_at: OffsetDateTime,
-    /// User labels.
-    #[serde(default)]
-    pub labels: Labels,
+/// The reference of a snapshot record.
+pub fn ref_of(record: &SnapshotRecord, server: &str) -> SnapshotRefDoc {
+    SnapshotRefDoc {
+        format: REF_FORMAT.into(),
+        server: server.into(),
+        volume: record.volume.to_string(),
+        tag: record.tag.to_string(),
+        size: record.size,
+        chunk_size: record.chunk_size,
+        root: record.root.to_hex(),
+        created_at: record.created_at,
+        labels: record.labels.clone(),
+    }
 }
 
-impl SnapshotRefDoc {
-    /// The reference of a snapshot record.
-    pub fn of(record: &SnapshotRecord, server: &str) -> Self {
-        Self {
-            format: REF_FORMAT.into(),
-            server: server.into(),
-            volume: record.volume.to_string(),
-            tag: record.tag.to_string(),
-            size: record.size,
-            chunk_size: record.chunk_size,
-            root: record.root.to_hex(),
-            created_at: record.created_at,
-            labels: record.labels.clone(),
-        }
+/// The root id of a reference, checked.
+pub fn ref_root(doc: &SnapshotRefDoc) -> Result<NodeId> {
+    if doc.format != REF_FORMAT {
+        return Err(StoreError::InvalidRef(format!(
+            "format {:?} is not {REF_FORMAT:?}",
+            doc.format
+        )));
     }
-
-    /// The root id, checked.
-    pub fn root_id(&self) -> Result<NodeId> {
-        if self.format != REF_FORMAT {
-            return Err(StoreError::InvalidRef(format!(
-                "format {:?} is not {REF_FORMAT:?}",
-                self.format
-            )));
-        }
-        self.root
-            .parse()
-            .map_err(|_| StoreError::InvalidRef(format!("root {:?} is not 64 hex digits", self.root)))
-    }
+    doc.root
+        .parse()
+        .map_err(|_| StoreError::InvalidRef(format!("root {:?} is not 64 hex digits", doc.root)))
 }
 
 #[derive(Serialize, Deserialize)]

@@ -38,16 +38,42 @@ pub struct Usage {
     pub volume_count: u64,
     /// Number of snapshots.
     pub snapshot_count: u64,
+    /// The same figures per namespace.
+    pub namespaces: HashMap<Namespace, NamespaceUsage>,
+}
+
+/// Space figures of one namespace: its volumes and snapshots only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceUsage {
+    /// Stored bytes of the distinct chunks its volumes and snapshots reference.
+    pub stored_bytes: u64,
+    /// Referenced non-zero chunks × chunk size, per owner.
+    pub logical_bytes: u64,
+    /// Number of volumes.
+    pub volume_count: u64,
+    /// Number of snapshots.
+    pub snapshot_count: u64,
+}
+
+impl NamespaceUsage {
+    /// logical / stored (1.0 when nothing is stored).
+    pub fn dedup_ratio(&self) -> f64 {
+        ratio(self.logical_bytes, self.stored_bytes)
+    }
+}
+
+fn ratio(logical: u64, stored: u64) -> f64 {
+    if stored == 0 {
+        1.0
+    } else {
+        logical as f64 / stored as f64
+    }
 }
 
 impl Usage {
     /// logical / stored (1.0 when nothing is stored).
     pub fn dedup_ratio(&self) -> f64 {
-        if self.stored_bytes == 0 {
-            1.0
-        } else {
-            self.logical_bytes as f64 / self.stored_bytes as f64
-        }
+        ratio(self.logical_bytes, self.stored_bytes)
     }
 }
 
@@ -102,18 +128,30 @@ impl Engine {
         // Roots shared by several owners (a fork and its snapshot) are walked once.
         let mut walked: HashMap<NodeId, std::sync::Arc<HashSet<ChunkId>>> = HashMap::new();
         let mut owners = Vec::new();
+        let mut ns_chunks: HashMap<Namespace, HashSet<ChunkId>> = HashMap::new();
         for v in &volumes {
+            usage
+                .namespaces
+                .entry(v.namespace.clone())
+                .or_default()
+                .volume_count += 1;
             owners.push((
-                Some((v.namespace.clone(), v.name.clone())),
+                v.namespace.clone(),
+                Some(v.name.clone()),
                 v.root,
                 v.size,
                 v.chunk_size,
             ));
         }
         for s in &snapshots {
-            owners.push((None, s.root, s.size, s.chunk_size));
+            usage
+                .namespaces
+                .entry(s.namespace.clone())
+                .or_default()
+                .snapshot_count += 1;
+            owners.push((s.namespace.clone(), None, s.root, s.size, s.chunk_size));
         }
-        for (owner, root, size, chunk_size) in owners {
+        for (ns, owner, root, size, chunk_size) in owners {
             let set = match walked.get(&root) {
                 Some(set) => set.clone(),
                 None => {
@@ -125,9 +163,15 @@ impl Engine {
             for id in set.iter() {
                 *refs.entry(*id).or_default() += 1;
             }
-            usage.logical_bytes += set.len() as u64 * chunk_size;
-            if let Some(key) = owner {
-                per_volume.push((key, set));
+            let logical = set.len() as u64 * chunk_size;
+            usage.logical_bytes += logical;
+            usage.namespaces.entry(ns.clone()).or_default().logical_bytes += logical;
+            ns_chunks
+                .entry(ns.clone())
+                .or_default()
+                .extend(set.iter().copied());
+            if let Some(name) = owner {
+                per_volume.push(((ns, name), set));
             }
         }
         let mut sizes: HashMap<ChunkId, u64> = HashMap::with_capacity(refs.len());
@@ -145,6 +189,10 @@ impl Engine {
                 }
             }
             usage.volumes.insert(key, u);
+        }
+        for (ns, chunks) in ns_chunks {
+            let entry = usage.namespaces.entry(ns).or_default();
+            entry.stored_bytes = chunks.iter().map(|id| sizes[id]).sum();
         }
         Ok(usage)
     }

@@ -11,7 +11,8 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use futures::stream::StreamExt;
-use serde::{Deserialize, Serialize};
+
+pub use cairn_api_types::{Affected, VerifyProblem, VerifyReport};
 
 use crate::engine::Engine;
 use crate::error::{Result, StoreError};
@@ -21,66 +22,6 @@ use crate::tree::{capacity, levels_for, span, Node, NodeId};
 
 /// Chunk fetches in flight per leaf.
 const FETCH_CONCURRENCY: usize = 16;
-
-/// A byte range of a volume or snapshot that a bad object breaks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Affected {
-    /// Namespace.
-    pub namespace: String,
-    /// Volume name.
-    pub volume: String,
-    /// Snapshot tag (absent for the live volume).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    /// First byte.
-    pub offset: u64,
-    /// Bytes.
-    pub length: u64,
-}
-
-/// One missing or corrupt object.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct VerifyProblem {
-    /// "chunk" or "node".
-    pub kind: String,
-    /// Object id (hex).
-    pub id: String,
-    /// "missing" or "corrupt".
-    pub problem: String,
-    /// What the check said.
-    pub detail: String,
-    /// Ranges it breaks.
-    pub affected: Vec<Affected>,
-}
-
-/// What a scrub checked and found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct VerifyReport {
-    /// Volumes and snapshots walked.
-    pub targets: u64,
-    /// Distinct objects fetched and checked.
-    pub objects_checked: u64,
-    /// Their plaintext bytes.
-    pub bytes_checked: u64,
-    /// Objects missing from the store.
-    pub missing: u64,
-    /// Objects whose frame or hash is wrong.
-    pub corrupt: u64,
-    /// Each bad object and the ranges it breaks.
-    pub problems: Vec<VerifyProblem>,
-    /// Wall time, milliseconds.
-    pub duration_ms: u64,
-}
-
-impl VerifyReport {
-    /// True when nothing is missing or corrupt.
-    pub fn is_clean(&self) -> bool {
-        self.missing == 0 && self.corrupt == 0
-    }
-}
 
 /// A tree to scrub.
 struct Target {

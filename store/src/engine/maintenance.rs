@@ -70,4 +70,9 @@ impl Engine {
     ) -> Result<VerifyReport> {
         crate::verify::run(self, Some(ns), volume.map(|v| (v, tag))).await
     }
+
+    /// Scrubs every volume and snapshot of every namespace.
+    pub async fn verify_all(&self) -> Result<VerifyReport> {
+        crate::verify::run(self, None, None).await
+    }
 }

@@ -48,10 +48,7 @@ impl Engine {
         // Another server reads the root: it must be final.
         let record = self.sealed_snapshot_record(ns, volume, tag).await?;
         self.publish_roots(&self.live_roots().await?).await?;
-        Ok(crate::shared::SnapshotRefDoc::of(
-            &record,
-            self.shared.server_id(),
-        ))
+        Ok(crate::shared::ref_of(&record, self.shared.server_id()))
     }
 
     /// Imports another server's snapshot reference as a volume `name`
@@ -65,7 +62,7 @@ impl Engine {
         doc: &crate::shared::SnapshotRefDoc,
         name: Option<VolumeName>,
     ) -> Result<SnapshotRecord> {
-        let root = doc.root_id()?;
+        let root = crate::shared::ref_root(doc)?;
         let name = match name {
             Some(n) => n,
             None => VolumeName::new(&doc.volume)?,

@@ -1,0 +1,94 @@
+//! `cairn serve`: its flags and the start of the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::serve::{serve, ServeConfig};
+use crate::size::parse_size;
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Directory for the catalog, journal and (by default) objects.
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// REST API address.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// NBD address: exports VOLUME (read-write) and VOLUME@TAG (read-only).
+    #[arg(long, env = "CAIRN_NBD_LISTEN", default_value = "127.0.0.1:10809")]
+    nbd_listen: SocketAddr,
+    /// NBD transmission I/O: io-uring, tokio (portable), or auto (io_uring
+    /// where the kernel allows it, else tokio, logged).
+    #[arg(long, env = "CAIRN_NBD_TRANSPORT", default_value = "auto")]
+    nbd_transport: cairn_nbd_server::Transport,
+    /// Object store URL: file:///path, memory:// or s3://bucket/prefix
+    /// (default file://<data-dir>/objects). S3 reads the standard AWS_*
+    /// variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
+    #[arg(long, env = "CAIRN_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// Chunk size of new volumes that do not choose one (power of two, 4K..4M).
+    #[arg(long, env = "CAIRN_CHUNK_SIZE", default_value = "64K", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Local disk for chunks of a remote (s3://) object store, under
+    /// <data-dir>/cache; least recently used chunks are evicted past it
+    /// (default: a quarter of the free space, at least 1G).
+    #[arg(long, env = "CAIRN_CACHE_SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Memory for decompressed chunks and decoded manifest nodes (an
+    /// eighth, at least 8M, goes to nodes).
+    #[arg(long, env = "CAIRN_MEMORY_CACHE_SIZE", default_value = "256M", value_parser = parse_size)]
+    memory_cache_size: u64,
+    /// Local disk per volume for acknowledged writes not yet in the object
+    /// store (the write-back backlog: its log files). Sealing starts at half
+    /// of it (or after 2s idle, or when the oldest write is a minute old),
+    /// so rewrites of a chunk coalesce. Past it writers wait for sealing; when the
+    /// object store is unreachable (a seal failed on it, or see
+    /// --store-timeout) they get ENOSPC (NBD) or 503 (HTTP).
+    #[arg(long, env = "CAIRN_BACKLOG_SIZE", default_value = "2G", value_parser = parse_size)]
+    backlog_size: u64,
+    /// Seal a volume's acknowledged writes into the object store once it
+    /// has had no write for this long (e.g. 2s, 500ms, 1m).
+    #[arg(long, env = "CAIRN_SEAL_IDLE", default_value = "2s", value_parser = humantime::parse_duration)]
+    seal_idle: std::time::Duration,
+    /// A writer waiting for backlog room while the object store answers
+    /// no request for this long gets ENOSPC (NBD) or 503 (HTTP), and so do
+    /// later ones until a seal succeeds. While the store answers, writers
+    /// past the backlog are slowed down, never refused.
+    #[arg(long, env = "CAIRN_STORE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    store_timeout: std::time::Duration,
+    /// Token file: one `TOKEN NAMESPACE [admin]` per line (only admin
+    /// tokens run GC and whole-store verify). Without it, everything is
+    /// namespace `default` and only loopback addresses are allowed.
+    #[arg(long, env = "CAIRN_TOKENS")]
+    tokens: Option<PathBuf>,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub(super) fn run(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    runtime.block_on(serve(ServeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        nbd_listen: args.nbd_listen,
+        nbd_transport: args.nbd_transport,
+        object_store: args.object_store,
+        chunk_size: args.chunk_size,
+        cache_size: args.cache_size,
+        memory_cache_size: args.memory_cache_size,
+        backlog_size: args.backlog_size,
+        seal_idle: args.seal_idle,
+        store_timeout: args.store_timeout,
+        tokens: args.tokens,
+    }))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
