@@ -8,6 +8,7 @@ packages=(
   librocksdb-dev libzstd-dev libsnappy-dev liblz4-dev libbz2-dev zlib1g-dev
   clang libclang-dev pkg-config
   qemu-utils libnbd-bin nbdkit fio fuse3 curl
+  chromium python3-venv
 )
 
 missing=()

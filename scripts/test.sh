@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: format and lint checks (clippy --all-targets
 # also type-checks the benches), then every unit, property, integration,
-# crash and NBD-client test of the workspace, then bounded API fuzzing
-# and bounded NBD parser/session fuzzing.
+# crash and NBD-client test of the workspace, then bounded API fuzzing,
+# the Python SDK's and the web console's tests, and bounded NBD
+# parser/session fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -32,5 +33,7 @@ else
 fi
 echo "== schemathesis against a live server (bounded)"
 bash scripts/schemathesis.sh
+echo "== Python SDK and web console (pytest, mypy, headless Chromium)"
+bash scripts/sdk.sh
 echo "== cargo fuzz, NBD parsers and sessions (bounded)"
 bash scripts/fuzz.sh
