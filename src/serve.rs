@@ -16,7 +16,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub nbd_listen: SocketAddr,
-    pub nbd_transport: cairn_nbd_server::Transport,
+    pub nbd: cairn_nbd_server::ServerConfig,
     pub object_store: Option<String>,
     pub chunk_size: u64,
     pub cache_size: Option<u64>,
@@ -36,6 +36,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         bail!(
             "refusing to listen on non-loopback address {} without --tokens: anyone could reach every volume",
             config.listen
+        );
+    }
+    // NBD has no authentication without TLS: whoever reaches the port reads
+    // and writes every volume of namespace `default`, tokens or not.
+    if !config.nbd_listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve NBD on non-loopback address {}: plain NBD has no authentication, so anyone who \
+             can reach the port could read and write every volume; keep --nbd-listen on a loopback address \
+             (127.0.0.1:10809 by default) and reach it through a tunnel",
+            config.nbd_listen
         );
     }
     let mut engine_config = EngineConfig::new(&config.data_dir);
@@ -65,8 +75,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding NBD listener {}", config.nbd_listen))?;
     let exports = Arc::new(crate::nbd::EngineExports::new(engine.clone()));
-    let transport = cairn_nbd_server::choose_transport(config.nbd_transport)?;
-    let nbd = tokio::spawn(cairn_nbd_server::serve_with(nbd_listener, exports, transport));
+    let nbd_config = cairn_nbd_server::ServerConfig {
+        transport: cairn_nbd_server::choose_transport(config.nbd.transport)?,
+        ..config.nbd
+    };
+    let nbd = tokio::spawn(cairn_nbd_server::serve_config(nbd_listener, exports, nbd_config));
     let (stop_sealer, sealer_stopped) = tokio::sync::oneshot::channel::<()>();
     let sealer = tokio::spawn(Arc::clone(&engine).run_sealer(async {
         let _ = sealer_stopped.await;

@@ -243,3 +243,27 @@ fn refuses_non_loopback_without_tokens() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 }
+
+#[test]
+fn refuses_plain_nbd_on_a_non_loopback_address_even_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "secret team-a\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--nbd-listen", "0.0.0.0:0", "--tokens"])
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("NBD on non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before opening the data dir"
+    );
+}

@@ -9,9 +9,10 @@
 
 pub mod device;
 pub mod memory;
+mod portable;
 pub mod proto;
 pub mod server;
 mod uring;
 
 pub use device::{BlockDevice, DeviceError, Exports, Extent};
-pub use server::{choose_transport, serve, serve_with, ServerConfig, Transport};
+pub use server::{choose_transport, serve, serve_config, serve_with, ServerConfig, Transport};

@@ -6,12 +6,10 @@
 //! whole under a writer lock. A malformed header closes the connection; a
 //! bad request gets an errno and the connection goes on.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore};
 
 use crate::device::{BlockDevice, DeviceError, Exports};
 use crate::proto::{self, cflag, chunk, cmd, errno, opt, rep, tflag, Request};
@@ -27,10 +25,25 @@ const BASE_ALLOCATION: &str = "base:allocation";
 const BASE_ALLOCATION_ID: u32 = 1;
 
 /// Server settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
+    /// Transmission I/O.
+    pub transport: Transport,
+    /// Connections open at once; more are closed as they arrive (logged).
+    pub max_connections: usize,
+    /// Time a client has from connecting to choosing an export; then it is
+    /// closed, so half-open or idle handshakes cannot pile up.
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Auto,
+            max_connections: 256,
+            handshake_timeout: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// How transmission-phase I/O is done.
@@ -78,20 +91,47 @@ pub async fn serve(listener: TcpListener, exports: Arc<dyn Exports>) -> std::io:
     serve_with(listener, exports, Transport::Auto).await
 }
 
-/// [`serve`] with an explicit transport.
+/// [`serve`] with an explicit transport and default limits.
 pub async fn serve_with(
     listener: TcpListener,
     exports: Arc<dyn Exports>,
     transport: Transport,
 ) -> std::io::Result<()> {
-    let transport = choose_transport(transport)?;
-    tracing::info!(addr = %listener.local_addr()?, transport = ?transport, "NBD server listening");
+    let config = ServerConfig {
+        transport,
+        ..ServerConfig::default()
+    };
+    serve_config(listener, exports, config).await
+}
+
+/// [`serve`] with every setting explicit.
+pub async fn serve_config(
+    listener: TcpListener,
+    exports: Arc<dyn Exports>,
+    config: ServerConfig,
+) -> std::io::Result<()> {
+    let transport = choose_transport(config.transport)?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        transport = ?transport,
+        max_connections = config.max_connections,
+        handshake_timeout_ms = config.handshake_timeout.as_millis() as u64,
+        "NBD server listening"
+    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     loop {
         let (socket, peer) = listener.accept().await?;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = config.max_connections, "NBD connection refused: too many open connections");
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let exports = exports.clone();
+        let timeout = config.handshake_timeout;
         tokio::spawn(async move {
-            match connection(socket, exports, transport).await {
+            let _slot = slot;
+            match connection(socket, exports, transport, timeout).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client done"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD connection closed"),
             }
@@ -104,9 +144,21 @@ async fn connection(
     mut socket: TcpStream,
     exports: Arc<dyn Exports>,
     transport: Transport,
+    handshake_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = socket.split();
-    let Some((name, conn)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
+    let negotiated = tokio::time::timeout(
+        handshake_timeout,
+        handshake(&mut reader, &mut writer, exports.as_ref()),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no export chosen within the handshake timeout ({handshake_timeout:?})"),
+        )
+    })?;
+    let Some((name, conn)) = negotiated? else {
         return Ok(());
     };
     attached(exports.as_ref(), &name, &conn, async {
@@ -115,7 +167,7 @@ async fn connection(
             crate::uring::transmit(std_socket, conn.clone()).await
         } else {
             let (reader, writer) = socket.into_split();
-            transmit_tokio(reader, writer, conn.clone()).await
+            crate::portable::transmit(reader, writer, conn.clone()).await
         }
     })
     .await
@@ -159,7 +211,7 @@ where
         exports.as_ref(),
         &name,
         &conn,
-        transmit_tokio(reader, writer, conn.clone()),
+        crate::portable::transmit(reader, writer, conn.clone()),
     )
     .await
 }
@@ -219,7 +271,7 @@ where
     }
 }
 
-fn invalid(msg: &str) -> std::io::Error {
+pub(crate) fn invalid(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
 }
 
@@ -372,6 +424,39 @@ pub(crate) struct Connection {
     pub meta_allocation: bool,
 }
 
+/// [`execute`], with a panic turned into an EIO reply: the second value
+/// says the request panicked, and then its connection is closed (after
+/// that reply) while the server and its other connections go on.
+pub(crate) async fn execute_guarded(
+    req: Request,
+    payload: Option<Vec<u8>>,
+    conn: &Connection,
+) -> (Vec<u8>, bool) {
+    use futures::FutureExt;
+    let (cookie, kind, offset) = (req.cookie, req.kind, req.offset);
+    match std::panic::AssertUnwindSafe(execute(req, payload, conn))
+        .catch_unwind()
+        .await
+    {
+        Ok(reply) => (reply, false),
+        Err(_) => {
+            tracing::error!(
+                cookie,
+                kind,
+                offset,
+                "NBD request panicked: answering EIO and closing its connection"
+            );
+            let reply = error_reply(
+                conn.structured,
+                cookie,
+                errno::EIO,
+                "internal error: the request panicked",
+            );
+            (reply, true)
+        }
+    }
+}
+
 /// Checks a request header before its payload is read. An error means the
 /// stream cannot be trusted any more (the caller replies, if it can, and
 /// closes).
@@ -380,63 +465,6 @@ pub(crate) fn admit(req: &Request) -> Result<(), (u32, &'static str)> {
         return Err((errno::EOVERFLOW, "write payload too large"));
     }
     Ok(())
-}
-
-/// The portable transport: tokio sockets, one task per request, replies
-/// written whole under a lock as requests complete.
-async fn transmit_tokio<R, W>(reader: R, writer: W, conn: Arc<Connection>) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let mut reader = tokio::io::BufReader::with_capacity(256 << 10, reader);
-    let writer = Arc::new(Mutex::new(writer));
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let result = async {
-        loop {
-            let mut header = [0u8; proto::REQUEST_LEN];
-            match reader.read_exact(&mut header).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let req = Request::parse(&header).map_err(|e| invalid(&e.to_string()))?;
-            if req.kind == cmd::DISC {
-                return Ok(());
-            }
-            if let Err((code, message)) = admit(&req) {
-                // Cannot resync without reading the payload; refuse and close.
-                let reply = error_reply(conn.structured, req.cookie, code, message);
-                writer.lock().await.write_all(&reply).await?;
-                return Err(invalid(message));
-            }
-            // Admission first: a payload is read (and its buffer allocated)
-            // only once an in-flight slot is free, so a connection holds at
-            // most MAX_IN_FLIGHT payloads. The payload must be consumed in
-            // order, before the next header.
-            let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
-            let payload = if req.kind == cmd::WRITE {
-                let mut data = vec![0u8; req.length as usize];
-                reader.read_exact(&mut data).await?;
-                Some(data)
-            } else {
-                None
-            };
-            let (conn, writer) = (conn.clone(), writer.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let reply = execute(req, payload, &conn).await;
-                let mut w = writer.lock().await;
-                if let Err(e) = w.write_all(&reply).await {
-                    tracing::debug!(error = %e, "reply failed");
-                }
-            });
-        }
-    }
-    .await;
-    // Let in-flight requests finish before the export is released.
-    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
-    result
 }
 
 fn check_range(device: &dyn BlockDevice, req: &Request) -> Result<(), DeviceError> {

@@ -24,7 +24,7 @@ use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
 
 use crate::proto::{cmd, Request, REQUEST_LEN};
-use crate::server::{admit, error_reply, execute, try_execute_read, Connection, MAX_IN_FLIGHT};
+use crate::server::{admit, error_reply, execute_guarded, try_execute_read, Connection, MAX_IN_FLIGHT};
 
 const RING_ENTRIES: u32 = 64;
 const RECV: u64 = 1;
@@ -49,6 +49,8 @@ struct Outbox {
     replies: Mutex<Vec<Vec<u8>>>,
     /// The ring thread has been woken and not yet drained the queue.
     signalled: AtomicBool,
+    /// A request panicked: the connection closes once its reply is out.
+    poisoned: AtomicBool,
     eventfd: OwnedFd,
 }
 
@@ -81,6 +83,7 @@ pub(crate) async fn transmit(socket: TcpStream, conn: Arc<Connection>) -> io::Re
     let outbox = Arc::new(Outbox {
         replies: Mutex::new(Vec::new()),
         signalled: AtomicBool::new(false),
+        poisoned: AtomicBool::new(false),
         // SAFETY: efd is a fresh descriptor nobody else owns.
         eventfd: unsafe { OwnedFd::from_raw_fd(efd) },
     });
@@ -352,7 +355,10 @@ impl RingLoop {
             self.in_flight += 1;
             let (conn, outbox) = (self.conn.clone(), self.outbox.clone());
             self.runtime.spawn(async move {
-                let reply = execute(req, payload, &conn).await;
+                let (reply, panicked) = execute_guarded(req, payload, &conn).await;
+                if panicked {
+                    outbox.poisoned.store(true, Ordering::Release);
+                }
                 outbox.push(reply);
             });
         }
@@ -368,6 +374,10 @@ impl RingLoop {
         let replies = std::mem::take(&mut *self.outbox.replies.lock());
         self.in_flight -= replies.len();
         self.queue.extend(replies);
+        if self.outbox.poisoned.load(Ordering::Acquire) {
+            self.fail(io::Error::other("a request panicked; connection closed"));
+            return;
+        }
         // Requests held back by the in-flight limit may go now.
         self.parse();
     }

@@ -17,12 +17,19 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// NBD address: exports VOLUME (read-write) and VOLUME@TAG (read-only).
+    /// Plain NBD has no authentication, so only loopback addresses are allowed.
     #[arg(long, env = "CAIRN_NBD_LISTEN", default_value = "127.0.0.1:10809")]
     nbd_listen: SocketAddr,
     /// NBD transmission I/O: io-uring, tokio (portable), or auto (io_uring
     /// where the kernel allows it, else tokio, logged).
     #[arg(long, env = "CAIRN_NBD_TRANSPORT", default_value = "auto")]
     nbd_transport: cairn_nbd_server::Transport,
+    /// NBD connections open at once; more are closed as they arrive.
+    #[arg(long, env = "CAIRN_NBD_MAX_CONNECTIONS", default_value_t = 256)]
+    nbd_max_connections: usize,
+    /// Time an NBD client has from connecting to choosing an export.
+    #[arg(long, env = "CAIRN_NBD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    nbd_handshake_timeout: std::time::Duration,
     /// Object store URL: file:///path, memory:// or s3://bucket/prefix
     /// (default file://<data-dir>/objects). S3 reads the standard AWS_*
     /// variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
@@ -72,7 +79,11 @@ pub(super) fn run(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow:
         data_dir: args.data_dir,
         listen: args.listen,
         nbd_listen: args.nbd_listen,
-        nbd_transport: args.nbd_transport,
+        nbd: cairn_nbd_server::ServerConfig {
+            transport: args.nbd_transport,
+            max_connections: args.nbd_max_connections,
+            handshake_timeout: args.nbd_handshake_timeout,
+        },
         object_store: args.object_store,
         chunk_size: args.chunk_size,
         cache_size: args.cache_size,
