@@ -22,7 +22,8 @@
 //! **Sweep.** The object store is listed (the source of truth: objects the
 //! index does not know are found too); each unmarked, old-enough object is
 //! removed from the existence index and then from the store, in batches
-//! under the sweep lock. Index entries whose object is gone are dropped so
+//! under the sweep gate ([`crate::sweep_gate`]): no lock is held across a
+//! delete or an upload. Index entries whose object is gone are dropped so
 //! no writer deduplicates against a missing object.
 //!
 //! **Shared bucket.** When servers exchange snapshots over one bucket
@@ -198,18 +199,21 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
     }
     report.stale_index_entries = stale.len() as u64;
     if !options.dry_run && !stale.is_empty() {
-        let _exclusive = objects.sweep_lock.write().await;
+        let keys = objects.gate.lock();
+        // An upload that started since re-creates its entry when it ends.
+        stale.retain(|k| !keys.is_uploading(k));
         objects.catalog().object_forget(&stale)?;
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-/// Deletes a batch of candidates. Under the sweep lock (no dedup claim
-/// and no upload runs meanwhile), each is checked again (a writer may have
-/// claimed it since it was listed), dropped from the index (synced), then
-/// deleted from the store: a writer that needs the same content afterwards
-/// finds it unknown and uploads it again.
+/// Deletes a batch of candidates. Under the sweep gate (a short lock, see
+/// [`crate::sweep_gate`]) each is checked again (a writer may have claimed
+/// it, or be uploading it, since it was listed), dropped from the index
+/// (synced) and marked as being deleted; then, with no lock held, deleted
+/// from the store. A writer that needs the same content meanwhile finds it
+/// unknown and uploads it again once the delete is done.
 async fn sweep(
     objects: &ObjectLayer,
     batch: &mut Vec<(String, u64)>,
@@ -226,27 +230,31 @@ async fn sweep(
         report.reclaimed_bytes += candidates.iter().map(|(_, len)| len).sum::<u64>();
         return Ok(());
     }
-    let _exclusive = objects.sweep_lock.write().await;
     let mut doomed = Vec::with_capacity(candidates.len());
-    for (key, len) in candidates {
-        if objects.is_unsynced(&key) {
-            report.skipped_young_objects += 1;
-            report.skipped_young_bytes += len;
-            continue;
-        }
-        match objects.catalog().object_entry(&key)? {
-            Some((seen, _)) if seen >= cutoff => {
+    let deleting = {
+        let mut keys = objects.gate.lock();
+        for (key, len) in candidates {
+            if objects.is_unsynced(&key) || keys.is_uploading(&key) {
                 report.skipped_young_objects += 1;
                 report.skipped_young_bytes += len;
+                continue;
             }
-            _ => doomed.push((key, len)),
+            match objects.catalog().object_entry(&key)? {
+                Some((seen, _)) if seen >= cutoff => {
+                    report.skipped_young_objects += 1;
+                    report.skipped_young_bytes += len;
+                }
+                _ => doomed.push((key, len)),
+            }
         }
-    }
-    // Forgotten (synced) before deleted: after a crash in between, the
-    // index never claims a deleted object; an object still there without
-    // an entry is only uploaded again when needed.
-    let keys: Vec<String> = doomed.iter().map(|(key, _)| key.clone()).collect();
-    objects.catalog().object_forget(&keys)?;
+        // Forgotten (synced) before deleted: after a crash in between, the
+        // index never claims a deleted object; an object still there without
+        // an entry is only uploaded again when needed.
+        let names: Vec<String> = doomed.iter().map(|(key, _)| key.clone()).collect();
+        objects.catalog().object_forget(&names)?;
+        objects.gate.begin_delete(&mut keys, names)
+    };
+    debug_assert_eq!(deleting.keys().len(), doomed.len());
     let results: Vec<(String, u64, Result<()>)> = futures::stream::iter(doomed)
         .map(|(key, len)| async move {
             let path = object_store::path::Path::from(key.as_str());
@@ -271,6 +279,7 @@ async fn sweep(
             }
         }
     }
+    drop(deleting);
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),

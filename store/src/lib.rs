@@ -27,6 +27,7 @@ pub mod readahead;
 pub mod records;
 pub mod sealed;
 pub mod shared;
+mod sweep_gate;
 pub mod tree;
 pub mod url;
 pub mod usage;

@@ -81,9 +81,9 @@ pub struct ObjectLayer {
     inflight: parking_lot::Mutex<std::collections::HashMap<ChunkId, Arc<Fetch>>>,
     /// Traffic counters.
     pub stats: ObjectStats,
-    /// Dedup claims share it; GC's deletions take it alone, so no claim
-    /// can pick an object GC is deleting.
-    pub(crate) sweep_lock: tokio::sync::RwLock<()>,
+    /// Dedup claims, uploads and GC's deletions coordinate here (see
+    /// [`crate::sweep_gate`]); no lock is held across store I/O.
+    pub(crate) gate: crate::sweep_gate::SweepGate,
     /// Start times (unix seconds) of writes in progress: seals and direct
     /// imports, from their first upload to their root commit.
     writers: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
@@ -134,7 +134,7 @@ impl ObjectLayer {
             disk: None,
             inflight: parking_lot::Mutex::default(),
             stats: ObjectStats::default(),
-            sweep_lock: tokio::sync::RwLock::new(()),
+            gate: Default::default(),
             writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             next_writer: std::sync::atomic::AtomicU64::new(1),
             local: None,
@@ -301,8 +301,20 @@ impl ObjectLayer {
     /// its index time is refreshed so GC's cutoff protects it (see
     /// [`crate::gc`]). Atomic with respect to GC's deletions.
     pub async fn claim(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<bool> {
-        let _shared = self.sweep_lock.read().await;
-        self.claim_locked(&self.path(kind, id))
+        let path = self.path(kind, id);
+        loop {
+            let deleted = self.gate.deleted();
+            tokio::pin!(deleted);
+            deleted.as_mut().enable();
+            {
+                let keys = self.gate.lock();
+                if !keys.is_deleting(path.as_ref()) {
+                    return self.claim_locked(&path);
+                }
+            }
+            // GC is deleting it: once gone, it is not there to claim.
+            deleted.await;
+        }
     }
 
     fn claim_locked(&self, path: &Path) -> Result<bool> {
@@ -322,16 +334,29 @@ impl ObjectLayer {
     }
 
     /// Stores a framed object unless it is known to be stored already.
-    /// Returns whether it was uploaded. The claim, upload and index record
-    /// happen under the sweep lock (shared), so GC cannot delete the key
-    /// in between.
+    /// Returns whether it was uploaded. The claim and the upload's
+    /// registration are one step under the sweep gate, and the key stays
+    /// registered until it is recorded, so GC cannot delete it in between;
+    /// the upload itself holds no lock ([`crate::sweep_gate`]).
     pub async fn put_if_absent(&self, kind: ObjectKind, id: [u8; 32], framed: Bytes) -> Result<bool> {
         let path = self.path(kind, &id);
-        let _shared = self.sweep_lock.read().await;
-        if self.claim_locked(&path)? {
-            bump(&self.stats.dedup_hits, 1);
-            return Ok(false);
-        }
+        let _upload = loop {
+            let deleted = self.gate.deleted();
+            tokio::pin!(deleted);
+            deleted.as_mut().enable();
+            {
+                let mut keys = self.gate.lock();
+                if !keys.is_deleting(path.as_ref()) {
+                    if self.claim_locked(&path)? {
+                        bump(&self.stats.dedup_hits, 1);
+                        return Ok(false);
+                    }
+                    break self.gate.begin_upload(&mut keys, path.as_ref());
+                }
+            }
+            // GC is deleting this key: upload after the delete, not before.
+            deleted.await;
+        };
         let len = framed.len() as u64;
         // Content addressing makes a blind overwrite safe: any writer of this
         // key writes the same plaintext.

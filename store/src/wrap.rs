@@ -98,6 +98,8 @@ pub struct Faults {
     pub fail_one_in: AtomicU64,
     /// Added latency per request, milliseconds.
     pub latency_ms: AtomicU64,
+    /// Uploads wait while this is set, as against a hung server.
+    pub hang_puts: AtomicBool,
     counter: AtomicU64,
 }
 
@@ -114,6 +116,7 @@ impl Faults {
                     "fail_one_in" => faults.fail_one_in.store(value, Ordering::Relaxed),
                     "latency_ms" => faults.latency_ms.store(value, Ordering::Relaxed),
                     "down" => faults.down.store(value != 0, Ordering::Relaxed),
+                    "hang_puts" => faults.hang_puts.store(value != 0, Ordering::Relaxed),
                     _ => tracing::warn!(key, "unknown CAIRN_FAULTS key ignored"),
                 }
             }
@@ -126,6 +129,9 @@ impl Faults {
         let latency = self.latency_ms.load(Ordering::Relaxed);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        while op == "put" && self.hang_puts.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.down.load(Ordering::Relaxed) {
             return Err(injected(op, "object store unreachable (injected)"));

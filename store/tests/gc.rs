@@ -521,3 +521,77 @@ async fn writer(engine: Arc<Engine>, w: u64, deadline: tokio::time::Instant) -> 
     }
     models
 }
+
+/// A hung upload holds no lock: while a seal's upload hangs, GC runs to
+/// the end and reclaims, and another writer whose data deduplicates seals;
+/// once the store answers again the hung seal finishes and everything
+/// reads back.
+#[test]
+fn a_hung_upload_stalls_neither_gc_nor_other_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let engine = engine(dir.path()).await;
+            let (garbage, kept, hung, twin) = (vol("garbage"), vol("kept"), vol("hung"), vol("twin"));
+            for v in [&garbage, &kept, &hung, &twin] {
+                engine
+                    .create_volume(&ns(), &actor(), v, MIB, None, Labels::new())
+                    .await
+                    .unwrap();
+            }
+            let g = engine.volume(&ns(), &garbage).unwrap();
+            g.write(0, &noise(1, MIB as usize)).await.unwrap();
+            g.seal().await.unwrap();
+            engine
+                .delete_volume(&ns(), &actor(), &garbage, false)
+                .await
+                .unwrap();
+            let k = engine.volume(&ns(), &kept).unwrap();
+            k.write(0, &noise(2, MIB as usize)).await.unwrap();
+            k.seal().await.unwrap();
+            next_second().await;
+
+            let h = engine.volume(&ns(), &hung).unwrap();
+            h.write(0, &noise(3, MIB as usize)).await.unwrap();
+            let faults = engine.objects().faults.clone();
+            faults.hang_puts.store(true, std::sync::atomic::Ordering::Relaxed);
+            let sealing = tokio::spawn({
+                let h = h.clone();
+                async move { h.seal().await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!sealing.is_finished(), "the seal is inside a hung upload");
+
+            let report =
+                tokio::time::timeout(Duration::from_secs(10), engine.gc(&ns(), &actor(), zero_grace()))
+                    .await
+                    .expect("GC does not wait for a hung upload")
+                    .unwrap();
+            assert!(report.reclaimed_objects > 0, "{report:?}");
+
+            // Same bytes as `kept`: every chunk and node is a dedup claim.
+            let t = engine.volume(&ns(), &twin).unwrap();
+            t.write(0, &noise(2, MIB as usize)).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), t.seal())
+                .await
+                .expect("dedup claims do not wait for a hung upload")
+                .unwrap();
+
+            faults
+                .hang_puts
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            sealing.await.unwrap().unwrap();
+            for (v, seed) in [(&kept, 2), (&hung, 3), (&twin, 2)] {
+                let src = engine.readable(&ns(), v, None).unwrap();
+                assert!(
+                    read_all(&engine, &src, MIB).await == noise(seed, MIB as usize),
+                    "{v}"
+                );
+            }
+            assert!(engine.verify(&ns(), None, None).await.unwrap().is_clean());
+        });
+}
