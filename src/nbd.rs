@@ -39,6 +39,8 @@ struct Device {
     engine: Arc<Engine>,
     source: Readable,
     size: u64,
+    /// A snapshot export keeps its snapshot from deletion while open.
+    _lease: Option<cairn_store::SnapshotLease>,
 }
 
 impl Device {
@@ -124,6 +126,10 @@ impl Exports for EngineExports {
         } else {
             (VolumeName::new(name).ok()?, None)
         };
+        let lease = match &tag {
+            Some(tag) => Some(self.engine.lease_snapshot(&self.ns, &volume, tag).await.ok()?),
+            None => None,
+        };
         let source = self.engine.readable(&self.ns, &volume, tag.as_ref()).ok()?;
         let size = match &source {
             Readable::Volume(v) => v.size(),
@@ -133,6 +139,7 @@ impl Exports for EngineExports {
             engine: self.engine.clone(),
             source,
             size,
+            _lease: lease,
         }))
     }
 

@@ -247,3 +247,40 @@ fn attached_state_left_by_a_kill9_is_cleared_at_start() {
     assert_eq!(state(&server), "ready", "cleared at start");
     server.ok(&["rollback", "vm@t"]);
 }
+
+#[test]
+fn a_snapshot_open_read_only_is_kept_until_its_readers_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port) = start(dir.path());
+    server.json(&["volume", "create", "base", "--size", "1M"]);
+    server.json(&["snapshot", "create", "base", "--tag", "t"]);
+    let reader = nbd::RawNbd::open(port, "base@t");
+    // Deleting the snapshot, or the volume with its snapshots, waits for
+    // the reader: 409, nothing deleted.
+    assert!(server
+        .fails(&["snapshot", "delete", "base@t"])
+        .contains("snapshot_in_use"));
+    assert!(server
+        .fails(&["volume", "delete", "base"])
+        .contains("snapshot_in_use"));
+    assert_eq!(
+        server.json(&["snapshot", "list", "base"])["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Keeping the snapshots, the volume itself may go.
+    server.json(&["volume", "create", "other", "--size", "1M"]);
+    server.json(&["snapshot", "create", "other", "--tag", "t"]);
+    server.ok(&["volume", "delete", "other"]);
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.cli(&["snapshot", "delete", "base@t"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot still refused after its reader left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -62,6 +62,7 @@ impl ApiError {
                 StoreError::VolumeExists { .. } => (StatusCode::CONFLICT, "volume_exists"),
                 StoreError::SnapshotExists { .. } => (StatusCode::CONFLICT, "snapshot_exists"),
                 StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
+                StoreError::SnapshotInUse { .. } => (StatusCode::CONFLICT, "snapshot_in_use"),
                 StoreError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
                 StoreError::GcRunning => (StatusCode::CONFLICT, "gc_running"),
                 StoreError::LabelMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "label_mismatch"),

@@ -59,6 +59,14 @@ pub enum StoreError {
         /// What was attempted.
         operation: &'static str,
     },
+    /// A snapshot being read (an open read-only NBD export) cannot be deleted.
+    #[error("snapshot {snapshot} is open read-only by {readers} NBD client(s); it can be deleted once they disconnect")]
+    SnapshotInUse {
+        /// `VOLUME@TAG`.
+        snapshot: String,
+        /// Leases held.
+        readers: usize,
+    },
     /// A resize, fork or clone asked for less than the source size.
     #[error("size {requested} is smaller than the source size {source_size}; volumes only grow")]
     TooSmall {
@@ -193,7 +201,7 @@ impl StoreError {
             | StoreError::InvalidSize(_)
             | StoreError::InvalidName { .. }
             | StoreError::InvalidRef(_) => 22,
-            StoreError::ReadOnly(_) | StoreError::WrongState { .. } => 1,
+            StoreError::ReadOnly(_) | StoreError::WrongState { .. } | StoreError::SnapshotInUse { .. } => 1,
             StoreError::Io(e) if e.raw_os_error() == Some(28) => 28,
             StoreError::ImportTooLarge { .. } | StoreError::BacklogFull { .. } => 28,
             _ => 5,

@@ -35,6 +35,7 @@ pub mod verify;
 pub mod volume;
 pub mod wrap;
 
+pub use engine::SnapshotLease;
 pub use engine::{Actor, Engine, EngineConfig, PendingView, Readable};
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};

@@ -9,6 +9,7 @@
 //! Every change is one atomic catalog batch together with its audit event.
 
 mod data;
+mod leases;
 mod maintenance;
 mod remote;
 mod snapshots;
@@ -181,7 +182,11 @@ pub struct Engine {
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
+    /// Snapshots kept from deletion by their readers.
+    leases: leases::Leases,
 }
+
+pub use leases::SnapshotLease;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -324,6 +329,7 @@ impl Engine {
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
+            leases: Default::default(),
         }))
     }
 

@@ -156,6 +156,7 @@ impl Engine {
         // reading the roots, see it either here or in its new place.
         let _names = self.names.lock().await;
         let snapshot = self.snapshot_record(ns, volume, tag)?;
+        self.check_unleased(ns, volume, tag)?;
         let commit = || {
             let mut batch = self.backend.catalog.batch();
             batch.delete_snapshot(&snapshot).event(event(

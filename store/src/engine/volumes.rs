@@ -135,6 +135,7 @@ impl Engine {
         let snapshots = if keep_snapshots {
             Vec::new()
         } else {
+            self.check_volume_unleased(ns, name)?;
             self.backend.catalog.snapshots(Some(ns), Some(name))?
         };
         let mut batch = self.backend.catalog.batch();
