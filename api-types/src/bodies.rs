@@ -17,7 +17,8 @@ pub struct Volume {
     pub size: u64,
     /// Chunk size in bytes.
     pub chunk_size: u64,
-    /// `ready`, `attached`, `creating`, `deleting` or `rolling_back`.
+    /// `ready`, `attached`, `creating`, `deleting`, `rolling_back`, or
+    /// `damaged` (see `damage`).
     pub state: String,
     /// RFC 3339 UTC.
     #[serde(with = "time::serde::rfc3339")]
@@ -43,6 +44,10 @@ pub struct Volume {
     pub stored_bytes: u64,
     /// The part of `stored_bytes` no other volume or snapshot references.
     pub unique_bytes: u64,
+    /// Why the volume is `damaged` (its write-back log failed its checks
+    /// when the server started); `cairn volume repair` brings it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
     /// How much of the data is local (shown by `GET /volumes/{name}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hydration: Option<crate::Hydration>,

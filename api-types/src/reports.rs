@@ -145,6 +145,27 @@ pub struct SnapshotRefDoc {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
+/// One dropped stretch of a damaged write-back log (`POST /volumes/{name}/repair`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DroppedRecord {
+    /// Log generation.
+    pub generation: u64,
+    /// Byte offset in that log.
+    pub at: u64,
+    /// Bytes dropped.
+    pub length: u64,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// What a repair dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RepairReport {
+    /// Every dropped stretch, in log order.
+    pub dropped: Vec<DroppedRecord>,
+    /// Their total bytes.
+    pub dropped_bytes: u64,
+}
 
 impl VerifyReport {
     /// True when nothing is missing or corrupt.

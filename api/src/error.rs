@@ -63,6 +63,7 @@ impl ApiError {
                 StoreError::SnapshotExists { .. } => (StatusCode::CONFLICT, "snapshot_exists"),
                 StoreError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
                 StoreError::SnapshotInUse { .. } => (StatusCode::CONFLICT, "snapshot_in_use"),
+                StoreError::VolumeDamaged { .. } => (StatusCode::CONFLICT, "volume_damaged"),
                 StoreError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
                 StoreError::GcRunning => (StatusCode::CONFLICT, "gc_running"),
                 StoreError::LabelMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "label_mismatch"),
@@ -84,6 +85,7 @@ impl ApiError {
                 StoreError::Io(_)
                 | StoreError::Catalog(_)
                 | StoreError::CatalogCorrupt { .. }
+                | StoreError::JournalDamaged { .. }
                 | StoreError::RootsDocCorrupt { .. }
                 | StoreError::ObjectStoreUrl { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },

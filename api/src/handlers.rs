@@ -89,6 +89,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/volumes/{name}/clone", post(clone_volume))
         .route("/volumes/{name}/rollback", post(rollback))
         .route("/volumes/{name}/warm", post(warm_volume))
+        .route("/volumes/{name}/repair", post(repair_volume))
         .route("/events", get(events))
         .route("/gc", post(gc))
         .route("/verify", post(verify))
@@ -173,7 +174,19 @@ async fn volume_with_usage(state: &AppState, record: VolumeRecord) -> ApiResult<
         .get(&(record.namespace.clone(), record.name.clone()))
         .copied()
         .unwrap_or_default();
-    Ok(volume_body(record, u))
+    Ok(with_damage(state, volume_body(record, u)))
+}
+
+/// Marks a quarantined volume `damaged`, with the reason.
+fn with_damage(state: &AppState, mut body: Volume) -> Volume {
+    let (Ok(ns), Ok(name)) = (Namespace::new(&body.namespace), VolumeName::new(&body.name)) else {
+        return body;
+    };
+    if let Some(reason) = state.engine.damage(&ns, &name) {
+        body.state = "damaged".into();
+        body.damage = Some(reason);
+    }
+    body
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolume,
@@ -214,7 +227,7 @@ pub async fn list_volumes(State(state): State<AppState>, Caller(ns): Caller) -> 
                 .get(&(r.namespace.clone(), r.name.clone()))
                 .copied()
                 .unwrap_or_default();
-            volume_body(r, u)
+            with_damage(&state, volume_body(r, u))
         })
         .collect();
     Ok(Json(VolumeList { volumes }))
@@ -228,10 +241,26 @@ pub async fn show_volume(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Volume>> {
     let name = volume_name(&name)?;
-    let record = state.engine.volume(&ns, &name)?.record();
+    let record = state.engine.volume_record(&ns, &name)?;
     let mut body = volume_with_usage(&state, record).await?;
-    body.hydration = Some(state.engine.hydration(&ns, &name).await?);
+    if body.damage.is_none() {
+        body.hydration = Some(state.engine.hydration(&ns, &name).await?);
+    }
     Ok(Json(body))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/repair", params(("name" = String, Path)),
+    responses((status = 200, body = cairn_api_types::RepairReport), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "the volume is not damaged", body = crate::error::ErrorBody)))]
+/// Brings a `damaged` volume back: replays every write-back log record
+/// that still reads, drops the unreadable ones and reports them.
+pub async fn repair_volume(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<cairn_api_types::RepairReport>> {
+    let name = volume_name(&name)?;
+    Ok(Json(state.engine.repair_volume(&ns, &actor(&ns), &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/warm", params(("name" = String, Path)),

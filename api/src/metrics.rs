@@ -186,6 +186,11 @@ impl Metrics {
                 "1 when the last seal failed on the object store.",
                 engine.store_down() as u64,
             ),
+            (
+                "cairn_volumes_damaged",
+                "Volumes quarantined because their write-back log is damaged (see `cairn volume repair`).",
+                engine.damaged_count() as u64,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }

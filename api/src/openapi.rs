@@ -33,6 +33,7 @@ use crate::handlers;
         handlers::clone_volume,
         handlers::rollback,
         handlers::warm_volume,
+        handlers::repair_volume,
         handlers::diff,
         handlers::events,
         handlers::space_usage,

@@ -20,6 +20,7 @@ pub fn volume_body(r: VolumeRecord, usage: VolumeUsage) -> Volume {
         base_pending: r.base_pending,
         stored_bytes: usage.stored_bytes,
         unique_bytes: usage.unique_bytes,
+        damage: None,
         hydration: None,
     }
 }

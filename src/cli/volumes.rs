@@ -1,7 +1,7 @@
 //! `cairn volume ...`: create, list, show, warm, resize, delete.
 
 use anyhow::{anyhow, bail};
-use cairn_api_types::{CreateVolume, Hydration, ResizeVolume, Volume, VolumeList};
+use cairn_api_types::{CreateVolume, Hydration, RepairReport, ResizeVolume, Volume, VolumeList};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::json;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::output::{hydration_line, print_json, volume_table, Progress};
 use super::{labels_map, parse_label};
 use crate::client::Client;
-use crate::size::parse_size;
+use crate::size::{format_size, parse_size};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum VolumeCmd {
@@ -43,6 +43,12 @@ pub(super) enum VolumeCmd {
         /// Start warming and return at once.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Bring a `damaged` volume back into service: replay every write-back
+    /// log record that still reads, drop the unreadable ones and list them.
+    Repair {
+        /// Volume name.
+        name: String,
     },
     /// Grow a volume.
     Resize {
@@ -101,6 +107,9 @@ pub(super) async fn run(client: &Client, as_json: bool, command: VolumeCmd) -> a
                 print_json(&raw)
             } else {
                 volume_table(std::slice::from_ref(&v));
+                if let Some(d) = &v.damage {
+                    println!("damaged: {d}");
+                }
                 if let Some(h) = &v.hydration {
                     println!("{}", hydration_line(h));
                 }
@@ -114,6 +123,26 @@ pub(super) async fn run(client: &Client, as_json: bool, command: VolumeCmd) -> a
             }
         }
         VolumeCmd::Warm { name, no_wait } => warm(client, as_json, &name, no_wait).await?,
+        VolumeCmd::Repair { name } => {
+            let (report, raw): (RepairReport, _) = client
+                .json(client.request(Method::POST, &format!("/volumes/{name}/repair")))
+                .await?;
+            if as_json {
+                print_json(&raw)
+            } else {
+                for d in &report.dropped {
+                    println!(
+                        "dropped {} bytes of log generation {} at byte {}: {}",
+                        d.length, d.generation, d.at, d.reason
+                    );
+                }
+                println!(
+                    "{name} repaired: {} unreadable records dropped ({})",
+                    report.dropped.len(),
+                    format_size(report.dropped_bytes)
+                );
+            }
+        }
         VolumeCmd::Resize { name, size } => {
             let req = client
                 .request(Method::PATCH, &format!("/volumes/{name}"))

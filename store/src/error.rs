@@ -59,6 +59,23 @@ pub enum StoreError {
         /// What was attempted.
         operation: &'static str,
     },
+    /// A write-back log is damaged before its end (not a torn append).
+    #[error("write-back log damaged: {reason}")]
+    JournalDamaged {
+        /// Byte offset of the damaged record in its log.
+        at: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The volume's write-back log is damaged: it serves nothing until
+    /// repaired (`cairn volume repair`).
+    #[error("volume {name:?} is damaged ({reason}); run `cairn volume repair {name}` to bring it back")]
+    VolumeDamaged {
+        /// Volume name.
+        name: String,
+        /// The damage found when the server started.
+        reason: String,
+    },
     /// A snapshot being read (an open read-only NBD export) cannot be deleted.
     #[error("snapshot {snapshot} is open read-only by {readers} NBD client(s); it can be deleted once they disconnect")]
     SnapshotInUse {

@@ -32,6 +32,9 @@ const WRITE: u8 = 1;
 const ZERO: u8 = 2;
 /// Bytes before each record's payload: length and crc32.
 const HEADER: usize = 8;
+/// No record is larger (an NBD WRITE carries at most 32 MiB, an HTTP
+/// import appends 4 MiB at a time): a larger length field is damage.
+const MAX_RECORD: usize = 64 << 20;
 
 /// One acknowledged change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,11 +121,47 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     }
 }
 
+/// A stretch of a log that [`scan_salvaging`] could not read and dropped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Dropped {
+    /// Byte offset in the log.
+    pub at: u64,
+    /// Bytes dropped (one record, or the rest of the log when the damage
+    /// hides where the next record starts).
+    pub length: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
 /// Reads a log's records in order, calling `f(start, record)` for each,
 /// where `start` is the record's offset in the log. A torn record at the
-/// very end (a crash mid-append) ends the log; damage anywhere else is an
-/// error, never silently skipped. Streams: memory is one record.
-pub fn scan(log: impl Read, len: u64, mut f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
+/// very end (a crash mid-append) ends the log; damage anywhere else is a
+/// [`StoreError::JournalDamaged`] error, never silently skipped. Streams:
+/// memory is one record.
+pub fn scan(log: impl Read, len: u64, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
+    scan_with(log, len, f, None)
+}
+
+/// [`scan`] that goes past damage: a record failing its crc or decoding is
+/// dropped and reading resumes after it (its length field still frames
+/// it); a length running past the end drops the rest of the log. Returns
+/// exactly what was dropped.
+pub fn scan_salvaging(
+    log: impl Read,
+    len: u64,
+    f: impl FnMut(u64, Record<'_>) -> Result<()>,
+) -> Result<Vec<Dropped>> {
+    let mut dropped = Vec::new();
+    scan_with(log, len, f, Some(&mut dropped))?;
+    Ok(dropped)
+}
+
+fn scan_with(
+    log: impl Read,
+    len: u64,
+    mut f: impl FnMut(u64, Record<'_>) -> Result<()>,
+    mut salvage: Option<&mut Vec<Dropped>>,
+) -> Result<()> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, log);
     let mut payload = Vec::new();
     let mut at = 0u64;
@@ -132,21 +171,53 @@ pub fn scan(log: impl Read, len: u64, mut f: impl FnMut(u64, Record<'_>) -> Resu
         let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let end = at + HEADER as u64 + n;
-        if end > len {
+        if n as usize > MAX_RECORD || end > len {
+            let impossible = n as usize > MAX_RECORD;
+            match salvage.as_deref_mut() {
+                // Reported: records may have followed a damaged length.
+                Some(dropped) => dropped.push(Dropped {
+                    at,
+                    length: len - at,
+                    reason: if impossible {
+                        format!("record length {n} is impossible")
+                    } else {
+                        "record runs past the end of the log (a torn append or a damaged length)".into()
+                    },
+                }),
+                None if impossible => {
+                    return Err(StoreError::JournalDamaged {
+                        at,
+                        reason: format!("record at byte {at} claims an impossible length {n}"),
+                    })
+                }
+                // A torn tail: a crash mid-append, never acknowledged.
+                None => {}
+            }
             break;
         }
         payload.resize(n as usize, 0);
         reader.read_exact(&mut payload)?;
-        if crc32fast::hash(&payload) != crc {
-            if end == len {
-                break;
+        let damage = if crc32fast::hash(&payload) != crc {
+            Some("fails its crc".to_string())
+        } else {
+            decode(&payload).err().map(|e| e.to_string())
+        };
+        match (damage, salvage.as_deref_mut()) {
+            (None, _) => f(at, decode(&payload)?)?,
+            // A bad last record is a torn append.
+            (Some(_), _) if end == len => break,
+            (Some(reason), Some(dropped)) => dropped.push(Dropped {
+                at,
+                length: end - at,
+                reason,
+            }),
+            (Some(reason), None) => {
+                return Err(StoreError::JournalDamaged {
+                    at,
+                    reason: format!("record at byte {at} {reason}"),
+                })
             }
-            return Err(StoreError::CatalogCorrupt {
-                key: "journal".into(),
-                reason: format!("record at byte {at} fails its crc"),
-            });
         }
-        f(at, decode(&payload)?)?;
         at = end;
     }
     Ok(())
@@ -237,6 +308,18 @@ impl LogFile {
     /// the file position.
     pub fn scan(&self, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
         scan(
+            Positional {
+                file: &self.file,
+                at: 0,
+            },
+            self.len(),
+            f,
+        )
+    }
+
+    /// Reads every readable record in order (see [`scan_salvaging`]).
+    pub fn scan_salvaging(&self, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<Vec<Dropped>> {
+        scan_salvaging(
             Positional {
                 file: &self.file,
                 at: 0,

@@ -159,6 +159,10 @@ pub enum EventKind {
     Detach,
     /// A snapshot was imported from another server's reference.
     ImportRef,
+    /// A volume's write-back log was found damaged at start: quarantined.
+    Damaged,
+    /// A damaged volume was repaired (its unreadable records dropped).
+    Repair,
 }
 
 /// One entry of the append-only audit log. Events outlive what they describe.

@@ -8,6 +8,7 @@
 //! cannot be rolled back; `require_labels` must match the snapshot's labels.
 //! Every change is one atomic catalog batch together with its audit event.
 
+mod damage;
 mod data;
 mod leases;
 mod maintenance;
@@ -184,7 +185,11 @@ pub struct Engine {
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
     /// Snapshots kept from deletion by their readers.
     leases: leases::Leases,
+    /// Volumes whose write-back log is damaged (see [`damage`]).
+    damaged: Mutex<HashMap<(Namespace, VolumeName), damage::Damage>>,
 }
+
+pub use damage::{DroppedRecord, RepairReport};
 
 pub use leases::SnapshotLease;
 
@@ -276,6 +281,7 @@ impl Engine {
             runtime: tokio::runtime::Handle::current(),
         });
         let mut volumes = HashMap::new();
+        let mut damaged = HashMap::new();
         let mut live_ids = HashSet::new();
         let mut pending: HashMap<(Namespace, VolumeName), Vec<SnapshotRecord>> = HashMap::new();
         for s in catalog.snapshots(None, None)? {
@@ -310,7 +316,15 @@ impl Engine {
             if record.base_pending {
                 forks.push(record.clone());
             }
-            volumes.insert(key, Volume::open(backend.clone(), record, waiting)?);
+            match Volume::open(backend.clone(), record.clone(), waiting) {
+                Ok(volume) => {
+                    volumes.insert(key, volume);
+                }
+                Err(e @ StoreError::JournalDamaged { .. }) => {
+                    damaged.insert(key, damage::quarantine(&catalog, record, &e)?);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Self::resolve_bases(&catalog, &volumes, forks).await?;
         let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
@@ -322,6 +336,7 @@ impl Engine {
             backend,
             config,
             volumes: Mutex::new(volumes),
+            damaged: Mutex::new(damaged),
             names: tokio::sync::Mutex::new(()),
             gc_running: tokio::sync::Mutex::new(()),
             warming: Mutex::new(HashMap::new()),
@@ -505,13 +520,19 @@ impl Engine {
 
     /// An open volume.
     pub fn volume(&self, ns: &Namespace, name: &VolumeName) -> Result<Arc<Volume>> {
-        self.volumes
-            .lock()
-            .get(&(ns.clone(), name.clone()))
-            .cloned()
-            .ok_or_else(|| StoreError::VolumeNotFound {
+        let key = (ns.clone(), name.clone());
+        if let Some(v) = self.volumes.lock().get(&key).cloned() {
+            return Ok(v);
+        }
+        Err(match self.damaged.lock().get(&key) {
+            Some(d) => StoreError::VolumeDamaged {
                 name: name.to_string(),
-            })
+                reason: d.reason.clone(),
+            },
+            None => StoreError::VolumeNotFound {
+                name: name.to_string(),
+            },
+        })
     }
 
     /// All volumes of a namespace, sorted by name.
@@ -523,6 +544,13 @@ impl Engine {
             .filter(|((n, _), _)| n == ns)
             .map(|(_, v)| v.record())
             .collect();
+        out.extend(
+            self.damaged
+                .lock()
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, d)| d.record.clone()),
+        );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

@@ -144,6 +144,9 @@ fn is_aligned(x: u64) -> bool {
     x.is_multiple_of(BLOCK_SIZE)
 }
 
+/// A dropped stretch of a damaged log and that log's generation.
+pub(crate) type DroppedIn = (u64, journal::Dropped);
+
 impl Volume {
     /// Opens a volume and replays its unsealed journal: every replayed
     /// log becomes part of a frozen generation, split where `pending`
@@ -152,6 +155,27 @@ impl Volume {
         backend: Arc<Backend>,
         record: VolumeRecord,
         pending: Vec<SnapshotRecord>,
+    ) -> Result<Arc<Self>> {
+        Self::open_with(backend, record, pending, None)
+    }
+
+    /// [`Volume::open`] past damaged log records: each one it drops is
+    /// listed with its log generation (see [`journal::scan_salvaging`]).
+    pub(crate) fn open_salvaging(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+    ) -> Result<(Arc<Self>, Vec<DroppedIn>)> {
+        let mut dropped = Vec::new();
+        let volume = Self::open_with(backend, record, pending, Some(&mut dropped))?;
+        Ok((volume, dropped))
+    }
+
+    fn open_with(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+        mut salvage: Option<&mut Vec<DroppedIn>>,
     ) -> Result<Arc<Self>> {
         let geometry =
             ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
@@ -168,7 +192,7 @@ impl Volume {
         let logs = backend.journal.replay(record.id, record.journal_floor)?;
         let last = logs.last().map(|l| l.generation);
         for log in logs {
-            log.scan(|at, r| {
+            let replay = |at: u64, r: Record<'_>| {
                 match r {
                     Record::Write { offset, data } => {
                         layer.write(geometry, offset, data.len(), &log, at + journal::WRITE_DATA_AT)
@@ -176,7 +200,15 @@ impl Volume {
                     Record::Zero { offset, length } => layer.zero(geometry, offset, length),
                 }
                 Ok(())
-            })?;
+            };
+            match salvage.as_deref_mut() {
+                None => log.scan(replay)?,
+                Some(dropped) => dropped.extend(
+                    log.scan_salvaging(replay)?
+                        .into_iter()
+                        .map(|d| (log.generation, d)),
+                ),
+            }
             generation = generation.max(log.generation + 1);
             if waiting.contains_key(&log.generation) || Some(log.generation) == last {
                 frozen.push(Frozen {

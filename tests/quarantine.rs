@@ -1,0 +1,105 @@
+//! A write-back log damaged in its middle quarantines only its volume: the
+//! server starts, other volumes serve, the damaged one reports `damaged`
+//! and refuses work until `cairn volume repair` drops exactly the
+//! unreadable record; then it serves again, also after a restart.
+
+mod common;
+
+use common::*;
+
+const BLOCK: usize = 4096;
+/// Journal record: 8-byte header, then kind (1) + offset (8) + data.
+const RECORD: u64 = 8 + 9 + BLOCK as u64;
+
+fn flush(c: &mut nbd::RawNbd) {
+    c.send(3, 0, 9, 0, 0, &[]);
+    assert_eq!(c.reply().0, 0);
+}
+
+#[test]
+fn a_damaged_log_quarantines_one_volume_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let nbd_port = free_port();
+    let nbd_listen = format!("127.0.0.1:{nbd_port}");
+    // No idle seal: the writes stay in the journal until the kill.
+    let mut server = Server::start_on(
+        &dir.path().join("data"),
+        &["--nbd-listen", &nbd_listen, "--seal-idle", "1h"],
+        &[],
+    );
+    server.json(&["volume", "create", "hurt", "--size", "1M"]);
+    server.json(&["volume", "create", "fine", "--size", "1M"]);
+    let mut c = nbd::RawNbd::open(nbd_port, "hurt");
+    for (i, byte) in [0x11u8, 0x22, 0x33].into_iter().enumerate() {
+        assert_eq!(c.write((i * BLOCK) as u64, &[byte; BLOCK]), 0);
+    }
+    flush(&mut c);
+    drop(c);
+
+    server.kill9_and_restart();
+    // Flip a byte inside the second record's data.
+    let journal = dir.path().join("data/journal");
+    let logs: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() >= 3 * RECORD)
+        .collect();
+    assert_eq!(logs.len(), 1, "one log holds the three writes: {logs:?}");
+    let mut bytes = std::fs::read(&logs[0]).unwrap();
+    bytes[(RECORD + 8 + 9 + 100) as usize] ^= 0xff;
+    std::fs::write(&logs[0], &bytes).unwrap();
+    server.kill9_and_restart();
+
+    // The server is up; only `hurt` is out of service.
+    let shown = server.json(&["volume", "show", "hurt"]);
+    assert_eq!(shown["state"], "damaged", "{shown}");
+    let reason = shown["damage"].as_str().unwrap();
+    assert!(reason.contains(&format!("byte {RECORD}")), "{reason}");
+    let listed = server.json(&["volume", "list"]);
+    assert_eq!(listed["volumes"].as_array().unwrap().len(), 2);
+    assert!(server
+        .fails(&["snapshot", "create", "hurt"])
+        .contains("volume_damaged"));
+    let (status, metrics) = server.http("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("cairn_volumes_damaged 1"), "metrics say so");
+    let events = server.json(&["events", "--volume", "hurt"]);
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "damaged"));
+    let mut other = nbd::RawNbd::open(nbd_port, "fine");
+    assert_eq!(other.write(0, &[0x44; BLOCK]), 0);
+    assert_eq!(other.read(0, BLOCK as u32).unwrap(), vec![0x44; BLOCK]);
+    drop(other);
+
+    // Repair drops exactly the damaged record and keeps the others.
+    let report = server.json(&["volume", "repair", "hurt"]);
+    let dropped = report["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{report}");
+    assert_eq!(dropped[0]["at"], RECORD);
+    assert_eq!(dropped[0]["length"], RECORD);
+    assert_eq!(report["dropped_bytes"], RECORD);
+    assert_eq!(server.json(&["volume", "show", "hurt"])["state"], "ready");
+    let check = |server: &Server| {
+        let mut c = nbd::RawNbd::open(nbd_port, "hurt");
+        assert_eq!(c.read(0, BLOCK as u32).unwrap(), vec![0x11; BLOCK]);
+        assert_eq!(
+            c.read(BLOCK as u64, BLOCK as u32).unwrap(),
+            vec![0u8; BLOCK],
+            "dropped write"
+        );
+        assert_eq!(c.read(2 * BLOCK as u64, BLOCK as u32).unwrap(), vec![0x33; BLOCK]);
+        let _ = server;
+    };
+    check(&server);
+    assert!(server
+        .fails(&["volume", "repair", "hurt"])
+        .contains("wrong_state"));
+    server.kill9_and_restart();
+    assert_eq!(server.json(&["volume", "show", "hurt"])["state"], "ready");
+    check(&server);
+    let verify = server.json(&["verify"]);
+    assert_eq!(verify["corrupt"], 0);
+}
