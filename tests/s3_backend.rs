@@ -244,3 +244,80 @@ fn a_store_that_goes_down_and_comes_back_loses_nothing() {
     server.assert_snapshot_equals("vm", "after", &model);
     server.assert_verify_clean();
 }
+
+/// PUTs a file as a volume's data at `offset`; (status, seconds taken).
+fn put_file(server: &Server, volume: &str, file: &std::path::Path, offset: u64) -> (u16, f64) {
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "{}/api/v1/volumes/{volume}/data?offset={offset}",
+            server.url
+        ))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (code, started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn requests_against_a_hung_store_answer_within_the_deadline() {
+    assert!(
+        have("moto_server"),
+        "moto_server is not installed: run scripts/setup.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_on_s3(
+        &dir.path().join("data"),
+        &[
+            "--nbd-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--store-timeout",
+            "3s",
+        ],
+        &[],
+    );
+    let image = cairn_chunker::testdata::noise(7, 4 << 20);
+    let file = dir.path().join("image");
+    std::fs::write(&file, &image).unwrap();
+    assert_eq!(put_file(&server, "vm", &file, 0).0, 201);
+    server.json(&["snapshot", "create", "vm", "--tag", "before"]);
+
+    let moto = server.s3.as_ref().unwrap().child.id() as i32;
+    unsafe { libc::kill(moto, libc::SIGSTOP) };
+    let other = cairn_chunker::testdata::noise(8, 4 << 20);
+    let other_file = dir.path().join("other");
+    std::fs::write(&other_file, &other).unwrap();
+    // Whole-chunk HTTP writes go to the store: they fail, within the
+    // deadline (3 s, plus slack for a loaded machine), instead of minutes.
+    let (status, secs) = put_file(&server, "fresh", &other_file, 0);
+    println!("HTTP write against a hung store: {status} after {secs:.1} s");
+    assert_eq!(status, 503, "a hung store answers 503");
+    assert!(secs < 20.0, "took {secs:.1} s");
+    let started = Instant::now();
+    let refused = server.cli(&["snapshot", "export-ref", "vm@before", "-"]);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "export-ref against a hung store: exit {:?} after {secs:.1} s",
+        refused.status.code()
+    );
+    assert!(!refused.status.success());
+    assert!(secs < 20.0, "took {secs:.1} s");
+    unsafe { libc::kill(moto, libc::SIGCONT) };
+
+    // Acknowledged data is intact and the store works again.
+    server.assert_snapshot_equals("vm", "after", &image);
+    assert_eq!(put_file(&server, "fresh", &other_file, 0).0, 201);
+    server.assert_snapshot_equals("fresh", "now", &other);
+    server.assert_verify_clean();
+}

@@ -59,8 +59,10 @@ pub(super) struct ServeArgs {
     /// has had no write for this long (e.g. 2s, 500ms, 1m).
     #[arg(long, env = "CAIRN_SEAL_IDLE", default_value = "2s", value_parser = humantime::parse_duration)]
     seal_idle: std::time::Duration,
-    /// A writer waiting for backlog room while the object store answers
-    /// no request for this long gets ENOSPC (NBD) or 503 (HTTP), and so do
+    /// Longest wait for the object store. One upload or download, retries
+    /// included, fails after this long (a request that needs it answers
+    /// 503); a writer waiting for backlog room while the store answers no
+    /// request for this long gets ENOSPC (NBD) or 503 (HTTP), and so do
     /// later ones until a seal succeeds. While the store answers, writers
     /// past the backlog are slowed down, never refused.
     #[arg(long, env = "CAIRN_STORE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

@@ -26,11 +26,22 @@ use object_store::{
 /// Requests in flight to the backend at most.
 pub const MAX_CONCURRENCY: usize = 64;
 
-/// Builds the standard stack over a backend.
+/// Builds the standard stack over a backend, with the default deadline.
 pub fn layered(
     backend: Arc<dyn ObjectStore>,
     faults: Arc<Faults>,
     stats: Arc<StoreStats>,
+) -> Arc<dyn ObjectStore> {
+    layered_with(backend, faults, stats, RetryPolicy::default())
+}
+
+/// [`layered`] with a retry policy (its `deadline` bounds every put and
+/// get, retries included).
+pub fn layered_with(
+    backend: Arc<dyn ObjectStore>,
+    faults: Arc<Faults>,
+    stats: Arc<StoreStats>,
+    policy: RetryPolicy,
 ) -> Arc<dyn ObjectStore> {
     let limited: Arc<dyn ObjectStore> =
         Arc::new(object_store::limit::LimitStore::new(backend, MAX_CONCURRENCY));
@@ -40,7 +51,7 @@ pub fn layered(
     });
     let retrying: Arc<dyn ObjectStore> = Arc::new(Retrying {
         inner: faulty,
-        policy: RetryPolicy::default(),
+        policy,
         stats: stats.clone(),
     });
     Arc::new(Metered {
@@ -144,6 +155,14 @@ impl Faults {
     }
 }
 
+/// The error of an operation that ran out of time.
+fn timed_out(op: &'static str, deadline: Duration) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "deadline",
+        source: format!("{op}: the object store did not answer within {deadline:?}").into(),
+    }
+}
+
 fn injected(op: &'static str, message: &str) -> object_store::Error {
     object_store::Error::Generic {
         store: "fault-injection",
@@ -191,6 +210,10 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Backoff cap.
     pub cap: Duration,
+    /// Longest one operation may take, all attempts and backoffs included:
+    /// a store that hangs (rather than refusing) costs a caller this much,
+    /// then it gets an error.
+    pub deadline: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -199,6 +222,7 @@ impl Default for RetryPolicy {
             retries: 6,
             base: Duration::from_millis(50),
             cap: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
         }
     }
 }
@@ -259,11 +283,20 @@ impl Retrying {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let mut attempt = 0;
+        let started = std::time::Instant::now();
+        let deadline = self.policy.deadline;
         loop {
-            match call().await {
+            let left = deadline.saturating_sub(started.elapsed());
+            let Ok(result) = tokio::time::timeout(left, call()).await else {
+                return Err(timed_out(op, deadline));
+            };
+            match result {
                 Err(e) if transient(&e) && attempt < self.policy.retries => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = self.policy.delay(attempt);
+                    if started.elapsed() + delay >= deadline {
+                        return Err(e);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(op, attempt, error = %e, delay_ms = delay.as_millis() as u64, "object store retry");
                     tokio::time::sleep(delay).await;
                     attempt += 1;

@@ -42,7 +42,7 @@ use crate::tree::{levels_for, NodeId, TreeStore};
 use crate::url::open_object_store;
 use crate::verify::VerifyReport;
 use crate::volume::{Hold, PendingBase, View, Volume};
-use crate::wrap::{layered, Faults, StoreStats};
+use crate::wrap::{layered_with, Faults, RetryPolicy, StoreStats};
 
 /// Default chunk size: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
@@ -240,7 +240,11 @@ impl Engine {
         let opened = open_object_store(config.object_store.as_deref(), &config.data_dir)?;
         let faults = Faults::from_env();
         let store_stats = Arc::new(StoreStats::default());
-        let store = layered(opened.store, faults.clone(), store_stats.clone());
+        let policy = RetryPolicy {
+            deadline: config.store_timeout,
+            ..Default::default()
+        };
+        let store = layered_with(opened.store, faults.clone(), store_stats.clone(), policy);
         let (chunk_cache, node_cache) = crate::tree::split_cache_budget(config.cache_bytes);
         let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), chunk_cache)
             .with_store_stats(store_stats, faults);
