@@ -1,0 +1,120 @@
+//! A volume's or a snapshot's raw bytes, streamed in and out.
+
+use super::*;
+
+#[utoipa::path(put, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), PutDataQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ImportResult), (status = 200, body = ImportResult),
+        (status = 411, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+pub async fn put_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<PutDataQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<ImportResult>)> {
+    let name = volume_name(&name)?;
+    let offset = q.offset.unwrap_or(0);
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let exists = state.engine.volume(&ns, &name).is_ok();
+    let size = match (exists, q.size, content_length) {
+        (true, _, _) => None,
+        (false, Some(size), _) => Some(size),
+        (false, None, Some(len)) => Some((offset + len).div_ceil(4096).max(1) * 4096),
+        (false, None, None) => {
+            return Err(ApiError::LengthRequired(
+                "creating a volume by upload needs ?size= or a Content-Length".into(),
+            ))
+        }
+    };
+    // Refuse an upload that cannot fit before reading a byte of it.
+    if let Some(len) = content_length {
+        let capacity = match size {
+            Some(s) => s,
+            None => state.engine.volume(&ns, &name)?.size(),
+        };
+        if offset.saturating_add(len) > capacity {
+            return Err(StoreError::ImportTooLarge {
+                offset,
+                length: len,
+                size: capacity,
+            }
+            .into());
+        }
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let mut reader = StreamReader::new(stream);
+    let (record, bytes, created) = state
+        .engine
+        .import(&ns, &actor(&ns), &name, &mut reader, size, offset, &|_| {})
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(ImportResult {
+            volume: volume_with_usage(&state, record).await?,
+            bytes,
+        }),
+    ))
+}
+
+fn data_response(
+    state: &AppState,
+    source: cairn_store::Readable,
+    size: u64,
+    q: GetDataQuery,
+) -> ApiResult<Response> {
+    let offset = q.offset.unwrap_or(0);
+    let length = q.length.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(StoreError::OutOfRange { offset, length, size }.into());
+    }
+    let body = export_body(state.engine.clone(), source, offset, length);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), GetDataQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Response> {
+    let source = state.engine.readable(&ns, &volume_name(&name)?, None)?;
+    let size = match &source {
+        cairn_store::Readable::Volume(v) => v.size(),
+        cairn_store::Readable::Snapshot { size, .. } => *size,
+    };
+    data_response(&state, source, size, q)
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/data", params(("name" = String, Path), ("tag" = String, Path), GetDataQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_snapshot_data(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Response> {
+    let name = volume_name(&name)?;
+    let tag = tag_name(&tag)?;
+    let size = state.engine.snapshot_record(&ns, &name, &tag)?.size;
+    let source = state.engine.readable(&ns, &name, Some(&tag))?;
+    data_response(&state, source, size, q)
+}
