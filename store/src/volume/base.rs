@@ -212,10 +212,7 @@ impl Volume {
         if grown != root {
             self.backend.objects.make_durable().await?;
         }
-        let _commit = match commit_lock {
-            CommitLock::Take => Some(self.commit_lock.lock().await),
-            CommitLock::Held => None,
-        };
+        let _commit = self.commit_guard(commit_lock).await;
         self.commit_root(grown, None)?;
         tracing::debug!(volume = %self.state.lock().record.name, root = ?grown, "adopted the sealed base");
         Ok(())

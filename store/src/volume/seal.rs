@@ -41,6 +41,17 @@ pub(super) enum CommitLock {
     Held,
 }
 
+impl Volume {
+    /// The commit lock's guard when `how` says to take it (`None` when the
+    /// caller holds it already).
+    pub(super) async fn commit_guard(&self, how: CommitLock) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match how {
+            CommitLock::Take => Some(self.commit_lock.lock().await),
+            CommitLock::Held => None,
+        }
+    }
+}
+
 /// Freezes the active overlay into a new generation when it holds
 /// anything; returns the newest frozen generation, if any.
 fn freeze(st: &mut State) -> Option<u64> {
@@ -121,10 +132,7 @@ impl Volume {
         let _writing = self.backend.objects.begin_write();
         let new_root = self.seal_layer(&generation.layer, tree).await?;
         self.backend.objects.make_durable().await?;
-        let _commit = match commit_lock {
-            CommitLock::Take => Some(self.commit_lock.lock().await),
-            CommitLock::Held => None,
-        };
+        let _commit = self.commit_guard(commit_lock).await;
         self.commit_root(new_root, Some(generation.through))?;
         Ok(new_root)
     }

@@ -1,0 +1,116 @@
+//! Opening a volume: replaying its write-back logs into frozen
+//! generations (strictly, or past damaged records for a repair).
+
+use super::*;
+
+/// A dropped stretch of a damaged log and that log's generation.
+pub(crate) type DroppedIn = (u64, journal::Dropped);
+
+impl Volume {
+    /// Opens a volume and replays its unsealed journal: every replayed
+    /// log becomes part of a frozen generation, split where `pending`
+    /// snapshots (this volume's) need them apart.
+    pub(crate) fn open(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+    ) -> Result<Arc<Self>> {
+        Self::open_with(backend, record, pending, None)
+    }
+
+    /// [`Volume::open`] past damaged log records: each one it drops is
+    /// listed with its log generation (see [`journal::scan_salvaging`]).
+    pub(crate) fn open_salvaging(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+    ) -> Result<(Arc<Self>, Vec<DroppedIn>)> {
+        let mut dropped = Vec::new();
+        let volume = Self::open_with(backend, record, pending, Some(&mut dropped))?;
+        Ok((volume, dropped))
+    }
+
+    fn open_with(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        pending: Vec<SnapshotRecord>,
+        mut salvage: Option<&mut Vec<DroppedIn>>,
+    ) -> Result<Arc<Self>> {
+        let geometry =
+            ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
+        let mut waiting: BTreeMap<u64, Vec<SnapshotRecord>> = BTreeMap::new();
+        for s in pending {
+            if let Some(through) = s.pending {
+                waiting.entry(through).or_default().push(s);
+            }
+        }
+        let mut frozen = Vec::new();
+        let mut layer = Overlay::default();
+        let mut generation = record.journal_floor;
+        let mut older_logs = Vec::new();
+        let logs = backend.journal.replay(record.id, record.journal_floor)?;
+        let last = logs.last().map(|l| l.generation);
+        for log in logs {
+            let replay = |at: u64, r: Record<'_>| {
+                match r {
+                    Record::Write { offset, data } => {
+                        layer.write(geometry, offset, data.len(), &log, at + journal::WRITE_DATA_AT)
+                    }
+                    Record::Zero { offset, length } => layer.zero(geometry, offset, length),
+                }
+                Ok(())
+            };
+            match salvage.as_deref_mut() {
+                None => log.scan(replay)?,
+                Some(dropped) => dropped.extend(
+                    log.scan_salvaging(replay)?
+                        .into_iter()
+                        .map(|d| (log.generation, d)),
+                ),
+            }
+            generation = generation.max(log.generation + 1);
+            if waiting.contains_key(&log.generation) || Some(log.generation) == last {
+                frozen.push(Frozen {
+                    layer: Arc::new(std::mem::take(&mut layer)),
+                    through: log.generation,
+                });
+            }
+            older_logs.push(log);
+        }
+        if let Some(lost) = waiting.keys().find(|g| !frozen.iter().any(|f| f.through == **g)) {
+            return Err(StoreError::CatalogCorrupt {
+                key: format!("volume {}", record.name),
+                reason: format!("a pending snapshot needs journal generation {lost}, which is not there"),
+            });
+        }
+        if !frozen.is_empty() {
+            let dirty: usize = frozen.iter().map(|f| f.layer.dirty_bytes()).sum();
+            tracing::info!(volume = %record.name, dirty_bytes = dirty, generations = frozen.len(), pending_snapshots = waiting.values().map(Vec::len).sum::<usize>(), "replayed write-back journal");
+        }
+        Ok(Arc::new_cyclic(|me| Self {
+            backend,
+            id: record.id,
+            geometry,
+            state: Mutex::new(State {
+                record,
+                dirty_since: None,
+                active: Overlay::default(),
+                frozen,
+                generation,
+                log: None,
+                older_logs,
+                pending: waiting,
+                sealed_roots: HashMap::new(),
+                base: None,
+                deleted: false,
+            }),
+            seal_lock: tokio::sync::Mutex::new(()),
+            commit_lock: tokio::sync::Mutex::new(()),
+            rmw_lock: tokio::sync::RwLock::new(()),
+            last_write_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+            me: me.clone(),
+            seal_queued: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+}
