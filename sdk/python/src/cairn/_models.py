@@ -51,6 +51,7 @@ class Volume:
     from_snapshot: Optional[str] = None
     base_pending: bool = False
     hydration: Optional[Hydration] = None
+    damage: Optional[str] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Volume":
@@ -70,6 +71,7 @@ class Volume:
             from_snapshot=d.get("from_snapshot"),
             base_pending=bool(d.get("base_pending", False)),
             hydration=Hydration.from_json(h) if h else None,
+            damage=d.get("damage"),
         )
 
 
