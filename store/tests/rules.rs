@@ -143,3 +143,62 @@ fn sizes_only_grow_and_labels_must_match() {
         assert_eq!(buf, vec![5u8; 4096]);
     });
 }
+
+#[test]
+fn event_queries_filter_while_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        let (ns, a) = (ns(), actor());
+        let other = cairn_store::Namespace::new("other").unwrap();
+        engine
+            .create_volume(&ns, &a, &vol("v"), 1 << 20, None, Labels::new())
+            .await
+            .unwrap();
+        engine
+            .create_volume(&other, &a, &vol("v"), 1 << 20, None, Labels::new())
+            .await
+            .unwrap();
+        for i in 0..5 {
+            engine
+                .snapshot(&ns, &a, &vol("v"), Some(tag(&format!("t{i}"))), Labels::new())
+                .await
+                .unwrap();
+        }
+        let all = engine.events_matching(&ns, None, 0, None, 100, None).unwrap();
+        assert_eq!(all.len(), 6, "the other namespace's event is not here");
+        let seqs = |v: Vec<cairn_store::Event>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+        let all_seqs = seqs(all.clone());
+        assert_eq!(
+            seqs(engine.events_matching(&ns, None, 0, None, 2, None).unwrap()),
+            all_seqs[..2]
+        );
+        assert_eq!(
+            seqs(engine.events_matching(&ns, None, 0, None, 100, Some(2)).unwrap()),
+            all_seqs[4..]
+        );
+        assert_eq!(
+            seqs(
+                engine
+                    .events_matching(&ns, Some("v"), all_seqs[3], None, 100, None)
+                    .unwrap()
+            ),
+            all_seqs[3..]
+        );
+        let later = engine
+            .events_matching(&ns, None, 0, Some(all[3].time), 100, None)
+            .unwrap();
+        assert!(later.iter().all(|e| e.time >= all[3].time) && later.len() >= 3);
+        let none = engine
+            .events_matching(
+                &ns,
+                None,
+                0,
+                Some(all[5].time + time::Duration::hours(1)),
+                100,
+                None,
+            )
+            .unwrap();
+        assert!(none.is_empty());
+    });
+}

@@ -24,19 +24,10 @@ pub async fn events(
             }
         },
     };
-    // Without a time filter or a tail the scan stops at `limit` matches.
-    let scan = match (since_time, q.tail) {
-        (None, None) => limit,
-        _ => usize::MAX,
-    };
-    let mut events = state.engine.events(&ns, q.volume.as_deref(), since_seq, scan)?;
-    if let Some(t) = since_time {
-        events.retain(|e| e.time >= t);
-    }
-    if let Some(tail) = q.tail {
-        events.drain(..events.len().saturating_sub(tail));
-    }
-    events.truncate(limit);
+    let events =
+        state
+            .engine
+            .events_matching(&ns, q.volume.as_deref(), since_seq, since_time, limit, q.tail)?;
     Ok(Json(EventList {
         events: events.into_iter().map(event_body).collect(),
     }))
