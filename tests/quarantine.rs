@@ -103,3 +103,58 @@ fn a_damaged_log_quarantines_one_volume_until_repaired() {
     let verify = server.json(&["verify"]);
     assert_eq!(verify["corrupt"], 0);
 }
+
+#[test]
+fn a_fork_reading_through_a_damaged_volume_is_quarantined_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nbd_port = free_port();
+    let nbd_listen = format!("127.0.0.1:{nbd_port}");
+    let mut server = Server::start_on(
+        &dir.path().join("data"),
+        &["--nbd-listen", &nbd_listen, "--seal-idle", "1h"],
+        &[],
+    );
+    server.json(&["volume", "create", "hurt", "--size", "1M"]);
+    let mut c = nbd::RawNbd::open(nbd_port, "hurt");
+    for (i, byte) in [0x11u8, 0x22, 0x33].into_iter().enumerate() {
+        assert_eq!(c.write((i * BLOCK) as u64, &[byte; BLOCK]), 0);
+    }
+    flush(&mut c);
+    drop(c);
+    // A snapshot of unsealed data, and a fork that reads through it.
+    let snap = server.json(&["snapshot", "create", "hurt", "--tag", "s"]);
+    assert_eq!(snap["sealed"], false, "{snap}");
+    let fork = server.json(&["fork", "hurt@s", "child"]);
+    assert_eq!(fork["base_pending"], true, "{fork}");
+
+    server.kill9_and_restart();
+    let journal = dir.path().join("data/journal");
+    let log = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() >= 3 * RECORD)
+        .expect("the log of the three writes");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[(RECORD + 8 + 9 + 100) as usize] ^= 0xff;
+    std::fs::write(&log, &bytes).unwrap();
+    server.kill9_and_restart();
+
+    let child = server.json(&["volume", "show", "child"]);
+    assert_eq!(child["state"], "damaged", "{child}");
+    assert!(
+        child["damage"].as_str().unwrap().contains("repair hurt first"),
+        "{child}"
+    );
+    assert!(server
+        .fails(&["volume", "repair", "child"])
+        .contains("volume_damaged"));
+    server.json(&["volume", "repair", "hurt"]);
+    let report = server.json(&["volume", "repair", "child"]);
+    assert_eq!(report["dropped"].as_array().unwrap().len(), 0, "{report}");
+    let mut c = nbd::RawNbd::open(nbd_port, "child");
+    assert_eq!(c.read(0, BLOCK as u32).unwrap(), vec![0x11; BLOCK]);
+    assert_eq!(c.read(2 * BLOCK as u64, BLOCK as u32).unwrap(), vec![0x33; BLOCK]);
+    drop(c);
+    server.kill9_and_restart();
+    assert_eq!(server.json(&["volume", "show", "child"])["state"], "ready");
+}

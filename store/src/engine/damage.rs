@@ -103,7 +103,12 @@ impl Engine {
             .into_iter()
             .filter(|s| s.pending.is_some())
             .collect();
-        let (volume, dropped) = Volume::open_salvaging(self.backend.clone(), record, pending)?;
+        let (volume, dropped) = Volume::open_salvaging(self.backend.clone(), record.clone(), pending)?;
+        if record.base_pending {
+            // Refused (409) while its source is still damaged.
+            let volumes = self.volumes.lock().clone();
+            Self::resolve_base(&self.backend.catalog, &volumes, &volume, &record).await?;
+        }
         let report = RepairReport {
             dropped_bytes: dropped.iter().map(|(_, d)| d.length).sum(),
             dropped: dropped

@@ -330,7 +330,20 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        Self::resolve_bases(&catalog, &volumes, forks).await?;
+        for fork in forks {
+            let key = (fork.namespace.clone(), fork.name.clone());
+            let Some(volume) = volumes.get(&key).cloned() else {
+                continue; // damaged itself: its base is resolved at repair
+            };
+            match Self::resolve_base(&catalog, &volumes, &volume, &fork).await {
+                Ok(()) => {}
+                Err(e @ StoreError::VolumeDamaged { .. }) => {
+                    volumes.remove(&key);
+                    damaged.insert(key, damage::quarantine(&catalog, fork, &e)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let shared = crate::shared::SharedBucket::open(&catalog, &config.data_dir)?;
         let orphans = backend.journal.remove_orphans(&live_ids)?;
         if orphans > 0 {
@@ -352,40 +365,50 @@ impl Engine {
         }))
     }
 
-    /// Gives each fork of a pending snapshot (`forks`) its base at open:
+    /// Gives a fork of a pending snapshot its base (at open and at repair):
     /// the source's pending view while the snapshot is pending, else the
     /// snapshot's final root, adopted now.
-    async fn resolve_bases(
+    pub(super) async fn resolve_base(
         catalog: &Catalog,
         volumes: &HashMap<(Namespace, VolumeName), Arc<Volume>>,
-        forks: Vec<VolumeRecord>,
+        volume: &Arc<Volume>,
+        fork: &VolumeRecord,
     ) -> Result<()> {
-        for fork in forks {
-            let corrupt = |reason: &str| StoreError::CatalogCorrupt {
-                key: format!("volume {}", fork.name),
-                reason: reason.to_string(),
-            };
-            let origin = fork
-                .from_snapshot
-                .as_ref()
-                .ok_or_else(|| corrupt("pending base without a source snapshot"))?;
-            let snapshot = catalog
-                .snapshot(&fork.namespace, &origin.volume, &origin.tag)?
-                .ok_or_else(|| corrupt("the snapshot of its pending base is gone"))?;
-            let volume = &volumes[&(fork.namespace.clone(), fork.name.clone())];
-            match snapshot.pending {
-                Some(through) => {
-                    let source = volumes
-                        .get(&(fork.namespace.clone(), origin.volume.clone()))
-                        .ok_or_else(|| corrupt("the volume of its pending base is gone"))?;
-                    volume.attach_base(PendingBase {
-                        source: source.clone(),
-                        through,
-                        size: snapshot.size,
-                    });
-                }
-                None => volume.adopt_root(snapshot.root, snapshot.size).await?,
+        let corrupt = |reason: &str| StoreError::CatalogCorrupt {
+            key: format!("volume {}", fork.name),
+            reason: reason.to_string(),
+        };
+        let origin = fork
+            .from_snapshot
+            .as_ref()
+            .ok_or_else(|| corrupt("pending base without a source snapshot"))?;
+        let snapshot = catalog
+            .snapshot(&fork.namespace, &origin.volume, &origin.tag)?
+            .ok_or_else(|| corrupt("the snapshot of its pending base is gone"))?;
+        match snapshot.pending {
+            Some(through) => {
+                let source = match volumes.get(&(fork.namespace.clone(), origin.volume.clone())) {
+                    Some(source) => source,
+                    // Its base is unsealed data in a volume that is
+                    // damaged (or was never opened): it cannot serve.
+                    None if catalog.volume(&fork.namespace, &origin.volume)?.is_some() => {
+                        return Err(StoreError::VolumeDamaged {
+                            name: fork.name.to_string(),
+                            reason: format!(
+                                "it reads through pending snapshot {}@{} of volume {}, which is damaged; repair {} first",
+                                origin.volume, origin.tag, origin.volume, origin.volume
+                            ),
+                        })
+                    }
+                    None => return Err(corrupt("the volume of its pending base is gone")),
+                };
+                volume.attach_base(PendingBase {
+                    source: source.clone(),
+                    through,
+                    size: snapshot.size,
+                });
             }
+            None => volume.adopt_root(snapshot.root, snapshot.size).await?,
         }
         Ok(())
     }
