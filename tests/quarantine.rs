@@ -16,30 +16,30 @@ fn flush(c: &mut nbd::RawNbd) {
     assert_eq!(c.reply().0, 0);
 }
 
-#[test]
-fn a_damaged_log_quarantines_one_volume_until_repaired() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server that seals only on demand (the writes stay in the journal
+/// until the kill), its NBD port, and volume `hurt` holding three flushed
+/// 4 KiB writes (0x11, 0x22, 0x33): three journal records.
+fn start_with_three_writes(dir: &std::path::Path) -> (Server, u16) {
     let nbd_port = free_port();
     let nbd_listen = format!("127.0.0.1:{nbd_port}");
-    // No idle seal: the writes stay in the journal until the kill.
-    let mut server = Server::start_on(
-        &dir.path().join("data"),
+    let server = Server::start_on(
+        &dir.join("data"),
         &["--nbd-listen", &nbd_listen, "--seal-idle", "1h"],
         &[],
     );
     server.json(&["volume", "create", "hurt", "--size", "1M"]);
-    server.json(&["volume", "create", "fine", "--size", "1M"]);
     let mut c = nbd::RawNbd::open(nbd_port, "hurt");
     for (i, byte) in [0x11u8, 0x22, 0x33].into_iter().enumerate() {
         assert_eq!(c.write((i * BLOCK) as u64, &[byte; BLOCK]), 0);
     }
     flush(&mut c);
-    drop(c);
+    (server, nbd_port)
+}
 
-    server.kill9_and_restart();
-    // Flip a byte inside the second record's data.
-    let journal = dir.path().join("data/journal");
-    let logs: Vec<_> = std::fs::read_dir(&journal)
+/// Flips a byte inside the second record's data of the one log that holds
+/// the three writes.
+fn damage_second_record(dir: &std::path::Path) {
+    let logs: Vec<_> = std::fs::read_dir(dir.join("data/journal"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| std::fs::metadata(p).unwrap().len() >= 3 * RECORD)
@@ -48,6 +48,16 @@ fn a_damaged_log_quarantines_one_volume_until_repaired() {
     let mut bytes = std::fs::read(&logs[0]).unwrap();
     bytes[(RECORD + 8 + 9 + 100) as usize] ^= 0xff;
     std::fs::write(&logs[0], &bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_log_quarantines_one_volume_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, nbd_port) = start_with_three_writes(dir.path());
+    server.json(&["volume", "create", "fine", "--size", "1M"]);
+
+    server.kill9_and_restart();
+    damage_second_record(dir.path());
     server.kill9_and_restart();
 
     // The server is up; only `hurt` is out of service.
@@ -107,20 +117,7 @@ fn a_damaged_log_quarantines_one_volume_until_repaired() {
 #[test]
 fn a_fork_reading_through_a_damaged_volume_is_quarantined_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let nbd_port = free_port();
-    let nbd_listen = format!("127.0.0.1:{nbd_port}");
-    let mut server = Server::start_on(
-        &dir.path().join("data"),
-        &["--nbd-listen", &nbd_listen, "--seal-idle", "1h"],
-        &[],
-    );
-    server.json(&["volume", "create", "hurt", "--size", "1M"]);
-    let mut c = nbd::RawNbd::open(nbd_port, "hurt");
-    for (i, byte) in [0x11u8, 0x22, 0x33].into_iter().enumerate() {
-        assert_eq!(c.write((i * BLOCK) as u64, &[byte; BLOCK]), 0);
-    }
-    flush(&mut c);
-    drop(c);
+    let (mut server, nbd_port) = start_with_three_writes(dir.path());
     // A snapshot of unsealed data, and a fork that reads through it.
     let snap = server.json(&["snapshot", "create", "hurt", "--tag", "s"]);
     assert_eq!(snap["sealed"], false, "{snap}");
@@ -128,15 +125,7 @@ fn a_fork_reading_through_a_damaged_volume_is_quarantined_with_it() {
     assert_eq!(fork["base_pending"], true, "{fork}");
 
     server.kill9_and_restart();
-    let journal = dir.path().join("data/journal");
-    let log = std::fs::read_dir(&journal)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() >= 3 * RECORD)
-        .expect("the log of the three writes");
-    let mut bytes = std::fs::read(&log).unwrap();
-    bytes[(RECORD + 8 + 9 + 100) as usize] ^= 0xff;
-    std::fs::write(&log, &bytes).unwrap();
+    damage_second_record(dir.path());
     server.kill9_and_restart();
 
     let child = server.json(&["volume", "show", "child"]);

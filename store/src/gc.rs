@@ -254,7 +254,6 @@ async fn sweep(
         objects.catalog().object_forget(&names)?;
         objects.gate.begin_delete(&mut keys, names)
     };
-    debug_assert_eq!(deleting.keys().len(), doomed.len());
     let results: Vec<(String, u64, Result<()>)> = futures::stream::iter(doomed)
         .map(|(key, len)| async move {
             let path = object_store::path::Path::from(key.as_str());

@@ -122,7 +122,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
 }
 
 /// A stretch of a log that [`scan_salvaging`] could not read and dropped.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dropped {
     /// Byte offset in the log.
     pub at: u64,
@@ -197,21 +197,21 @@ fn scan_with(
         }
         payload.resize(n as usize, 0);
         reader.read_exact(&mut payload)?;
-        let damage = if crc32fast::hash(&payload) != crc {
-            Some("fails its crc".to_string())
+        let record = if crc32fast::hash(&payload) != crc {
+            Err("fails its crc".to_string())
         } else {
-            decode(&payload).err().map(|e| e.to_string())
+            decode(&payload).map_err(|e| e.to_string())
         };
-        match (damage, salvage.as_deref_mut()) {
-            (None, _) => f(at, decode(&payload)?)?,
+        match (record, salvage.as_deref_mut()) {
+            (Ok(record), _) => f(at, record)?,
             // A bad last record is a torn append.
-            (Some(_), _) if end == len => break,
-            (Some(reason), Some(dropped)) => dropped.push(Dropped {
+            (Err(_), _) if end == len => break,
+            (Err(reason), Some(dropped)) => dropped.push(Dropped {
                 at,
                 length: end - at,
                 reason,
             }),
-            (Some(reason), None) => {
+            (Err(reason), None) => {
                 return Err(StoreError::JournalDamaged {
                     at,
                     reason: format!("record at byte {at} {reason}"),

@@ -301,20 +301,11 @@ impl ObjectLayer {
     /// its index time is refreshed so GC's cutoff protects it (see
     /// [`crate::gc`]). Atomic with respect to GC's deletions.
     pub async fn claim(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<bool> {
+        // While GC deletes it, wait: once gone, it is not there to claim.
         let path = self.path(kind, id);
-        loop {
-            let deleted = self.gate.deleted();
-            tokio::pin!(deleted);
-            deleted.as_mut().enable();
-            {
-                let keys = self.gate.lock();
-                if !keys.is_deleting(path.as_ref()) {
-                    return self.claim_locked(&path);
-                }
-            }
-            // GC is deleting it: once gone, it is not there to claim.
-            deleted.await;
-        }
+        self.gate
+            .unless_deleting(path.as_ref(), |_| self.claim_locked(&path))
+            .await
     }
 
     fn claim_locked(&self, path: &Path) -> Result<bool> {
@@ -340,22 +331,17 @@ impl ObjectLayer {
     /// the upload itself holds no lock ([`crate::sweep_gate`]).
     pub async fn put_if_absent(&self, kind: ObjectKind, id: [u8; 32], framed: Bytes) -> Result<bool> {
         let path = self.path(kind, &id);
-        let _upload = loop {
-            let deleted = self.gate.deleted();
-            tokio::pin!(deleted);
-            deleted.as_mut().enable();
-            {
-                let mut keys = self.gate.lock();
-                if !keys.is_deleting(path.as_ref()) {
-                    if self.claim_locked(&path)? {
-                        bump(&self.stats.dedup_hits, 1);
-                        return Ok(false);
-                    }
-                    break self.gate.begin_upload(&mut keys, path.as_ref());
-                }
-            }
-            // GC is deleting this key: upload after the delete, not before.
-            deleted.await;
+        // While GC deletes this key, wait: upload after the delete, not before.
+        let claimed = self
+            .gate
+            .unless_deleting(path.as_ref(), |keys| {
+                let claimed = self.claim_locked(&path)?;
+                Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
+            })
+            .await?;
+        let Some(_upload) = claimed else {
+            bump(&self.stats.dedup_hits, 1);
+            return Ok(false);
         };
         let len = framed.len() as u64;
         // Content addressing makes a blind overwrite safe: any writer of this

@@ -49,10 +49,22 @@ impl SweepGate {
         self.keys.lock()
     }
 
-    /// A future that completes at the next end of a GC delete batch;
-    /// enable it before checking [`Keys::is_deleting`] so no wake-up is lost.
-    pub(crate) fn deleted(&self) -> tokio::sync::futures::Notified<'_> {
-        self.deleted.notified()
+    /// Runs `f` with the key sets locked once GC is not deleting `key`,
+    /// waiting for the delete batch that holds it to end first.
+    pub(crate) async fn unless_deleting<R>(&self, key: &str, mut f: impl FnMut(&mut Keys) -> R) -> R {
+        loop {
+            // Enabled before the check, so no wake-up is lost.
+            let deleted = self.deleted.notified();
+            tokio::pin!(deleted);
+            deleted.as_mut().enable();
+            {
+                let mut keys = self.keys.lock();
+                if !keys.is_deleting(key) {
+                    return f(&mut keys);
+                }
+            }
+            deleted.await;
+        }
     }
 
     /// Registers an upload of `key` (call with the lock held).
@@ -96,12 +108,6 @@ impl Drop for Upload<'_> {
 pub(crate) struct Deleting<'a> {
     gate: &'a SweepGate,
     keys: Vec<String>,
-}
-
-impl Deleting<'_> {
-    pub(crate) fn keys(&self) -> &[String] {
-        &self.keys
-    }
 }
 
 impl Drop for Deleting<'_> {

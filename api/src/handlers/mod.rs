@@ -183,20 +183,20 @@ async fn fresh_volume_body(state: &AppState, record: VolumeRecord) -> ApiResult<
 
 async fn volume_with_usage(state: &AppState, record: VolumeRecord) -> ApiResult<Volume> {
     let usage = state.engine.usage().await?;
-    let u = usage
+    Ok(body_with_usage(state, &usage, record))
+}
+
+/// A volume's body with its figures from `usage`, marked `damaged` (with
+/// the reason) when it is quarantined.
+fn body_with_usage(state: &AppState, usage: &cairn_store::Usage, record: VolumeRecord) -> Volume {
+    let damage = state.engine.damage(&record.namespace, &record.name);
+    let figures = usage
         .volumes
         .get(&(record.namespace.clone(), record.name.clone()))
         .copied()
         .unwrap_or_default();
-    Ok(with_damage(state, volume_body(record, u)))
-}
-
-/// Marks a quarantined volume `damaged`, with the reason.
-fn with_damage(state: &AppState, mut body: Volume) -> Volume {
-    let (Ok(ns), Ok(name)) = (Namespace::new(&body.namespace), VolumeName::new(&body.name)) else {
-        return body;
-    };
-    if let Some(reason) = state.engine.damage(&ns, &name) {
+    let mut body = volume_body(record, figures);
+    if let Some(reason) = damage {
         body.state = "damaged".into();
         body.damage = Some(reason);
     }

@@ -34,14 +34,7 @@ pub async fn list_volumes(State(state): State<AppState>, Caller(ns): Caller) -> 
         .engine
         .list_volumes(&ns)
         .into_iter()
-        .map(|r| {
-            let u = usage
-                .volumes
-                .get(&(r.namespace.clone(), r.name.clone()))
-                .copied()
-                .unwrap_or_default();
-            with_damage(&state, volume_body(r, u))
-        })
+        .map(|r| body_with_usage(&state, &usage, r))
         .collect();
     Ok(Json(VolumeList { volumes }))
 }
