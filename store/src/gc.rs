@@ -44,7 +44,7 @@ use crate::error::Result;
 use crate::objects::{ObjectKind, ObjectLayer};
 use crate::tree::Reachable;
 
-/// Objects deleted per batch under the sweep lock.
+/// Objects re-checked and deleted per batch (see [`sweep`]).
 const SWEEP_BATCH: usize = 1024;
 /// Deletes in flight at once.
 const DELETE_CONCURRENCY: usize = 32;
