@@ -9,6 +9,7 @@ packages=(
   clang libclang-dev pkg-config
   qemu-utils libnbd-bin nbdkit fio fuse3 curl
   chromium python3-venv
+  libssl-dev gnutls-bin
 )
 
 missing=()

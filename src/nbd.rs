@@ -1,6 +1,7 @@
 //! Wiring of the NBD server to the engine: export `VOLUME` is the live
-//! volume (read-write), `VOLUME@TAG` a snapshot (read-only). NBD carries no
-//! credentials, so exports are the `default` namespace's volumes.
+//! volume (read-write), `VOLUME@TAG` a snapshot (read-only). Plain NBD
+//! carries no credentials, so its exports are the `default` namespace's
+//! volumes; over TLS-PSK the client's identity names its namespace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,9 +21,9 @@ fn device_error(e: StoreError) -> DeviceError {
 pub struct EngineExports {
     engine: Arc<Engine>,
     ns: Namespace,
-    /// Open read-write connections per volume (the volume is `attached`
-    /// while there is at least one).
-    writers: Mutex<HashMap<String, usize>>,
+    /// Open read-write connections per (namespace, volume), shared by every
+    /// namespace's view (the volume is `attached` while there is at least one).
+    writers: Arc<Mutex<HashMap<(Namespace, String), usize>>>,
 }
 
 impl EngineExports {
@@ -30,7 +31,7 @@ impl EngineExports {
         Self {
             engine,
             ns: Namespace::default_ns(),
-            writers: Mutex::new(HashMap::new()),
+            writers: Arc::default(),
         }
     }
 }
@@ -159,7 +160,7 @@ impl Exports for EngineExports {
     async fn attached(&self, name: &str, attached: bool) {
         let edge = {
             let mut writers = self.writers.lock();
-            let n = writers.entry(name.to_string()).or_insert(0);
+            let n = writers.entry((self.ns.clone(), name.to_string())).or_insert(0);
             if attached {
                 *n += 1;
                 *n == 1
@@ -184,5 +185,14 @@ impl Exports for EngineExports {
         {
             tracing::warn!(volume = name, error = %e, "could not record NBD attach state");
         }
+    }
+
+    fn scoped(&self, identity: &str) -> Option<Arc<dyn Exports>> {
+        let ns = Namespace::new(identity).ok()?;
+        Some(Arc::new(Self {
+            engine: self.engine.clone(),
+            ns,
+            writers: self.writers.clone(),
+        }))
     }
 }

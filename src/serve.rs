@@ -17,6 +17,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub nbd_listen: SocketAddr,
     pub nbd: cairn_nbd_server::ServerConfig,
+    /// psktool key file: NBD requires TLS, identities are namespaces.
+    pub nbd_tls_psk: Option<PathBuf>,
     pub object_store: Option<String>,
     pub chunk_size: u64,
     pub cache_size: Option<u64>,
@@ -38,13 +40,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.listen
         );
     }
+    let nbd_tls = config.nbd_tls_psk.as_deref().map(load_psk).transpose()?;
     // NBD has no authentication without TLS: whoever reaches the port reads
     // and writes every volume of namespace `default`, tokens or not.
-    if !config.nbd_listen.ip().is_loopback() {
+    if nbd_tls.is_none() && !config.nbd_listen.ip().is_loopback() {
         bail!(
             "refusing to serve NBD on non-loopback address {}: plain NBD has no authentication, so anyone who \
-             can reach the port could read and write every volume; keep --nbd-listen on a loopback address \
-             (127.0.0.1:10809 by default) and reach it through a tunnel",
+             can reach the port could read and write every volume; give --nbd-tls-psk FILE (TLS with a key per \
+             namespace) or keep --nbd-listen on a loopback address (127.0.0.1:10809 by default)",
             config.nbd_listen
         );
     }
@@ -77,7 +80,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let exports = Arc::new(crate::nbd::EngineExports::new(engine.clone()));
     let nbd_config = cairn_nbd_server::ServerConfig {
         transport: cairn_nbd_server::choose_transport(config.nbd.transport)?,
-        ..config.nbd
+        tls: nbd_tls,
+        ..config.nbd.clone()
     };
     let nbd = tokio::spawn(cairn_nbd_server::serve_config(nbd_listener, exports, nbd_config));
     let (stop_sealer, sealer_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -110,6 +114,25 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     engine.seal_all().await.context("sealing on shutdown")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Loads the NBD key file; every identity must be a valid namespace name.
+fn load_psk(path: &std::path::Path) -> anyhow::Result<Arc<cairn_nbd_server::TlsPsk>> {
+    let tls = cairn_nbd_server::TlsPsk::from_file(path)?;
+    for identity in tls.identities() {
+        cairn_store::Namespace::new(identity).with_context(|| {
+            format!(
+                "TLS-PSK file {}: identity {identity:?} is not a namespace",
+                path.display()
+            )
+        })?;
+    }
+    tracing::info!(
+        file = %path.display(),
+        identities = tls.identities().len(),
+        "NBD requires TLS (PSK; the identity is the namespace)"
+    );
+    Ok(Arc::new(tls))
 }
 
 async fn shutdown_signal() {

@@ -1,13 +1,18 @@
-//! Whole NBD sessions: the input is everything a client sends. With the
-//! first byte odd, a valid negotiation (structured replies, base:allocation,
-//! GO to a 1 MiB RAM disk) is sent first and the rest of the input is the
-//! transmission phase, so the fuzzer reaches commands quickly. The server
+//! Whole NBD sessions: the input is everything a client sends. The first
+//! byte picks the mode. Bit 1 set: the server requires TLS-PSK (identity
+//! `mem`), so options before STARTTLS are refused and, after it, the bytes
+//! are a TLS handshake. Bit 0 set: a valid prefix is sent first — without
+//! TLS the whole negotiation (structured replies, base:allocation, GO to a
+//! 1 MiB RAM disk), so the rest is the transmission phase; with TLS the
+//! client flags and STARTTLS, so the rest is the TLS handshake. The server
 //! must never panic or hang, whatever the bytes.
 #![no_main]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use cairn_nbd_server::memory::MemoryExports;
+use cairn_nbd_server::TlsPsk;
 use cairn_nbd_server::proto::{self, opt};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,11 +41,29 @@ fn negotiation() -> Vec<u8> {
     out
 }
 
+fn starttls() -> Vec<u8> {
+    let mut out = (proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    option(&mut out, opt::STARTTLS, &[]);
+    out
+}
+
+static TLS: LazyLock<Arc<TlsPsk>> = LazyLock::new(|| {
+    let keys = HashMap::from([("mem".to_string(), vec![0x42; 32])]);
+    Arc::new(TlsPsk::from_keys(keys).expect("TLS context"))
+});
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let mut input = if mode & 1 == 1 { negotiation() } else { Vec::new() };
+    let tls = mode & 2 == 2;
+    let mut input = match (mode & 1 == 1, tls) {
+        (true, false) => negotiation(),
+        (true, true) => starttls(),
+        (false, _) => Vec::new(),
+    };
     input.extend_from_slice(rest);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -48,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
     let exports = Arc::new(MemoryExports::new("mem", 1 << 20));
     runtime.block_on(async move {
         let reader = std::io::Cursor::new(input);
-        let _ = cairn_nbd_server::server::handle(reader, tokio::io::sink(), exports).await;
+        let tls = tls.then(|| TLS.clone());
+        let _ = cairn_nbd_server::server::handle_tls(reader, tokio::io::sink(), exports, tls).await;
     });
 });

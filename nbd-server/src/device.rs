@@ -56,4 +56,9 @@ pub trait Exports: Send + Sync {
     /// Called when a read-write connection to export `name` opens
     /// (`attached` true) and when it closes (false).
     async fn attached(&self, _name: &str, _attached: bool) {}
+    /// The exports a client that authenticated over TLS as `identity` may
+    /// see and open; `None` (the default) closes its connection.
+    fn scoped(&self, _identity: &str) -> Option<std::sync::Arc<dyn Exports>> {
+        None
+    }
 }

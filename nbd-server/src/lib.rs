@@ -1,7 +1,7 @@
 //! cairn's NBD server: the protocol (fixed newstyle handshake, INFO/GO/
 //! LIST/ABORT/EXPORT_NAME, structured replies, `base:allocation`
 //! metadata, READ/WRITE/FLUSH/TRIM/WRITE_ZEROES/BLOCK_STATUS/DISC with
-//! FUA) over a [`BlockDevice`] trait. It knows nothing of cairn's store.
+//! FUA, STARTTLS with pre-shared keys) over a [`BlockDevice`] trait. It knows nothing of cairn's store.
 //!
 //! [`proto`] holds the wire formats as pure functions; [`server`] runs
 //! connections: requests are read in order, served concurrently (bounded
@@ -12,7 +12,9 @@ pub mod memory;
 mod portable;
 pub mod proto;
 pub mod server;
+pub mod tls;
 mod uring;
 
 pub use device::{BlockDevice, DeviceError, Exports, Extent};
 pub use server::{choose_transport, serve, serve_config, serve_with, ServerConfig, Transport};
+pub use tls::{TlsError, TlsPsk};

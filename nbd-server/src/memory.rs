@@ -186,6 +186,18 @@ impl Exports for MemoryExports {
     async fn list(&self) -> Vec<String> {
         vec![self.name.clone(), format!("{}@ro", self.name)]
     }
+
+    /// A TLS client whose identity is the export's name sees it; others
+    /// are closed.
+    fn scoped(&self, identity: &str) -> Option<Arc<dyn Exports>> {
+        (identity == self.name).then(|| {
+            Arc::new(Self {
+                name: self.name.clone(),
+                device: self.device.clone(),
+                read_only: self.read_only.clone(),
+            }) as Arc<dyn Exports>
+        })
+    }
 }
 
 #[cfg(test)]

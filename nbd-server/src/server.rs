@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::device::{BlockDevice, DeviceError, Exports};
 use crate::proto::{self, cflag, chunk, cmd, errno, opt, rep, tflag, Request};
+use crate::tls::TlsPsk;
 
 /// Requests served at once per connection.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -25,7 +26,7 @@ const BASE_ALLOCATION: &str = "base:allocation";
 const BASE_ALLOCATION_ID: u32 = 1;
 
 /// Server settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Transmission I/O.
     pub transport: Transport,
@@ -34,6 +35,9 @@ pub struct ServerConfig {
     /// Time a client has from connecting to choosing an export; then it is
     /// closed, so half-open or idle handshakes cannot pile up.
     pub handshake_timeout: std::time::Duration,
+    /// TLS-PSK: when set, every client must STARTTLS first and sees only
+    /// the exports of its identity ([`Exports::scoped`]).
+    pub tls: Option<Arc<TlsPsk>>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,7 @@ impl Default for ServerConfig {
             transport: Transport::Auto,
             max_connections: 256,
             handshake_timeout: std::time::Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -116,6 +121,10 @@ pub async fn serve_config(
         transport = ?transport,
         max_connections = config.max_connections,
         handshake_timeout_ms = config.handshake_timeout.as_millis() as u64,
+        tls = match &config.tls {
+            Some(tls) => format!("required (PSK, {} identities; TLS connections use the portable transport)", tls.identities().len()),
+            None => "off".to_string(),
+        },
         "NBD server listening"
     );
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -129,9 +138,10 @@ pub async fn serve_config(
         let _ = socket.set_nodelay(true);
         let exports = exports.clone();
         let timeout = config.handshake_timeout;
+        let tls = config.tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match connection(socket, exports, transport, timeout).await {
+            match connection(socket, exports, transport, timeout, tls).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client done"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD connection closed"),
             }
@@ -139,38 +149,146 @@ pub async fn serve_config(
     }
 }
 
-/// One TCP connection: handshake on tokio, transmission on `transport`.
+/// One TCP connection: handshake on tokio, transmission on `transport`
+/// (always the portable one after STARTTLS: the TLS records are made in
+/// user space, so the socket cannot be handed to io_uring).
 async fn connection(
     mut socket: TcpStream,
     exports: Arc<dyn Exports>,
     transport: Transport,
     handshake_timeout: std::time::Duration,
+    tls: Option<Arc<TlsPsk>>,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = socket.split();
-    let negotiated = tokio::time::timeout(
-        handshake_timeout,
-        handshake(&mut reader, &mut writer, exports.as_ref()),
+    let deadline = Deadline::after(handshake_timeout);
+    let mut session = Session::new(tls.is_some());
+    match deadline
+        .bound(open(&mut socket, exports.as_ref(), &mut session))
+        .await?
+    {
+        Opened::Go(name, conn) => {
+            attached(exports.as_ref(), &name, &conn, async {
+                if transport == Transport::IoUring {
+                    let std_socket = socket.into_std()?;
+                    crate::uring::transmit(std_socket, conn.clone()).await
+                } else {
+                    let (reader, writer) = socket.into_split();
+                    crate::portable::transmit(reader, writer, conn.clone()).await
+                }
+            })
+            .await
+        }
+        Opened::StartTls => {
+            let tls = tls.expect("STARTTLS is accepted only when TLS is configured");
+            secure(socket, exports, &tls, session, deadline).await
+        }
+    }
+}
+
+/// Runs one connection on any byte stream, with the portable transport
+/// (tests and the fuzz target use it on in-memory streams).
+pub async fn handle<R, W>(reader: R, writer: W, exports: Arc<dyn Exports>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    handle_tls(reader, writer, exports, None).await
+}
+
+/// [`handle`], requiring TLS first when `tls` is given.
+pub async fn handle_tls<R, W>(
+    reader: R,
+    writer: W,
+    exports: Arc<dyn Exports>,
+    tls: Option<Arc<TlsPsk>>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stream = tokio::io::join(reader, writer);
+    let mut session = Session::new(tls.is_some());
+    match open(&mut stream, exports.as_ref(), &mut session).await? {
+        Opened::Go(name, conn) => {
+            let (reader, writer) = stream.into_inner();
+            attached(
+                exports.as_ref(),
+                &name,
+                &conn,
+                crate::portable::transmit(reader, writer, conn.clone()),
+            )
+            .await
+        }
+        Opened::StartTls => {
+            let tls = tls.expect("STARTTLS is accepted only when TLS is configured");
+            secure(stream, exports, &tls, session, Deadline::never()).await
+        }
+    }
+}
+
+/// After STARTTLS: the TLS handshake, then option haggling over TLS with
+/// the exports of the client's identity, then transmission.
+async fn secure<S>(
+    stream: S,
+    exports: Arc<dyn Exports>,
+    tls: &TlsPsk,
+    mut session: Session,
+    deadline: Deadline,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut stream, identity) = deadline.bound(tls.accept(stream)).await?;
+    let Some(exports) = exports.scoped(&identity) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("TLS identity {identity:?} names no namespace"),
+        ));
+    };
+    session.tls = TlsState::Done;
+    let Opened::Go(name, conn) = deadline
+        .bound(haggle(&mut stream, exports.as_ref(), &mut session))
+        .await?
+    else {
+        unreachable!("a second STARTTLS is refused");
+    };
+    tracing::debug!(identity, export = name, "NBD client opened an export over TLS");
+    let (reader, writer) = tokio::io::split(stream);
+    attached(
+        exports.as_ref(),
+        &name,
+        &conn,
+        crate::portable::transmit(reader, writer, conn.clone()),
     )
     .await
-    .map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no export chosen within the handshake timeout ({handshake_timeout:?})"),
-        )
-    })?;
-    let Some((name, conn)) = negotiated? else {
-        return Ok(());
-    };
-    attached(exports.as_ref(), &name, &conn, async {
-        if transport == Transport::IoUring {
-            let std_socket = socket.into_std()?;
-            crate::uring::transmit(std_socket, conn.clone()).await
-        } else {
-            let (reader, writer) = socket.into_split();
-            crate::portable::transmit(reader, writer, conn.clone()).await
-        }
-    })
-    .await
+}
+
+/// When the handshake must be over.
+#[derive(Clone, Copy)]
+struct Deadline(Option<(tokio::time::Instant, std::time::Duration)>);
+
+impl Deadline {
+    fn after(timeout: std::time::Duration) -> Self {
+        Self(Some((tokio::time::Instant::now() + timeout, timeout)))
+    }
+
+    fn never() -> Self {
+        Self(None)
+    }
+
+    async fn bound<T>(
+        self,
+        step: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        let Some((at, timeout)) = self.0 else {
+            return step.await;
+        };
+        tokio::time::timeout_at(at, step).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no export chosen within the handshake timeout ({timeout:?})"),
+            )
+        })?
+    }
 }
 
 /// Runs `transmission`, with the export marked attached meanwhile when it
@@ -192,81 +310,98 @@ async fn attached(
     result
 }
 
+/// Where TLS stands on a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TlsState {
+    /// Not offered: STARTTLS is refused.
+    Off,
+    /// Required and not yet started: only STARTTLS and ABORT are served.
+    Required,
+    /// Running.
+    Done,
+}
+
 struct Session {
+    no_zeroes: bool,
     structured: bool,
     meta_allocation: bool,
+    tls: TlsState,
 }
 
-/// Runs one connection on any byte stream, with the portable transport
-/// (tests and the fuzz target use it on in-memory streams).
-pub async fn handle<R, W>(mut reader: R, mut writer: W, exports: Arc<dyn Exports>) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let Some((name, conn)) = handshake(&mut reader, &mut writer, exports.as_ref()).await? else {
-        return Ok(());
-    };
-    attached(
-        exports.as_ref(),
-        &name,
-        &conn,
-        crate::portable::transmit(reader, writer, conn.clone()),
-    )
-    .await
+impl Session {
+    fn new(tls_required: bool) -> Self {
+        Self {
+            no_zeroes: false,
+            structured: false,
+            meta_allocation: false,
+            tls: if tls_required {
+                TlsState::Required
+            } else {
+                TlsState::Off
+            },
+        }
+    }
 }
 
-/// The handshake and option haggling: returns the export chosen, or an
-/// error (the connection closes).
-async fn handshake<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    exports: &dyn Exports,
-) -> std::io::Result<Option<(String, Arc<Connection>)>>
+/// How option haggling ended.
+enum Opened {
+    /// Transmission on this export.
+    Go(String, Arc<Connection>),
+    /// The client asked for TLS and was told yes: the TLS handshake is next.
+    StartTls,
+}
+
+/// The greeting, then option haggling.
+async fn open<S>(io: &mut S, exports: &dyn Exports, session: &mut Session) -> std::io::Result<Opened>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
     greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
     greeting.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
-    writer.write_all(&greeting).await?;
-    let client_flags = reader.read_u32().await?;
+    io.write_all(&greeting).await?;
+    let client_flags = io.read_u32().await?;
     if client_flags & proto::CLIENT_FIXED_NEWSTYLE == 0 {
         return Err(invalid("client does not speak fixed newstyle"));
     }
-    let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
-    let mut session = Session {
-        structured: false,
-        meta_allocation: false,
-    };
+    session.no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    haggle(io, exports, session).await
+}
+
+/// Option haggling: returns the export chosen or STARTTLS, or an error
+/// (the connection closes).
+async fn haggle<S>(io: &mut S, exports: &dyn Exports, session: &mut Session) -> std::io::Result<Opened>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let mut header = [0u8; 16];
-        reader.read_exact(&mut header).await?;
+        io.read_exact(&mut header).await?;
         let (option, len) = proto::parse_option_header(&header).map_err(|e| invalid(&e.to_string()))?;
         if len > MAX_OPTION {
             // Too big to read: refuse and close, as the spec allows.
-            writer
-                .write_all(&proto::option_reply(
-                    option,
-                    rep::ERR_TOO_BIG,
-                    b"option too large",
-                ))
-                .await?;
+            io.write_all(&proto::option_reply(
+                option,
+                rep::ERR_TOO_BIG,
+                b"option too large",
+            ))
+            .await?;
             return Err(invalid("option too large"));
         }
         let mut data = vec![0u8; len as usize];
-        reader.read_exact(&mut data).await?;
-        if let Some((name, device)) =
-            negotiate(option, &data, &mut session, no_zeroes, writer, exports).await?
-        {
-            let conn = Connection {
-                device,
-                structured: session.structured,
-                meta_allocation: session.meta_allocation,
-            };
-            return Ok(Some((name, Arc::new(conn))));
+        io.read_exact(&mut data).await?;
+        match negotiate(option, &data, session, io, exports).await? {
+            Step::Next => {}
+            Step::StartTls => return Ok(Opened::StartTls),
+            Step::Go(name, device) => {
+                let conn = Connection {
+                    device,
+                    structured: session.structured,
+                    meta_allocation: session.meta_allocation,
+                };
+                return Ok(Opened::Go(name, Arc::new(conn)));
+            }
         }
     }
 }
@@ -291,10 +426,39 @@ async fn negotiate<W: AsyncWrite + Unpin>(
     option: u32,
     data: &[u8],
     session: &mut Session,
-    no_zeroes: bool,
     w: &mut W,
     exports: &dyn Exports,
-) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>)>> {
+) -> std::io::Result<Step> {
+    if session.tls == TlsState::Required {
+        return match option {
+            opt::STARTTLS | opt::ABORT => negotiate_plain(option, data, session, w, exports).await,
+            // EXPORT_NAME has no error reply: closing is the answer.
+            opt::EXPORT_NAME => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "TLS required: the client chose an export without NBD_OPT_STARTTLS",
+            )),
+            _ => {
+                refuse(
+                    w,
+                    option,
+                    rep::ERR_TLS_REQD,
+                    b"TLS required: send NBD_OPT_STARTTLS first",
+                )
+                .await
+            }
+        };
+    }
+    negotiate_plain(option, data, session, w, exports).await
+}
+
+/// [`negotiate`] once TLS is settled (or not offered).
+async fn negotiate_plain<W: AsyncWrite + Unpin>(
+    option: u32,
+    data: &[u8],
+    session: &mut Session,
+    w: &mut W,
+    exports: &dyn Exports,
+) -> std::io::Result<Step> {
     match option {
         opt::EXPORT_NAME => {
             let name = String::from_utf8_lossy(data).into_owned();
@@ -305,11 +469,11 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             let mut out = Vec::with_capacity(134);
             out.extend_from_slice(&device.size().to_be_bytes());
             out.extend_from_slice(&transmission_flags(device.as_ref()).to_be_bytes());
-            if !no_zeroes {
+            if !session.no_zeroes {
                 out.extend_from_slice(&[0u8; 124]);
             }
             w.write_all(&out).await?;
-            Ok(Some((name, device)))
+            Ok(Step::Go(name, device))
         }
         opt::ABORT => {
             w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
@@ -330,7 +494,7 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             }
             out.extend(proto::option_reply(option, rep::ACK, &[]));
             w.write_all(&out).await?;
-            Ok(None)
+            Ok(Step::Next)
         }
         opt::STRUCTURED_REPLY => {
             if !data.is_empty() {
@@ -338,7 +502,7 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             }
             session.structured = true;
             w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
-            Ok(None)
+            Ok(Step::Next)
         }
         opt::INFO | opt::GO => {
             let (name, items) = match proto::parse_info_request(data) {
@@ -370,7 +534,11 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             }
             out.extend(proto::option_reply(option, rep::ACK, &[]));
             w.write_all(&out).await?;
-            Ok((option == opt::GO).then_some((name, device)))
+            Ok(if option == opt::GO {
+                Step::Go(name, device)
+            } else {
+                Step::Next
+            })
         }
         opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
             if !session.structured {
@@ -399,11 +567,34 @@ async fn negotiate<W: AsyncWrite + Unpin>(
             }
             out.extend(proto::option_reply(option, rep::ACK, &[]));
             w.write_all(&out).await?;
-            Ok(None)
+            Ok(Step::Next)
         }
-        opt::STARTTLS => refuse(w, option, rep::ERR_POLICY, b"TLS is not offered").await,
+        opt::STARTTLS => {
+            if !data.is_empty() {
+                return refuse(w, option, rep::ERR_INVALID, b"STARTTLS takes no data").await;
+            }
+            match session.tls {
+                TlsState::Off => refuse(w, option, rep::ERR_POLICY, b"TLS is not offered").await,
+                TlsState::Done => refuse(w, option, rep::ERR_INVALID, b"TLS is already running").await,
+                TlsState::Required => {
+                    w.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+                    w.flush().await?;
+                    Ok(Step::StartTls)
+                }
+            }
+        }
         _ => refuse(w, option, rep::ERR_UNSUP, b"unsupported option").await,
     }
+}
+
+/// What an option leads to.
+enum Step {
+    /// More options.
+    Next,
+    /// Transmission on this export.
+    Go(String, Arc<dyn BlockDevice>),
+    /// The TLS handshake.
+    StartTls,
 }
 
 /// Answers an option with an error reply; the session goes on.
@@ -412,9 +603,9 @@ async fn refuse<W: AsyncWrite + Unpin>(
     option: u32,
     kind: u32,
     message: &[u8],
-) -> std::io::Result<Option<(String, Arc<dyn BlockDevice>)>> {
+) -> std::io::Result<Step> {
     w.write_all(&proto::option_reply(option, kind, message)).await?;
-    Ok(None)
+    Ok(Step::Next)
 }
 
 /// What a connection in transmission shares with its requests.

@@ -17,6 +17,7 @@ async fn start(max_connections: usize, handshake_timeout: Duration) -> std::net:
         transport: Transport::Tokio,
         max_connections,
         handshake_timeout,
+        tls: None,
     };
     tokio::spawn(serve_config(
         listener,

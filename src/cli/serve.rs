@@ -17,7 +17,8 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// NBD address: exports VOLUME (read-write) and VOLUME@TAG (read-only).
-    /// Plain NBD has no authentication, so only loopback addresses are allowed.
+    /// Plain NBD has no authentication, so only loopback addresses are
+    /// allowed unless --nbd-tls-psk is given.
     #[arg(long, env = "CAIRN_NBD_LISTEN", default_value = "127.0.0.1:10809")]
     nbd_listen: SocketAddr,
     /// NBD transmission I/O: io-uring, tokio (portable), or auto (io_uring
@@ -30,6 +31,14 @@ pub(super) struct ServeArgs {
     /// Time an NBD client has from connecting to choosing an export.
     #[arg(long, env = "CAIRN_NBD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     nbd_handshake_timeout: std::time::Duration,
+    /// Require NBD over TLS with pre-shared keys from FILE: lines
+    /// `IDENTITY:HEXKEY` (psktool's format, e.g. `psktool -u alice -p
+    /// keys.psk`). The identity is a namespace: a client sees and opens only
+    /// that namespace's volumes. Clients: `nbds://alice@HOST/VOLUME?tls-psk-file=FILE`
+    /// (libnbd) or qemu's `tls-creds-psk`. TLS connections use the portable
+    /// transport.
+    #[arg(long, env = "CAIRN_NBD_TLS_PSK", value_name = "FILE")]
+    nbd_tls_psk: Option<PathBuf>,
     /// Object store URL: file:///path, memory:// or s3://bucket/prefix
     /// (default file://<data-dir>/objects). S3 reads the standard AWS_*
     /// variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
@@ -85,7 +94,9 @@ pub(super) fn run(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow:
             transport: args.nbd_transport,
             max_connections: args.nbd_max_connections,
             handshake_timeout: args.nbd_handshake_timeout,
+            tls: None,
         },
+        nbd_tls_psk: args.nbd_tls_psk,
         object_store: args.object_store,
         chunk_size: args.chunk_size,
         cache_size: args.cache_size,
