@@ -276,12 +276,14 @@ fn requests_against_a_hung_store_answer_within_the_deadline() {
         have("moto_server"),
         "moto_server is not installed: run scripts/setup.sh"
     );
+    assert!(have("qemu-io"), "qemu-io is not installed: run scripts/setup.sh");
     let dir = tempfile::tempdir().unwrap();
+    let nbd_port = free_port();
     let server = Server::start_on_s3(
         &dir.path().join("data"),
         &[
             "--nbd-listen",
-            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{nbd_port}"),
             "--store-timeout",
             "3s",
         ],
@@ -292,6 +294,13 @@ fn requests_against_a_hung_store_answer_within_the_deadline() {
     std::fs::write(&file, &image).unwrap();
     assert_eq!(put_file(&server, "vm", &file, 0).0, 201);
     server.json(&["snapshot", "create", "vm", "--tag", "before"]);
+    // A second server over the same bucket imports the snapshot: its data
+    // is all in the store, so warming it needs the store.
+    let reference = dir.path().join("vm.ref");
+    server.ok(&["snapshot", "export-ref", "vm@before", reference.to_str().unwrap()]);
+    let beside = Server::start_beside(&dir.path().join("b"), &["--store-timeout", "3s"], &server);
+    beside.json(&["snapshot", "import-ref", reference.to_str().unwrap()]);
+    beside.json(&["fork", "vm@before", "copy"]);
 
     let moto = server.s3.as_ref().unwrap().child.id() as i32;
     unsafe { libc::kill(moto, libc::SIGSTOP) };
@@ -304,8 +313,28 @@ fn requests_against_a_hung_store_answer_within_the_deadline() {
     println!("HTTP write against a hung store: {status} after {secs:.1} s");
     assert_eq!(status, 503, "a hung store answers 503");
     assert!(secs < 20.0, "took {secs:.1} s");
+    // NBD writes land in the local write-back layer: acknowledged (and
+    // flushed) while the store hangs.
     let started = Instant::now();
-    let refused = server.cli(&["snapshot", "export-ref", "vm@before", "-"]);
+    run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0xcd 64k 1M",
+        "-c",
+        "flush",
+        &format!("nbd://127.0.0.1:{nbd_port}/vm"),
+    ]));
+    let secs = started.elapsed().as_secs_f64();
+    println!("NBD write + flush against a hung store: {secs:.1} s");
+    assert!(secs < 20.0, "took {secs:.1} s");
+    // A snapshot of those writes is taken at once (it is pending: sealed
+    // later); exporting its reference needs the seal, so it fails within
+    // the deadline.
+    let snap = server.json(&["snapshot", "create", "vm", "--tag", "unshared"]);
+    assert_eq!(snap["sealed"], false, "{snap}");
+    let started = Instant::now();
+    let refused = server.cli(&["snapshot", "export-ref", "vm@unshared", "-"]);
     let secs = started.elapsed().as_secs_f64();
     println!(
         "export-ref against a hung store: exit {:?} after {secs:.1} s",
@@ -313,11 +342,41 @@ fn requests_against_a_hung_store_answer_within_the_deadline() {
     );
     assert!(!refused.status.success());
     assert!(secs < 20.0, "took {secs:.1} s");
+    // Warming needs the store: it ends (with the store's error) within the
+    // deadline instead of waiting on it.
+    let started = Instant::now();
+    let warm = beside.cli(&["volume", "warm", "copy"]);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "warm against a hung store: exit {:?} after {secs:.1} s: {}",
+        warm.status.code(),
+        String::from_utf8_lossy(&warm.stderr).trim()
+    );
+    assert!(!warm.status.success(), "nothing could be fetched");
+    assert!(secs < 20.0, "took {secs:.1} s");
+    // GC lists and deletes in the store: it fails within the deadline.
+    let started = Instant::now();
+    let gc = server.cli(&["gc", "--grace", "0s"]);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "gc against a hung store: exit {:?} after {secs:.1} s: {}",
+        gc.status.code(),
+        String::from_utf8_lossy(&gc.stderr).trim()
+    );
+    assert!(!gc.status.success(), "GC cannot list a hung store");
+    assert!(secs < 20.0, "took {secs:.1} s");
     unsafe { libc::kill(moto, libc::SIGCONT) };
 
     // Acknowledged data is intact and the store works again.
-    server.assert_snapshot_equals("vm", "after", &image);
+    let mut expected = image.clone();
+    expected[64 << 10..(64 << 10) + (1 << 20)].fill(0xcd);
+    server.assert_snapshot_equals("vm", "after", &expected);
     assert_eq!(put_file(&server, "fresh", &other_file, 0).0, 201);
     server.assert_snapshot_equals("fresh", "now", &other);
     server.assert_verify_clean();
+    beside.ok(&["volume", "warm", "copy"]);
+    beside.assert_snapshot_equals("copy", "warm", &image);
+    let gc = server.json(&["gc", "--grace", "0s"]);
+    assert!(gc["scanned_objects"].as_u64().unwrap() > 0, "{gc}");
+    server.assert_snapshot_equals("vm", "after-gc", &expected);
 }

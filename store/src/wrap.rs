@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -64,6 +65,19 @@ pub fn layered_with(
 /// rest delegated to `self.inner`.
 macro_rules! wrapper_impl {
     ($ty:ty, { $($custom:item)* }) => {
+        wrapper_impl!($ty, streams, {
+            $($custom)*
+            fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+                self.inner.delete_stream(locations)
+            }
+
+            fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+                self.inner.list(prefix)
+            }
+        });
+    };
+    // `delete_stream` and `list` among the custom items.
+    ($ty:ty, streams, { $($custom:item)* }) => {
         #[async_trait]
         impl ObjectStore for $ty {
             $($custom)*
@@ -73,14 +87,6 @@ macro_rules! wrapper_impl {
             opts: PutMultipartOptions,
         ) -> Result<Box<dyn MultipartUpload>> {
             self.inner.put_multipart_opts(location, opts).await
-        }
-
-        fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.inner.list(prefix)
         }
 
         async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -258,6 +264,24 @@ fn transient(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::Generic { .. })
 }
 
+/// `stream`, ended by a timeout error when an item takes longer than
+/// `deadline` to come.
+fn within_deadline<T: Send + 'static>(
+    op: &'static str,
+    stream: BoxStream<'static, Result<T>>,
+    deadline: Duration,
+) -> BoxStream<'static, Result<T>> {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(deadline, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((Err(timed_out(op, deadline)), None)),
+        }
+    })
+    .boxed()
+}
+
 struct Retrying {
     inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
@@ -307,7 +331,21 @@ impl Retrying {
     }
 }
 
-wrapper_impl!(Retrying, {
+wrapper_impl!(Retrying, streams, {
+    // Listing and deleting are streams of requests: each item (a page or a
+    // batch answered) must come within the deadline of the one before.
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        within_deadline(
+            "delete",
+            self.inner.delete_stream(locations),
+            self.policy.deadline,
+        )
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        within_deadline("list", self.inner.list(prefix), self.policy.deadline)
+    }
+
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.attempt("put", || {
             self.inner.put_opts(location, payload.clone(), opts.clone())
