@@ -147,3 +147,43 @@ fn a_fork_reading_through_a_damaged_volume_is_quarantined_with_it() {
     server.kill9_and_restart();
     assert_eq!(server.json(&["volume", "show", "child"])["state"], "ready");
 }
+
+#[test]
+fn a_damaged_volume_can_be_deleted_and_its_logs_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _) = start_with_three_writes(dir.path());
+    server.kill9_and_restart();
+    damage_second_record(dir.path());
+    server.kill9_and_restart();
+    assert_eq!(server.json(&["volume", "show", "hurt"])["state"], "damaged");
+
+    server.ok(&["volume", "delete", "hurt"]);
+    assert!(server.fails(&["volume", "show", "hurt"]).contains("not_found"));
+    let events = server.json(&["events", "--volume", "hurt"]);
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"repair") && kinds.contains(&"delete"),
+        "{kinds:?}"
+    );
+    // Nothing is left to quarantine after a restart, and the name is free.
+    server.kill9_and_restart();
+    assert_eq!(
+        server.json(&["volume", "list"])["volumes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("data/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() >= 3 * RECORD)
+        .collect();
+    assert!(logs.is_empty(), "the damaged log is gone: {logs:?}");
+    server.json(&["volume", "create", "hurt", "--size", "1M"]);
+}

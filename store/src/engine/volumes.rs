@@ -118,7 +118,10 @@ impl Engine {
         Ok(updated)
     }
 
-    /// Deletes a volume, and its snapshots unless `keep_snapshots`.
+    /// Deletes a volume, and its snapshots unless `keep_snapshots`. A
+    /// damaged volume is repaired first (its readable log records
+    /// replayed, the report in a `repair` event), so its logs are retired
+    /// like any volume's and its pending snapshots stay whole.
     pub async fn delete_volume(
         &self,
         ns: &Namespace,
@@ -126,6 +129,9 @@ impl Engine {
         name: &VolumeName,
         keep_snapshots: bool,
     ) -> Result<()> {
+        if self.damage(ns, name).is_some() {
+            self.repair_volume(ns, actor, name).await?;
+        }
         self.adopt_dependents(&self.volume(ns, name)?).await?;
         let _names = self.names.lock().await;
         let volume = self.volume(ns, name)?;
