@@ -229,6 +229,9 @@ fn tokens_confine_callers_to_their_namespace() {
     // Events are per namespace too.
     let (_, body) = server.http("GET", "/api/v1/events", None, Some("beta-secret"));
     assert!(!body.contains("team-a"), "{body}");
+    // GC, and its progress, are for admin tokens only.
+    let (code, body) = server.http("GET", "/api/v1/gc", None, Some("beta-secret"));
+    assert_eq!((code, code_of(&body).as_str()), (403, "forbidden"));
 }
 
 #[test]

@@ -58,6 +58,13 @@ fn gc_and_verify_from_the_cli() {
     assert_eq!(reclaimed, dry["reclaimed_objects"].as_u64().unwrap());
     assert_eq!(object_files(&data).len() as u64, before as u64 - reclaimed);
     assert!(report["mark_set_bytes"].as_u64().unwrap() > 0);
+    // GET /gc: nothing running now, and the last report is this run's.
+    let (status, body) = server.http("GET", "/api/v1/gc", None, None);
+    assert_eq!(status, 200, "{body}");
+    let gc_status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(gc_status["running"].is_null(), "{gc_status}");
+    assert_eq!(gc_status["last"]["reclaimed_objects"].as_u64(), Some(reclaimed));
+    assert_eq!(gc_status["last"]["started_unix"], report["started_unix"]);
 
     // Events and metrics.
     let events = server.json(&["events"]);

@@ -54,6 +54,41 @@ pub struct GcReport {
     pub kept_foreign_objects: u64,
 }
 
+/// A garbage collection in progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcProgress {
+    /// `mark` (walking the roots), `sweep` (listing the store, deleting
+    /// as it goes) or `index` (dropping index entries of lost objects).
+    pub phase: String,
+    /// Nothing is deleted.
+    pub dry_run: bool,
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
+    /// Live roots to walk.
+    pub roots: u64,
+    /// Objects reachable so far (fingerprints in the mark set).
+    pub marked_objects: u64,
+    /// Objects listed so far.
+    pub scanned_objects: u64,
+    /// Objects planned for deletion so far (the dry run's answer).
+    pub planned_objects: u64,
+    /// Their stored bytes.
+    pub planned_bytes: u64,
+    /// Objects deleted so far.
+    pub reclaimed_objects: u64,
+    /// Their stored bytes.
+    pub reclaimed_bytes: u64,
+}
+
+/// `GET /gc`: the run in progress, if any, and the last finished one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcStatus {
+    /// The run in progress.
+    pub running: Option<GcProgress>,
+    /// The last run that finished.
+    pub last: Option<GcReport>,
+}
+
 /// A byte range of a volume or snapshot that a bad object breaks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Affected {

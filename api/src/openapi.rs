@@ -14,6 +14,7 @@ use crate::handlers;
     paths(
         handlers::create_volume,
         handlers::gc,
+        handlers::gc_status,
         handlers::verify,
         handlers::list_volumes,
         handlers::show_volume,

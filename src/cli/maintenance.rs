@@ -2,11 +2,13 @@
 //! scrubbing and the audit log.
 
 use anyhow::bail;
-use cairn_api_types::{EventList, GcReport, GcRequest, VerifyReport};
+use std::io::IsTerminal;
+
+use cairn_api_types::{EventList, GcReport, GcRequest, GcStatus, VerifyReport};
 use clap::Args;
 use reqwest::Method;
 
-use super::output::{gc_summary, print_json, table, time_text};
+use super::output::{gc_progress_line, gc_summary, print_json, table, time_text};
 use super::split_snapshot;
 use crate::client::Client;
 use crate::size::format_size;
@@ -43,9 +45,24 @@ pub(super) async fn gc(client: &Client, as_json: bool, args: GcArgs) -> anyhow::
         dry_run: Some(args.dry_run),
         grace_seconds: Some(args.grace.as_secs()),
     };
-    let (report, raw): (GcReport, _) = client
-        .json(client.request(Method::POST, "/gc").json(&body))
-        .await?;
+    let run = client.json::<GcReport>(client.request(Method::POST, "/gc").json(&body));
+    tokio::pin!(run);
+    // On a terminal, the run's progress once a second while it lasts.
+    let show = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    let (report, raw) = loop {
+        tokio::select! {
+            done = &mut run => break done?,
+            _ = tick.tick(), if show => {
+                if let Ok((GcStatus { running: Some(p), .. }, _)) =
+                    client.json::<GcStatus>(client.request(Method::GET, "/gc")).await
+                {
+                    eprintln!("{}", gc_progress_line(&p));
+                }
+            }
+        }
+    };
     if as_json {
         print_json(&raw)
     } else {

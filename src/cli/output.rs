@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use cairn_api_types::{GcReport, Hydration, Snapshot, Volume};
+use cairn_api_types::{GcProgress, GcReport, Hydration, Snapshot, Volume};
 
 use crate::size::format_size;
 
@@ -110,6 +110,24 @@ pub(super) fn gc_summary(r: &GcReport) -> String {
         ms = r.duration_ms,
         mark = r.mark_ms,
         set = format_size(r.mark_set_bytes),
+    )
+}
+
+/// One line of a running GC's progress.
+pub(super) fn gc_progress_line(p: &GcProgress) -> String {
+    format!(
+        "gc: {phase} after {secs:.1} s: {marked} objects marked from {roots} roots, {scanned} listed, \
+         {planned} planned ({pb}), {verb} {reclaimed} ({rb})",
+        phase = p.phase,
+        secs = p.elapsed_ms as f64 / 1000.0,
+        marked = p.marked_objects,
+        roots = p.roots,
+        scanned = p.scanned_objects,
+        planned = p.planned_objects,
+        pb = format_size(p.planned_bytes),
+        verb = if p.dry_run { "dry run, deleted" } else { "deleted" },
+        reclaimed = p.reclaimed_objects,
+        rb = format_size(p.reclaimed_bytes),
     )
 }
 

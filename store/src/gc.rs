@@ -19,11 +19,14 @@
 //! claims and deletions exclude each other, so an object picked up by a
 //! concurrent writer is never deleted, even with a zero grace period.
 //!
-//! **Sweep.** The object store is listed (the source of truth: objects the
-//! index does not know are found too); each unmarked, old-enough object is
-//! removed from the existence index and then from the store, in batches
-//! under the sweep gate ([`crate::sweep_gate`]): no lock is held across a
-//! delete or an upload. Index entries whose object is gone are dropped so
+//! **Plan and sweep.** The object store is listed (the source of truth:
+//! objects the index does not know are found too); each unmarked object is
+//! planned for deletion when its index entry (one read) shows it older than
+//! the cutoff. Planned batches go to the sweep while the listing goes on;
+//! the sweep re-checks each under the sweep gate ([`crate::sweep_gate`]:
+//! claimed or uploaded since GC started?), removes it from the existence
+//! index and then from the store. No lock is held across a delete or an
+//! upload. A dry run reports the plan. Index entries whose object is gone are dropped so
 //! no writer deduplicates against a missing object.
 //!
 //! **Shared bucket.** When servers exchange snapshots over one bucket
@@ -32,12 +35,14 @@
 //! own existence index.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-pub use cairn_api_types::GcReport;
+pub use cairn_api_types::{GcProgress, GcReport};
+use parking_lot::Mutex;
 
 use crate::engine::Engine;
 use crate::error::Result;
@@ -48,6 +53,9 @@ use crate::tree::Reachable;
 const SWEEP_BATCH: usize = 1024;
 /// Deletes in flight at once.
 const DELETE_CONCURRENCY: usize = 32;
+/// Planned batches waiting for the sweep: the listing runs at most this far
+/// ahead of the deletes.
+const PLANNED_BATCHES: usize = 4;
 
 /// Settings of one GC run.
 #[derive(Clone, Copy, Debug)]
@@ -94,9 +102,10 @@ fn set_bytes(set: &HashSet<u64>) -> u64 {
 }
 
 /// Marks everything reachable from the catalog's roots.
-async fn mark(engine: &Engine, report: &mut GcReport) -> Result<(HashSet<u64>, bool)> {
+async fn mark(engine: &Engine, report: &mut GcReport, progress: &Progress) -> Result<(HashSet<u64>, bool)> {
     let mut roots = engine.live_roots().await?;
     report.roots = roots.len() as u64;
+    progress.roots.store(report.roots, Ordering::Relaxed);
     let (shared, foreign) = engine.shared().foreign_roots(engine.objects()).await?;
     if shared {
         engine.publish_roots(&roots).await?;
@@ -117,15 +126,102 @@ async fn mark(engine: &Engine, report: &mut GcReport) -> Result<(HashSet<u64>, b
                 }
             })
             .await?;
+        progress.marked.store(marked.len() as u64, Ordering::Relaxed);
     }
     report.mark_set_bytes = set_bytes(&marked);
     Ok((marked, shared))
 }
 
+/// Live counters of the GC in progress (for `GET /gc` and `cairn gc`).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    running: AtomicBool,
+    dry_run: AtomicBool,
+    /// 0 mark, 1 sweep, 2 index.
+    phase: AtomicU64,
+    started: Mutex<Option<Instant>>,
+    roots: AtomicU64,
+    marked: AtomicU64,
+    scanned: AtomicU64,
+    planned_objects: AtomicU64,
+    planned_bytes: AtomicU64,
+    reclaimed_objects: AtomicU64,
+    reclaimed_bytes: AtomicU64,
+}
+
+impl Progress {
+    fn start(&self, dry_run: bool) -> Running<'_> {
+        for counter in [
+            &self.phase,
+            &self.roots,
+            &self.marked,
+            &self.scanned,
+            &self.planned_objects,
+            &self.planned_bytes,
+            &self.reclaimed_objects,
+            &self.reclaimed_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.dry_run.store(dry_run, Ordering::Relaxed);
+        *self.started.lock() = Some(Instant::now());
+        self.running.store(true, Ordering::Release);
+        Running(self)
+    }
+
+    /// The run in progress, if one is.
+    pub(crate) fn snapshot(&self) -> Option<GcProgress> {
+        if !self.running.load(Ordering::Acquire) {
+            return None;
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Some(GcProgress {
+            phase: ["mark", "sweep", "index"][get(&self.phase).min(2) as usize].to_string(),
+            dry_run: self.dry_run.load(Ordering::Relaxed),
+            elapsed_ms: self.started.lock().map_or(0, |t| t.elapsed().as_millis() as u64),
+            roots: get(&self.roots),
+            marked_objects: get(&self.marked),
+            scanned_objects: get(&self.scanned),
+            planned_objects: get(&self.planned_objects),
+            planned_bytes: get(&self.planned_bytes),
+            reclaimed_objects: get(&self.reclaimed_objects),
+            reclaimed_bytes: get(&self.reclaimed_bytes),
+        })
+    }
+}
+
+/// Marks the run over when dropped (also when its future is dropped).
+struct Running<'a>(&'a Progress);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// What the sweep did with the batches it was given.
+#[derive(Default)]
+struct Tally {
+    reclaimed_objects: u64,
+    reclaimed_bytes: u64,
+    skipped_young_objects: u64,
+    skipped_young_bytes: u64,
+}
+
 /// Runs one GC. The caller makes sure only one runs at a time.
-pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
+///
+/// Plan and execute overlap: the listing (which decides each object's fate
+/// with one index read) sends batches of candidates to the sweep, which
+/// re-checks and deletes them while the listing goes on. The plan is what a
+/// dry run reports; a real run deletes exactly the plan, less objects a
+/// writer claimed after they were planned.
+pub(crate) async fn run(engine: &Engine, options: GcOptions, progress: &Progress) -> Result<GcReport> {
     let started = Instant::now();
+    let running = progress.start(options.dry_run);
     let objects = engine.objects();
+    // From here on, every key a writer claims or uploads is noted: the
+    // sweep's last re-check looks there instead of reading the index again.
+    let _watch = objects.gate.watch_touches();
     let now = unix_now();
     let mut report = GcReport {
         dry_run: options.dry_run,
@@ -141,51 +237,79 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
     }
     report.cutoff_unix = cutoff;
 
-    let (marked, shared) = mark(engine, &mut report).await?;
+    let (marked, shared) = mark(engine, &mut report, progress).await?;
     report.mark_ms = started.elapsed().as_millis() as u64;
 
-    let mut listed = HashSet::new();
-    let mut batch: Vec<(String, u64)> = Vec::new();
-    let mut listing = objects.store().list(Some(objects.prefix()));
-    while let Some(meta) = listing.next().await {
-        let meta = meta?;
-        let Some((kind, id)) = objects.parse_path(&meta.location) else {
-            continue;
-        };
-        let fp = fingerprint(kind, &id);
-        listed.insert(fp);
-        report.scanned_objects += 1;
-        report.scanned_bytes += meta.size;
-        if marked.contains(&fp) {
-            report.marked_objects += 1;
-            report.marked_bytes += meta.size;
-            continue;
+    running.0.phase.store(1, Ordering::Relaxed);
+    let (batches, mut pending) = tokio::sync::mpsc::channel::<Vec<(String, u64)>>(PLANNED_BATCHES);
+    let plan = {
+        let (marked, report) = (&marked, &mut report);
+        async move {
+            let mut listed = HashSet::new();
+            let mut batch: Vec<(String, u64)> = Vec::with_capacity(SWEEP_BATCH);
+            let mut listing = objects.store().list(Some(objects.prefix()));
+            while let Some(meta) = listing.next().await {
+                let meta = meta?;
+                let Some((kind, id)) = objects.parse_path(&meta.location) else {
+                    continue;
+                };
+                let fp = fingerprint(kind, &id);
+                listed.insert(fp);
+                report.scanned_objects += 1;
+                report.scanned_bytes += meta.size;
+                progress.scanned.fetch_add(1, Ordering::Relaxed);
+                if marked.contains(&fp) {
+                    report.marked_objects += 1;
+                    report.marked_bytes += meta.size;
+                    continue;
+                }
+                let key = meta.location.to_string();
+                let uploaded = meta.last_modified.timestamp().max(0) as u64;
+                let entry = objects.catalog().object_entry(&key)?;
+                if shared && entry.is_none() {
+                    report.kept_foreign_objects += 1;
+                    continue;
+                }
+                let claimed = entry.map_or(0, |(t, _)| t);
+                if uploaded.max(claimed) >= cutoff || objects.is_unsynced(&key) {
+                    report.skipped_young_objects += 1;
+                    report.skipped_young_bytes += meta.size;
+                    continue;
+                }
+                progress.planned_objects.fetch_add(1, Ordering::Relaxed);
+                progress.planned_bytes.fetch_add(meta.size, Ordering::Relaxed);
+                batch.push((key, meta.size));
+                if batch.len() >= SWEEP_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SWEEP_BATCH));
+                    // The sweep only stops early on an error, which try_join reports.
+                    let _ = batches.send(full).await;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = batches.send(batch).await;
+            }
+            Ok::<_, crate::StoreError>(listed)
         }
-        let key = meta.location.to_string();
-        let uploaded = meta.last_modified.timestamp().max(0) as u64;
-        let entry = objects.catalog().object_entry(&key)?;
-        if shared && entry.is_none() {
-            report.kept_foreign_objects += 1;
-            continue;
+    };
+    let execute = async {
+        let mut tally = Tally::default();
+        while let Some(batch) = pending.recv().await {
+            sweep(objects, batch, options.dry_run, &mut tally, progress).await?;
         }
-        let claimed = entry.map_or(0, |(t, _)| t);
-        if uploaded.max(claimed) >= cutoff || objects.is_unsynced(&key) {
-            report.skipped_young_objects += 1;
-            report.skipped_young_bytes += meta.size;
-            continue;
-        }
-        batch.push((key, meta.size));
-        if batch.len() >= SWEEP_BATCH {
-            sweep(objects, &mut batch, cutoff, options.dry_run, &mut report).await?;
-        }
-    }
-    sweep(objects, &mut batch, cutoff, options.dry_run, &mut report).await?;
+        Ok(tally)
+    };
+    let (listed, tally) = tokio::try_join!(plan, execute)?;
+    report.reclaimed_objects = tally.reclaimed_objects;
+    report.reclaimed_bytes = tally.reclaimed_bytes;
+    report.skipped_young_objects += tally.skipped_young_objects;
+    report.skipped_young_bytes += tally.skipped_young_bytes;
     report.mark_set_bytes = report.mark_set_bytes.max(set_bytes(&marked) + set_bytes(&listed));
     drop(marked);
 
     // Index entries without an object (lost or deleted by hand) must go, or
     // a writer would deduplicate against nothing. Entries newer than the
     // start may belong to uploads that finished after the listing.
+    running.0.phase.store(2, Ordering::Relaxed);
     let mut stale = Vec::new();
     for entry in objects.catalog().object_entries() {
         let (key, seen, _) = entry?;
@@ -208,43 +332,34 @@ pub async fn run(engine: &Engine, options: GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// Deletes a batch of candidates. Under the sweep gate (a short lock, see
-/// [`crate::sweep_gate`]) each is checked again (a writer may have claimed
-/// it, or be uploading it, since it was listed), dropped from the index
-/// (synced) and marked as being deleted; then, with no lock held, deleted
-/// from the store. A writer that needs the same content meanwhile finds it
-/// unknown and uploads it again once the delete is done.
+/// Deletes a batch of planned objects. Under the sweep gate (a short lock,
+/// see [`crate::sweep_gate`]) each is checked again — a writer may have
+/// claimed it, or be uploading it, since it was planned: both are noted by
+/// the gate while GC runs — dropped from the index (synced) and marked as
+/// being deleted; then, with no lock held, deleted from the store. A writer
+/// that needs the same content meanwhile finds it unknown and uploads it
+/// again once the delete is done.
 async fn sweep(
     objects: &ObjectLayer,
-    batch: &mut Vec<(String, u64)>,
-    cutoff: u64,
+    candidates: Vec<(String, u64)>,
     dry_run: bool,
-    report: &mut GcReport,
+    tally: &mut Tally,
+    progress: &Progress,
 ) -> Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let candidates = std::mem::take(batch);
     if dry_run {
-        report.reclaimed_objects += candidates.len() as u64;
-        report.reclaimed_bytes += candidates.iter().map(|(_, len)| len).sum::<u64>();
+        tally.reclaimed_objects += candidates.len() as u64;
+        tally.reclaimed_bytes += candidates.iter().map(|(_, len)| len).sum::<u64>();
         return Ok(());
     }
     let mut doomed = Vec::with_capacity(candidates.len());
     let deleting = {
         let mut keys = objects.gate.lock();
         for (key, len) in candidates {
-            if objects.is_unsynced(&key) || keys.is_uploading(&key) {
-                report.skipped_young_objects += 1;
-                report.skipped_young_bytes += len;
-                continue;
-            }
-            match objects.catalog().object_entry(&key)? {
-                Some((seen, _)) if seen >= cutoff => {
-                    report.skipped_young_objects += 1;
-                    report.skipped_young_bytes += len;
-                }
-                _ => doomed.push((key, len)),
+            if objects.is_unsynced(&key) || keys.is_uploading(&key) || keys.was_touched(&key) {
+                tally.skipped_young_objects += 1;
+                tally.skipped_young_bytes += len;
+            } else {
+                doomed.push((key, len));
             }
         }
         // Forgotten (synced) before deleted: after a crash in between, the
@@ -254,24 +369,26 @@ async fn sweep(
         objects.catalog().object_forget(&names)?;
         objects.gate.begin_delete(&mut keys, names)
     };
-    let results: Vec<(String, u64, Result<()>)> = futures::stream::iter(doomed)
+    let results: Vec<(u64, Result<()>)> = futures::stream::iter(doomed)
         .map(|(key, len)| async move {
             let path = object_store::path::Path::from(key.as_str());
             let result = match objects.store().delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e.into()),
             };
-            (key, len, result)
+            (len, result)
         })
         .buffer_unordered(DELETE_CONCURRENCY)
         .collect()
         .await;
     let mut first_error = None;
-    for (_, len, result) in results {
+    for (len, result) in results {
         match result {
             Ok(()) => {
-                report.reclaimed_objects += 1;
-                report.reclaimed_bytes += len;
+                tally.reclaimed_objects += 1;
+                tally.reclaimed_bytes += len;
+                progress.reclaimed_objects.fetch_add(1, Ordering::Relaxed);
+                progress.reclaimed_bytes.fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -282,5 +399,57 @@ async fn sweep(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Actor, EngineConfig, Labels, Namespace, VolumeName};
+
+    /// The window the pipeline opens: an object planned for deletion is
+    /// claimed by a writer before the sweep reaches it. The sweep must see
+    /// the claim (noted by the gate) and keep the object.
+    #[tokio::test]
+    async fn an_object_claimed_after_it_was_planned_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+        let (ns, actor, name) = (
+            Namespace::default_ns(),
+            Actor("t".into()),
+            VolumeName::new("v").unwrap(),
+        );
+        engine
+            .create_volume(&ns, &actor, &name, 1 << 20, None, Labels::new())
+            .await
+            .unwrap();
+        let (kept, gone) = (
+            cairn_chunker::testdata::noise(1, 64 << 10),
+            cairn_chunker::testdata::noise(2, 64 << 10),
+        );
+        let v = engine.volume(&ns, &name).unwrap();
+        v.write(0, &[kept.clone(), gone.clone()].concat()).await.unwrap();
+        v.seal().await.unwrap();
+        engine.delete_volume(&ns, &actor, &name, false).await.unwrap();
+
+        let objects = engine.objects();
+        let key = |c: &[u8]| {
+            let id = cairn_chunker::ChunkId::of(c).0;
+            (id, objects.path(ObjectKind::Chunk, &id).to_string())
+        };
+        let ((kept_id, kept_key), (_, gone_key)) = (key(&kept), key(&gone));
+        let progress = Progress::default();
+        let _watch = objects.gate.watch_touches();
+        // Both planned; then a writer claims one.
+        let planned = vec![(kept_key.clone(), 1), (gone_key.clone(), 1)];
+        assert!(objects.claim(ObjectKind::Chunk, &kept_id).await.unwrap());
+        let mut tally = Tally::default();
+        sweep(objects, planned, false, &mut tally, &progress)
+            .await
+            .unwrap();
+        assert_eq!((tally.reclaimed_objects, tally.skipped_young_objects), (1, 1));
+        let exists = |key: &str| dir.path().join("objects").join(key).exists();
+        assert!(exists(&kept_key), "the claimed object was deleted");
+        assert!(!exists(&gone_key), "the unclaimed one is gone");
     }
 }

@@ -304,7 +304,13 @@ impl ObjectLayer {
         // While GC deletes it, wait: once gone, it is not there to claim.
         let path = self.path(kind, id);
         self.gate
-            .unless_deleting(path.as_ref(), |_| self.claim_locked(&path))
+            .unless_deleting(path.as_ref(), |keys| {
+                let claimed = self.claim_locked(&path)?;
+                if claimed {
+                    keys.touch(path.as_ref());
+                }
+                Ok(claimed)
+            })
             .await
     }
 
@@ -336,6 +342,9 @@ impl ObjectLayer {
             .gate
             .unless_deleting(path.as_ref(), |keys| {
                 let claimed = self.claim_locked(&path)?;
+                if claimed {
+                    keys.touch(path.as_ref());
+                }
                 Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
             })
             .await?;

@@ -3,7 +3,9 @@
 //!
 //! - A dedup claim (index lookup and time refresh) and GC's last re-check
 //!   of a candidate happen under one short mutex, so GC never deletes an
-//!   object a writer has just claimed.
+//!   object a writer has just claimed. While a GC runs, every key claimed
+//!   or uploaded is noted ("touched"), so the re-check is a set lookup, not
+//!   a second index read.
 //! - An upload registers its key before its request and leaves after it
 //!   is recorded: GC skips a key being uploaded.
 //! - GC marks the keys it deletes; an upload of such a key waits for that
@@ -25,9 +27,23 @@ pub(crate) struct Keys {
     uploading: HashMap<String, u32>,
     /// Keys GC is deleting.
     deleting: HashSet<String>,
+    /// While a GC runs: keys claimed or uploaded since it started.
+    touched: Option<HashSet<String>>,
 }
 
 impl Keys {
+    /// Notes that a writer claimed `key` (kept only while a GC runs).
+    pub(crate) fn touch(&mut self, key: &str) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(key.to_string());
+        }
+    }
+
+    /// Whether `key` was claimed or uploaded since the running GC started.
+    pub(crate) fn was_touched(&self, key: &str) -> bool {
+        self.touched.as_ref().is_some_and(|t| t.contains(key))
+    }
+
     pub(crate) fn is_uploading(&self, key: &str) -> bool {
         self.uploading.contains_key(key)
     }
@@ -67,8 +83,15 @@ impl SweepGate {
         }
     }
 
+    /// Starts noting touched keys, until the guard drops (one GC at a time).
+    pub(crate) fn watch_touches(&self) -> Watching<'_> {
+        self.keys.lock().touched = Some(HashSet::new());
+        Watching { gate: self }
+    }
+
     /// Registers an upload of `key` (call with the lock held).
     pub(crate) fn begin_upload<'a>(&'a self, keys: &mut Keys, key: &str) -> Upload<'a> {
+        keys.touch(key);
         *keys.uploading.entry(key.to_string()).or_default() += 1;
         Upload {
             gate: self,
@@ -83,6 +106,17 @@ impl SweepGate {
             gate: self,
             keys: doomed,
         }
+    }
+}
+
+/// A GC's watch over touched keys; ends on drop.
+pub(crate) struct Watching<'a> {
+    gate: &'a SweepGate,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.gate.keys.lock().touched = None;
     }
 }
 

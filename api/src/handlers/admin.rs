@@ -93,6 +93,22 @@ pub async fn gc(
     Ok(Json(report))
 }
 
+#[utoipa::path(get, path = "/api/v1/gc",
+    responses((status = 200, body = cairn_api_types::GcStatus),
+        (status = 403, description = "not an admin token", body = crate::error::ErrorBody)))]
+/// The garbage collection in progress (phase and counters), if any, and the
+/// last one's report.
+pub async fn gc_status(
+    State(state): State<AppState>,
+    caller: Admin,
+) -> ApiResult<Json<cairn_api_types::GcStatus>> {
+    caller.require("garbage collection covers the whole store: it needs an admin token")?;
+    Ok(Json(cairn_api_types::GcStatus {
+        running: state.engine.gc_progress(),
+        last: state.engine.last_gc(),
+    }))
+}
+
 #[utoipa::path(post, path = "/api/v1/verify", request_body = VerifyRequest,
     responses((status = 200, body = cairn_api_types::VerifyReport), (status = 400, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]

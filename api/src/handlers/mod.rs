@@ -105,7 +105,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/volumes/{name}/warm", post(warm_volume))
         .route("/volumes/{name}/repair", post(repair_volume))
         .route("/events", get(events))
-        .route("/gc", post(gc))
+        .route("/gc", post(gc).get(gc_status))
         .route("/verify", post(verify))
         .route("/usage", get(space_usage))
         .route("/openapi.json", get(openapi));

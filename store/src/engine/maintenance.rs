@@ -33,7 +33,7 @@ impl Engine {
         let Ok(_running) = self.gc_running.try_lock() else {
             return Err(StoreError::GcRunning);
         };
-        let report = crate::gc::run(self, options).await?;
+        let report = crate::gc::run(self, options, &self.gc_progress).await?;
         tracing::info!(
             dry_run = report.dry_run,
             scanned = report.scanned_objects,
@@ -52,6 +52,11 @@ impl Engine {
             .catalog
             .put_meta(LAST_GC, detail.to_string().as_bytes())?;
         Ok(report)
+    }
+
+    /// The garbage collection in progress, if one runs.
+    pub fn gc_progress(&self) -> Option<crate::gc::GcProgress> {
+        self.gc_progress.snapshot()
     }
 
     /// The last garbage collection's report, if any ran.

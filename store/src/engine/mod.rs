@@ -177,6 +177,8 @@ pub struct Engine {
     names: tokio::sync::Mutex<()>,
     /// Held by the running garbage collection (one at a time).
     gc_running: tokio::sync::Mutex<()>,
+    /// Counters of the GC in progress.
+    gc_progress: crate::gc::Progress,
     /// This server's identity and published roots in a shared bucket.
     shared: crate::shared::SharedBucket,
     /// Warms by volume id (see [`Engine::warm`]).
@@ -356,6 +358,7 @@ impl Engine {
             damaged: Mutex::new(damaged),
             names: tokio::sync::Mutex::new(()),
             gc_running: tokio::sync::Mutex::new(()),
+            gc_progress: crate::gc::Progress::default(),
             warming: Mutex::new(HashMap::new()),
             shared,
             stored_memo: Mutex::new(lru::LruCache::new(
