@@ -68,7 +68,8 @@ nbdkit -f -i 127.0.0.1 -p "$nk" memory "$SIZE" & pids+=($!); pid[nbdkit-mem]=$!
 uri[nbdkit-mem]="nbd://127.0.0.1:$nk/"
 # nbdkit memory over TLS-PSK (GnuTLS)
 nt=$(port)
-nbdkit -f -i 127.0.0.1 -p "$nt" --tls=require --tls-psk="$work/keys.psk" memory "$SIZE" & pids+=($!); pid[nbdkit-tls]=$!
+# (quiet: fio ends TLS sessions without close_notify, which nbdkit logs per connection)
+nbdkit -f -i 127.0.0.1 -p "$nt" --tls=require --tls-psk="$work/keys.psk" memory "$SIZE" 2>/dev/null & pids+=($!); pid[nbdkit-tls]=$!
 uri[nbdkit-tls]="nbds://default@127.0.0.1:$nt/?tls-psk-file=$work/keys.psk"
 
 servers=(cairn cairn-proto qemu-raw qemu-qcow2 nbdkit-mem cairn-tls nbdkit-tls)
