@@ -17,6 +17,10 @@ struct TlsServer {
 
 impl TlsServer {
     fn start() -> TlsServer {
+        Self::start_with("auto")
+    }
+
+    fn start_with(transport: &str) -> TlsServer {
         for tool in ["qemu-io", "nbdinfo", "nbdcopy", "psktool"] {
             assert!(have(tool), "{tool} is not installed: run scripts/setup.sh");
         }
@@ -33,6 +37,8 @@ impl TlsServer {
             &[
                 "--nbd-listen",
                 &format!("127.0.0.1:{port}"),
+                "--nbd-transport",
+                transport,
                 "--nbd-tls-psk",
                 keys.to_str().unwrap(),
                 "--tokens",
@@ -95,7 +101,16 @@ fn succeeds(out: Output) -> String {
 
 #[test]
 fn tenants_read_and_write_their_own_volumes_over_tls() {
-    let s = TlsServer::start();
+    tenants_over_tls("auto");
+}
+
+#[test]
+fn tenants_over_tls_on_the_portable_transport() {
+    tenants_over_tls("tokio");
+}
+
+fn tenants_over_tls(transport: &str) {
+    let s = TlsServer::start_with(transport);
     s.create("ta", "secret", 64 << 20);
     s.create("tb", "other", 32 << 20);
 

@@ -7,6 +7,7 @@
 //! connections: requests are read in order, served concurrently (bounded
 //! per connection) and answered as they complete.
 
+mod bridge;
 pub mod device;
 pub mod memory;
 mod portable;

@@ -41,7 +41,9 @@ where
             if let Err((code, message)) = admit(&req) {
                 // Cannot resync without reading the payload; refuse and close.
                 let reply = error_reply(conn.structured, req.cookie, code, message);
-                writer.lock().await.write_all(&reply).await?;
+                let mut w = writer.lock().await;
+                w.write_all(&reply).await?;
+                w.flush().await?;
                 return Err(invalid(message));
             }
             // Admission first: a payload is read (and its buffer allocated)
@@ -62,7 +64,13 @@ where
                 let _permit = permit;
                 let (reply, panicked) = execute_guarded(req, payload, &conn).await;
                 let mut w = writer.lock().await;
-                if let Err(e) = w.write_all(&reply).await {
+                // Flushed: a TLS stream may hold records back until then.
+                if let Err(e) = async {
+                    w.write_all(&reply).await?;
+                    w.flush().await
+                }
+                .await
+                {
                     tracing::debug!(error = %e, "reply failed");
                 }
                 if panicked {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::bridge::BridgedTls;
 use crate::device::{BlockDevice, DeviceError, Exports};
 use crate::proto::{self, cflag, chunk, cmd, errno, opt, rep, tflag, Request};
 use crate::tls::TlsPsk;
@@ -122,7 +123,7 @@ pub async fn serve_config(
         max_connections = config.max_connections,
         handshake_timeout_ms = config.handshake_timeout.as_millis() as u64,
         tls = match &config.tls {
-            Some(tls) => format!("required (PSK, {} identities; TLS connections use the portable transport)", tls.identities().len()),
+            Some(tls) => format!("required (PSK, {} identities)", tls.identities().len()),
             None => "off".to_string(),
         },
         "NBD server listening"
@@ -150,8 +151,7 @@ pub async fn serve_config(
 }
 
 /// One TCP connection: handshake on tokio, transmission on `transport`
-/// (always the portable one after STARTTLS: the TLS records are made in
-/// user space, so the socket cannot be handed to io_uring).
+/// (over TLS too: the ring thread takes the TLS session along).
 async fn connection(
     mut socket: TcpStream,
     exports: Arc<dyn Exports>,
@@ -179,7 +179,17 @@ async fn connection(
         }
         Opened::StartTls => {
             let tls = tls.expect("STARTTLS is accepted only when TLS is configured");
-            secure(socket, exports, &tls, session, deadline).await
+            let (exports, name, conn, stream) = secure(socket, exports, &tls, session, deadline).await?;
+            attached(exports.as_ref(), &name, &conn, async {
+                if transport == Transport::IoUring {
+                    let (session, socket) = stream.into_parts();
+                    crate::uring::transmit_tls(socket.into_std()?, session, conn.clone()).await
+                } else {
+                    let (reader, writer) = tokio::io::split(stream);
+                    crate::portable::transmit(reader, writer, conn.clone()).await
+                }
+            })
+            .await
         }
     }
 }
@@ -220,20 +230,30 @@ where
         }
         Opened::StartTls => {
             let tls = tls.expect("STARTTLS is accepted only when TLS is configured");
-            secure(stream, exports, &tls, session, Deadline::never()).await
+            let (exports, name, conn, stream) =
+                secure(stream, exports, &tls, session, Deadline::never()).await?;
+            let (reader, writer) = tokio::io::split(stream);
+            attached(
+                exports.as_ref(),
+                &name,
+                &conn,
+                crate::portable::transmit(reader, writer, conn.clone()),
+            )
+            .await
         }
     }
 }
 
 /// After STARTTLS: the TLS handshake, then option haggling over TLS with
-/// the exports of the client's identity, then transmission.
+/// the exports of the client's identity. Returns those exports, the export
+/// chosen and the TLS stream, ready for transmission.
 async fn secure<S>(
     stream: S,
     exports: Arc<dyn Exports>,
     tls: &TlsPsk,
     mut session: Session,
     deadline: Deadline,
-) -> std::io::Result<()>
+) -> std::io::Result<(Arc<dyn Exports>, String, Arc<Connection>, BridgedTls<S>)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -251,15 +271,10 @@ where
     else {
         unreachable!("a second STARTTLS is refused");
     };
+    // Everything haggling wrote is on the wire before transmission starts.
+    stream.flush().await?;
     tracing::debug!(identity, export = name, "NBD client opened an export over TLS");
-    let (reader, writer) = tokio::io::split(stream);
-    attached(
-        exports.as_ref(),
-        &name,
-        &conn,
-        crate::portable::transmit(reader, writer, conn.clone()),
-    )
-    .await
+    Ok((exports, name, conn, stream))
 }
 
 /// When the handshake must be over.
@@ -376,6 +391,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
+        // Every reply so far is on the wire before waiting for the client
+        // (a TLS stream may hold records back until flushed).
+        io.flush().await?;
         let mut header = [0u8; 16];
         io.read_exact(&mut header).await?;
         let (option, len) = proto::parse_option_header(&header).map_err(|e| invalid(&e.to_string()))?;

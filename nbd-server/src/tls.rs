@@ -5,16 +5,16 @@
 //! clients (TLS 1.3 with a PSK, or TLS 1.2 PSK cipher suites).
 //!
 //! No session tickets are issued, so after the handshake the stream carries
-//! only application data.
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+//! only application data. Records are made in memory ([`crate::bridge`]),
+//! so both transports can carry them.
 
 use openssl::ex_data::Index;
-use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVersion};
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVersion};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_openssl::SslStream;
+
+use crate::bridge::{Bridge, BridgedTls};
 
 /// Shortest key accepted (bits / 8): psktool makes 256-bit keys.
 const MIN_KEY_BYTES: usize = 16;
@@ -156,21 +156,18 @@ impl TlsPsk {
         &self.identities
     }
 
-    /// Runs the server handshake on `stream`; returns the encrypted stream
-    /// and the client's PSK identity.
-    pub(crate) async fn accept<S>(&self, stream: S) -> std::io::Result<(SslStream<S>, String)>
+    /// Runs the server handshake on `stream`; returns the session (its
+    /// records made in memory, see [`crate::bridge`]) and the client's PSK
+    /// identity.
+    pub(crate) async fn accept<S>(&self, stream: S) -> std::io::Result<(BridgedTls<S>, String)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let ssl = Ssl::new(&self.context).map_err(std::io::Error::other)?;
-        let mut tls = SslStream::new(ssl, stream).map_err(std::io::Error::other)?;
-        Pin::new(&mut tls).accept().await.map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("TLS handshake failed (unknown identity, wrong key or not TLS-PSK): {e}"),
-            )
-        })?;
-        let identity = tls.ssl().ex_data(self.identity_slot).cloned().ok_or_else(|| {
+        let session = SslStream::new(ssl, Bridge::default()).map_err(std::io::Error::other)?;
+        let tls = BridgedTls::accept(session, stream).await?;
+        let ssl = tls.session().ssl();
+        let identity = ssl.ex_data(self.identity_slot).cloned().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 "TLS session without a PSK identity",
@@ -178,8 +175,8 @@ impl TlsPsk {
         })?;
         tracing::debug!(
             identity,
-            version = tls.ssl().version_str(),
-            cipher = tls.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"),
+            version = ssl.version_str(),
+            cipher = ssl.current_cipher().map(|c| c.name()).unwrap_or("?"),
             "NBD TLS session"
         );
         Ok((tls, identity))

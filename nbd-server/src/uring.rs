@@ -9,6 +9,10 @@
 //! socket I/O never blocks a tokio worker, many requests are in flight
 //! (up to [`MAX_IN_FLIGHT`]), and replies leave in completion order.
 //!
+//! Over TLS the thread also takes the TLS session: RECV fills a
+//! ciphertext buffer, records are decrypted in memory into the request
+//! buffer, and each reply is encrypted before it is queued.
+//!
 //! Where the kernel refuses io_uring (ENOSYS, or EPERM from
 //! `io_uring_disabled` or a seccomp filter), [`probe`] says so and the
 //! server uses the portable transport instead.
@@ -23,6 +27,7 @@ use std::sync::Arc;
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
 
+use crate::bridge::{decrypt, encrypt, Decrypted, TlsSession};
 use crate::proto::{cmd, Request, REQUEST_LEN};
 use crate::server::{admit, error_reply, execute_guarded, try_execute_read, Connection, MAX_IN_FLIGHT};
 
@@ -36,6 +41,9 @@ const RECV_BUF: usize = 256 << 10;
 const MIN_FREE: usize = 16 << 10;
 /// Replies gathered into one SENDMSG at most.
 const MAX_IOVECS: usize = 256;
+/// Over TLS: received ciphertext waiting to be decrypted before no more is
+/// read.
+const MAX_UNREAD_CIPHERTEXT: usize = 4 << 20;
 
 /// Checks that this kernel lets the process use io_uring.
 pub fn probe() -> io::Result<()> {
@@ -74,6 +82,20 @@ impl Outbox {
 
 /// Serves the transmission phase of one connection on an io_uring thread.
 pub(crate) async fn transmit(socket: TcpStream, conn: Arc<Connection>) -> io::Result<()> {
+    run(socket, None, conn).await
+}
+
+/// [`transmit`] over an established TLS session: the ring thread receives
+/// and sends ciphertext and decrypts and encrypts in memory.
+pub(crate) async fn transmit_tls(
+    socket: TcpStream,
+    session: TlsSession,
+    conn: Arc<Connection>,
+) -> io::Result<()> {
+    run(socket, Some(Box::new(session)), conn).await
+}
+
+async fn run(socket: TcpStream, tls: Option<Box<TlsSession>>, conn: Arc<Connection>) -> io::Result<()> {
     socket.set_nonblocking(false)?;
     // SAFETY: eventfd has no memory preconditions; the result is checked.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -92,7 +114,7 @@ pub(crate) async fn transmit(socket: TcpStream, conn: Arc<Connection>) -> io::Re
     std::thread::Builder::new()
         .name("nbd-uring".into())
         .spawn(move || {
-            let result = RingLoop::new(socket, conn, outbox, runtime).and_then(|mut l| l.run());
+            let result = RingLoop::new(socket, tls, conn, outbox, runtime).and_then(|mut l| l.run());
             let _ = done_tx.send(result);
         })?;
     done_rx
@@ -128,6 +150,10 @@ struct RingLoop {
     /// No more requests will be read (EOF, DISC, or a fatal error).
     reading_done: bool,
     error: Option<io::Error>,
+    /// Over TLS: the session, and the buffer RECV fills with ciphertext
+    /// (plaintext is decrypted into `buf`, replies encrypted into `queue`).
+    tls: Option<Box<TlsSession>>,
+    cipher: Vec<u8>,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `msghdr` point into buffers
@@ -137,6 +163,7 @@ unsafe impl Send for RingLoop {}
 impl RingLoop {
     fn new(
         socket: TcpStream,
+        tls: Option<Box<TlsSession>>,
         conn: Arc<Connection>,
         outbox: Arc<Outbox>,
         runtime: tokio::runtime::Handle,
@@ -163,6 +190,12 @@ impl RingLoop {
             in_flight: 0,
             reading_done: false,
             error: None,
+            cipher: if tls.is_some() {
+                vec![0u8; RECV_BUF]
+            } else {
+                Vec::new()
+            },
+            tls,
         })
     }
 
@@ -225,13 +258,23 @@ impl RingLoop {
             self.wake_posted = true;
         }
         if !self.recv_posted && !self.reading_done && self.in_flight < MAX_IN_FLIGHT {
-            self.make_room();
-            let free = &mut self.buf[self.end..];
-            let sqe = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
-                .build()
-                .user_data(RECV);
-            self.push(sqe)?;
-            self.recv_posted = true;
+            let target = match &self.tls {
+                // Ciphertext waits in the bridge until there is room to
+                // decrypt it; stop reading while much of it waits.
+                Some(tls) if tls.get_ref().unread() >= MAX_UNREAD_CIPHERTEXT => None,
+                Some(_) => Some(&mut self.cipher[..]),
+                None => {
+                    self.make_room();
+                    Some(&mut self.buf[self.end..])
+                }
+            };
+            if let Some(free) = target {
+                let sqe = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
+                    .build()
+                    .user_data(RECV);
+                self.push(sqe)?;
+                self.recv_posted = true;
+            }
         }
         if !self.send_posted && !self.queue.is_empty() {
             let take = self.queue.len().min(MAX_IOVECS);
@@ -301,9 +344,81 @@ impl RingLoop {
             0 => self.reading_done = true,
             n if n < 0 => self.fail(io::Error::from_raw_os_error(-n)),
             n => {
-                self.end += n as usize;
-                self.parse();
+                match &mut self.tls {
+                    Some(tls) => tls.get_mut().feed(&self.cipher[..n as usize]),
+                    None => self.end += n as usize,
+                }
+                self.pump();
             }
+        }
+    }
+
+    /// Parses what arrived; over TLS, decrypts first, again as parsing
+    /// makes room.
+    fn pump(&mut self) {
+        loop {
+            let decrypted = self.fill();
+            self.parse();
+            if decrypted == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Over TLS: decrypts buffered ciphertext into `buf` while there is
+    /// room; returns the plaintext bytes added.
+    fn fill(&mut self) -> usize {
+        if self.tls.is_none() || self.reading_done {
+            return 0;
+        }
+        let mut added = 0;
+        loop {
+            self.make_room();
+            let Some(tls) = self.tls.as_mut() else {
+                return added;
+            };
+            let free = &mut self.buf[self.end..];
+            if free.is_empty() {
+                break;
+            }
+            match decrypt(tls, free) {
+                Ok(Decrypted::Bytes(n)) => {
+                    self.end += n;
+                    added += n;
+                }
+                Ok(Decrypted::NeedMore) => break,
+                Ok(Decrypted::Closed) => {
+                    self.reading_done = true;
+                    break;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    break;
+                }
+            }
+        }
+        // Reading can make records to send (alerts, key updates).
+        if let Some(tls) = self.tls.as_mut() {
+            let out = std::mem::take(&mut tls.get_mut().outgoing);
+            if !out.is_empty() {
+                self.queue.push_back(out);
+            }
+        }
+        added
+    }
+
+    /// Queues a reply for sending, encrypted over TLS.
+    fn enqueue(&mut self, reply: Vec<u8>) {
+        let Some(tls) = self.tls.as_mut() else {
+            self.queue.push_back(reply);
+            return;
+        };
+        match encrypt(tls, &reply) {
+            Ok(()) => {
+                let out = std::mem::take(&mut tls.get_mut().outgoing);
+                self.queue.push_back(out);
+            }
+            Err(e) => self.fail(e),
         }
     }
 
@@ -327,8 +442,7 @@ impl RingLoop {
                 return;
             }
             if let Err((code, message)) = admit(&req) {
-                self.queue
-                    .push_back(error_reply(self.conn.structured, req.cookie, code, message));
+                self.enqueue(error_reply(self.conn.structured, req.cookie, code, message));
                 self.fail(io::Error::new(io::ErrorKind::InvalidData, message));
                 return;
             }
@@ -349,7 +463,7 @@ impl RingLoop {
             }
             if let Some(reply) = try_execute_read(&req, &self.conn) {
                 // Cached: answered here, no hand-off.
-                self.queue.push_back(reply);
+                self.enqueue(reply);
                 continue;
             }
             self.in_flight += 1;
@@ -373,13 +487,15 @@ impl RingLoop {
         self.outbox.signalled.store(false, Ordering::Release);
         let replies = std::mem::take(&mut *self.outbox.replies.lock());
         self.in_flight -= replies.len();
-        self.queue.extend(replies);
+        for reply in replies {
+            self.enqueue(reply);
+        }
         if self.outbox.poisoned.load(Ordering::Acquire) {
             self.fail(io::Error::other("a request panicked; connection closed"));
             return;
         }
         // Requests held back by the in-flight limit may go now.
-        self.parse();
+        self.pump();
     }
 
     fn sent(&mut self, result: i32) {

@@ -191,6 +191,45 @@ async fn the_identity_scopes_exports_and_transmission_runs_over_tls() {
         let mut back = vec![0u8; payload.len()];
         tls.read_exact(&mut back).await.unwrap();
         assert_eq!(back, payload);
+
+        // A payload of many TLS records, then 32 reads in flight at once.
+        let big: Vec<u8> = (0..512u32 << 10).map(|i| (i % 251) as u8).collect();
+        let write = proto::Request {
+            cookie: 3,
+            offset: 0,
+            length: big.len() as u32,
+            ..write
+        };
+        tls.write_all(&write.encode()).await.unwrap();
+        tls.write_all(&big).await.unwrap();
+        tls.read_exact(&mut reply).await.unwrap();
+        assert_eq!(
+            u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+            0,
+            "big write"
+        );
+        for i in 0..32u64 {
+            let read = proto::Request {
+                kind: cmd::READ,
+                cookie: 100 + i,
+                offset: i * (16 << 10),
+                length: 16 << 10,
+                ..write
+            };
+            tls.write_all(&read.encode()).await.unwrap();
+        }
+        let mut seen = 0;
+        for _ in 0..32 {
+            tls.read_exact(&mut reply).await.unwrap();
+            assert_eq!(u32::from_be_bytes(reply[4..8].try_into().unwrap()), 0);
+            let i = u64::from_be_bytes(reply[8..16].try_into().unwrap()) - 100;
+            let mut data = vec![0u8; 16 << 10];
+            tls.read_exact(&mut data).await.unwrap();
+            let at = (i * (16 << 10)) as usize;
+            assert!(data == big[at..at + (16 << 10)], "read {i} over TLS");
+            seen |= 1u64 << i;
+        }
+        assert_eq!(seen, u32::MAX as u64, "every read answered once");
     }
 }
 

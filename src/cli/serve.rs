@@ -35,8 +35,7 @@ pub(super) struct ServeArgs {
     /// `IDENTITY:HEXKEY` (psktool's format, e.g. `psktool -u alice -p
     /// keys.psk`). The identity is a namespace: a client sees and opens only
     /// that namespace's volumes. Clients: `nbds://alice@HOST/VOLUME?tls-psk-file=FILE`
-    /// (libnbd) or qemu's `tls-creds-psk`. TLS connections use the portable
-    /// transport.
+    /// (libnbd) or qemu's `tls-creds-psk`.
     #[arg(long, env = "CAIRN_NBD_TLS_PSK", value_name = "FILE")]
     nbd_tls_psk: Option<PathBuf>,
     /// Object store URL: file:///path, memory:// or s3://bucket/prefix
