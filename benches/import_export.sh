@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Import and export of a realistic disk image against zstd on the same file,
+# in one run: an ext4 image (SIZE, default 4G) filled to about half with
+# files from this machine's /usr (mkfs.ext4 -d, no mount needed), then
+#
+#   zstd -1 -T2 image       vs  cairn import VOLUME image
+#   zstd -d -T2 image.zst   vs  cairn export VOLUME (both to /dev/null)
+#
+# on a fresh `cairn serve` (release build, local store). Prints seconds,
+# logical MiB/s, the ratios (cairn / zstd, as speed) and the server's peak
+# RSS during each, and checks that the export equals the image.
+#
+#   benches/import_export.sh              # 4 GiB image
+#   SIZE=1G benches/import_export.sh      # quick
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE="${SIZE:-4G}"
+bash scripts/setup.sh >/dev/null
+cargo build --release --bin cairn -q
+work=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+bytes=$(numfmt --from=iec "$SIZE")
+
+# The image: files of /usr up to half the size, hard-linked into a staging
+# tree where possible (copied otherwise), then written by mkfs.ext4 -d.
+python3 - "$work/stage" "$((bytes / 2))" <<'PY'
+import os, shutil, sys
+stage, budget = sys.argv[1], int(sys.argv[2])
+used = 0
+for root, dirs, files in os.walk("/usr"):
+    dirs.sort()
+    for name in sorted(files):
+        src = os.path.join(root, name)
+        if os.path.islink(src) or not os.path.isfile(src):
+            continue
+        size = os.path.getsize(src)
+        if used + size > budget:
+            continue
+        dst = os.path.join(stage, os.path.relpath(src, "/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        used += size
+print(f"staged {used / 2**20:.0f} MiB of /usr")
+PY
+mkfs.ext4 -q -F -d "$work/stage" "$work/image" "$SIZE"
+rm -rf "$work/stage"
+cat "$work/image" > /dev/null   # in the page cache for both sides
+echo "image: $SIZE ext4, $(du -m "$work/image" | cut -f1) MiB allocated"
+
+timed() { # label command... -> prints seconds
+  local t0 t1
+  t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N)
+  python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+mibs() { python3 -c "print(f'{$bytes / 2**20 / $1:.0f}')"; }
+
+z_in=$(timed zstd -q -1 -T2 -f "$work/image" -o "$work/image.zst")
+z_out=$(timed sh -c "zstd -q -d -T2 -c '$work/image.zst' > /dev/null")
+echo "zstd: -1 -T2 $z_in s ($(mibs "$z_in") MiB/s, $(du -m "$work/image.zst" | cut -f1) MiB), -d $z_out s ($(mibs "$z_out") MiB/s)"
+rm -f "$work/image.zst"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cp=$(port)
+RUST_LOG=warn ./target/release/cairn serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
+  --nbd-listen "127.0.0.1:$(port)" & pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$cp/healthz" >/dev/null && break; sleep 0.1; done
+cairn() { ./target/release/cairn --server "http://127.0.0.1:$cp" "$@"; }
+hwm() { awk '/VmHWM/{print int($2/1024)}' "/proc/$pid/status"; }
+reset_hwm() { echo 5 > "/proc/$pid/clear_refs"; }
+
+reset_hwm
+c_in=$(timed sh -c "./target/release/cairn --server http://127.0.0.1:$cp import img '$work/image' > /dev/null 2>&1")
+in_rss=$(hwm)
+reset_hwm
+c_out=$(timed sh -c "./target/release/cairn --server http://127.0.0.1:$cp export img - 2>/dev/null > /dev/null")
+out_rss=$(hwm)
+stored=$(cairn --json volume show img | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"] >> 20)')
+echo "cairn: import $c_in s ($(mibs "$c_in") MiB/s, stored $stored MiB, server peak RSS $in_rss MiB), export $c_out s ($(mibs "$c_out") MiB/s, server peak RSS $out_rss MiB)"
+same=$(cmp -s <(cairn export img - 2>/dev/null) "$work/image" && echo yes || echo NO)
+echo "export equals the image: $same"
+echo "ratios (speed, cairn / zstd): import $(python3 -c "print(f'{$z_in / $c_in:.2f}')")x of zstd -1 -T2, export $(python3 -c "print(f'{$z_out / $c_out:.2f}')")x of zstd -d -T2"
+[ "$same" = yes ]
