@@ -8,6 +8,7 @@
 //! per connection) and answered as they complete.
 
 mod bridge;
+mod budget;
 pub mod device;
 pub mod memory;
 mod portable;

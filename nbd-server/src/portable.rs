@@ -51,17 +51,20 @@ where
             // most MAX_IN_FLIGHT payloads. The payload must be consumed in
             // order, before the next header.
             let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
-            let payload = if req.kind == cmd::WRITE {
+            // And the payload's bytes of the server-wide budget.
+            let (payload, held) = if req.kind == cmd::WRITE {
+                let held = conn.budget.acquire(req.length as usize).await;
                 let mut data = vec![0u8; req.length as usize];
                 reader.read_exact(&mut data).await?;
-                Some(data)
+                (Some(data), Some(held))
             } else {
-                None
+                (None, None)
             };
             let (conn, writer) = (conn.clone(), writer.clone());
             let closing = closing.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _held = held;
                 let (reply, panicked) = execute_guarded(req, payload, &conn).await;
                 let mut w = writer.lock().await;
                 // Flushed: a TLS stream may hold records back until then.

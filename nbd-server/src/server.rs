@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::bridge::BridgedTls;
+use crate::budget::WriteBudget;
 use crate::device::{BlockDevice, DeviceError, Exports};
 use crate::proto::{self, cflag, chunk, cmd, errno, opt, rep, tflag, Request};
 use crate::tls::TlsPsk;
@@ -20,6 +21,8 @@ use crate::tls::TlsPsk;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Largest READ or WRITE payload accepted (32 MiB, as qemu and the kernel use).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Default [`ServerConfig::write_buffer`].
+pub const DEFAULT_WRITE_BUFFER: usize = 256 << 20;
 /// Largest option payload accepted during the handshake.
 const MAX_OPTION: u32 = 64 << 10;
 /// The only metadata context served.
@@ -39,6 +42,9 @@ pub struct ServerConfig {
     /// TLS-PSK: when set, every client must STARTTLS first and sees only
     /// the exports of its identity ([`Exports::scoped`]).
     pub tls: Option<Arc<TlsPsk>>,
+    /// Bytes of WRITE payloads held at once, all connections together;
+    /// writers past it wait.
+    pub write_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +54,7 @@ impl Default for ServerConfig {
             max_connections: 256,
             handshake_timeout: std::time::Duration::from_secs(10),
             tls: None,
+            write_buffer: DEFAULT_WRITE_BUFFER,
         }
     }
 }
@@ -122,6 +129,7 @@ pub async fn serve_config(
         transport = ?transport,
         max_connections = config.max_connections,
         handshake_timeout_ms = config.handshake_timeout.as_millis() as u64,
+        write_buffer_mib = config.write_buffer >> 20,
         tls = match &config.tls {
             Some(tls) => format!("required (PSK, {} identities)", tls.identities().len()),
             None => "off".to_string(),
@@ -129,6 +137,7 @@ pub async fn serve_config(
         "NBD server listening"
     );
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let budget = WriteBudget::new(config.write_buffer);
     loop {
         let (socket, peer) = listener.accept().await?;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -140,9 +149,10 @@ pub async fn serve_config(
         let exports = exports.clone();
         let timeout = config.handshake_timeout;
         let tls = config.tls.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match connection(socket, exports, transport, timeout, tls).await {
+            match connection(socket, exports, transport, timeout, tls, budget).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client done"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD connection closed"),
             }
@@ -158,9 +168,10 @@ async fn connection(
     transport: Transport,
     handshake_timeout: std::time::Duration,
     tls: Option<Arc<TlsPsk>>,
+    budget: Arc<WriteBudget>,
 ) -> std::io::Result<()> {
     let deadline = Deadline::after(handshake_timeout);
-    let mut session = Session::new(tls.is_some());
+    let mut session = Session::new(tls.is_some(), budget);
     match deadline
         .bound(open(&mut socket, exports.as_ref(), &mut session))
         .await?
@@ -216,7 +227,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = tokio::io::join(reader, writer);
-    let mut session = Session::new(tls.is_some());
+    let mut session = Session::new(tls.is_some(), WriteBudget::new(DEFAULT_WRITE_BUFFER));
     match open(&mut stream, exports.as_ref(), &mut session).await? {
         Opened::Go(name, conn) => {
             let (reader, writer) = stream.into_inner();
@@ -340,12 +351,14 @@ struct Session {
     no_zeroes: bool,
     structured: bool,
     meta_allocation: bool,
+    budget: Arc<WriteBudget>,
     tls: TlsState,
 }
 
 impl Session {
-    fn new(tls_required: bool) -> Self {
+    fn new(tls_required: bool, budget: Arc<WriteBudget>) -> Self {
         Self {
+            budget,
             no_zeroes: false,
             structured: false,
             meta_allocation: false,
@@ -417,6 +430,7 @@ where
                     device,
                     structured: session.structured,
                     meta_allocation: session.meta_allocation,
+                    budget: session.budget.clone(),
                 };
                 return Ok(Opened::Go(name, Arc::new(conn)));
             }
@@ -631,6 +645,8 @@ pub(crate) struct Connection {
     pub device: Arc<dyn BlockDevice>,
     pub structured: bool,
     pub meta_allocation: bool,
+    /// The server's memory for WRITE payloads ([`crate::budget`]).
+    pub budget: Arc<WriteBudget>,
 }
 
 /// [`execute`], with a panic turned into an EIO reply: the second value

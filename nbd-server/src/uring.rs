@@ -28,6 +28,7 @@ use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
 
 use crate::bridge::{decrypt, encrypt, Decrypted, TlsSession};
+use crate::budget::Held;
 use crate::proto::{cmd, Request, REQUEST_LEN};
 use crate::server::{admit, error_reply, execute_guarded, try_execute_read, Connection, MAX_IN_FLIGHT};
 
@@ -59,6 +60,8 @@ struct Outbox {
     signalled: AtomicBool,
     /// A request panicked: the connection closes once its reply is out.
     poisoned: AtomicBool,
+    /// Budget bytes granted to the WRITE the thread is waiting to dispatch.
+    granted: Mutex<Option<Held>>,
     eventfd: OwnedFd,
 }
 
@@ -106,6 +109,7 @@ async fn run(socket: TcpStream, tls: Option<Box<TlsSession>>, conn: Arc<Connecti
         replies: Mutex::new(Vec::new()),
         signalled: AtomicBool::new(false),
         poisoned: AtomicBool::new(false),
+        granted: Mutex::new(None),
         // SAFETY: efd is a fresh descriptor nobody else owns.
         eventfd: unsafe { OwnedFd::from_raw_fd(efd) },
     });
@@ -147,6 +151,9 @@ struct RingLoop {
     send_posted: bool,
     sent_in_first: usize,
     in_flight: usize,
+    /// A WRITE waits for budget bytes; a task asks for them and wakes the
+    /// thread when they are granted.
+    awaiting_budget: bool,
     /// No more requests will be read (EOF, DISC, or a fatal error).
     reading_done: bool,
     error: Option<io::Error>,
@@ -188,6 +195,7 @@ impl RingLoop {
             send_posted: false,
             sent_in_first: 0,
             in_flight: 0,
+            awaiting_budget: false,
             reading_done: false,
             error: None,
             cipher: if tls.is_some() {
@@ -257,7 +265,10 @@ impl RingLoop {
             self.push(sqe)?;
             self.wake_posted = true;
         }
-        if !self.recv_posted && !self.reading_done && self.in_flight < MAX_IN_FLIGHT {
+        // Waiting for budget bytes: the socket is not read meanwhile (that
+        // is the writer's backpressure).
+        if !self.recv_posted && !self.reading_done && self.in_flight < MAX_IN_FLIGHT && !self.awaiting_budget
+        {
             let target = match &self.tls {
                 // Ciphertext waits in the bridge until there is room to
                 // decrypt it; stop reading while much of it waits.
@@ -268,7 +279,8 @@ impl RingLoop {
                     Some(&mut self.buf[self.end..])
                 }
             };
-            if let Some(free) = target {
+            // A zero-length RECV would read as end of stream.
+            if let Some(free) = target.filter(|free| !free.is_empty()) {
                 let sqe = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
                     .build()
                     .user_data(RECV);
@@ -454,6 +466,17 @@ impl RingLoop {
             if pending.len() < REQUEST_LEN + payload_len {
                 return;
             }
+            // The payload leaves the receive buffer only with its bytes of
+            // the server-wide budget; until they are free, parsing waits.
+            let held = if req.kind == cmd::WRITE {
+                match self.budget_for(payload_len) {
+                    Some(held) => Some(held),
+                    None => return,
+                }
+            } else {
+                None
+            };
+            let pending = &self.buf[self.start..self.end];
             let payload =
                 (req.kind == cmd::WRITE).then(|| pending[REQUEST_LEN..REQUEST_LEN + payload_len].to_vec());
             self.start += REQUEST_LEN + payload_len;
@@ -469,6 +492,7 @@ impl RingLoop {
             self.in_flight += 1;
             let (conn, outbox) = (self.conn.clone(), self.outbox.clone());
             self.runtime.spawn(async move {
+                let _held = held;
                 let (reply, panicked) = execute_guarded(req, payload, &conn).await;
                 if panicked {
                     outbox.poisoned.store(true, Ordering::Release);
@@ -476,6 +500,29 @@ impl RingLoop {
                 outbox.push(reply);
             });
         }
+    }
+
+    /// Budget bytes for a payload of `len`: granted earlier, free now, or
+    /// asked for (None; the thread is woken when they are granted).
+    fn budget_for(&mut self, len: usize) -> Option<Held> {
+        if let Some(held) = self.outbox.granted.lock().take() {
+            self.awaiting_budget = false;
+            return Some(held);
+        }
+        if self.awaiting_budget {
+            return None;
+        }
+        if let Some(held) = self.conn.budget.try_acquire(len) {
+            return Some(held);
+        }
+        self.awaiting_budget = true;
+        let (budget, outbox) = (self.conn.budget.clone(), self.outbox.clone());
+        self.runtime.spawn(async move {
+            let held = budget.acquire(len).await;
+            *outbox.granted.lock() = Some(held);
+            outbox.wake();
+        });
+        None
     }
 
     fn woken(&mut self, result: i32) {

@@ -18,6 +18,7 @@ async fn start(max_connections: usize, handshake_timeout: Duration) -> std::net:
         max_connections,
         handshake_timeout,
         tls: None,
+        ..ServerConfig::default()
     };
     tokio::spawn(serve_config(
         listener,

@@ -32,6 +32,7 @@ async fn start(transport: Transport, handshake_timeout: Duration) -> std::net::S
         max_connections: 16,
         handshake_timeout,
         tls: Some(Arc::new(TlsPsk::from_keys(keys).unwrap())),
+        ..ServerConfig::default()
     };
     tokio::spawn(serve_config(
         listener,

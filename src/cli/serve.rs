@@ -31,6 +31,10 @@ pub(super) struct ServeArgs {
     /// Time an NBD client has from connecting to choosing an export.
     #[arg(long, env = "CAIRN_NBD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     nbd_handshake_timeout: std::time::Duration,
+    /// Memory for NBD WRITE payloads held at once, all connections
+    /// together; past it, writers wait (their sockets are not read).
+    #[arg(long, env = "CAIRN_NBD_WRITE_BUFFER", default_value = "256M", value_parser = parse_size)]
+    nbd_write_buffer: u64,
     /// Require NBD over TLS with pre-shared keys from FILE: lines
     /// `IDENTITY:HEXKEY` (psktool's format, e.g. `psktool -u alice -p
     /// keys.psk`). The identity is a namespace: a client sees and opens only
@@ -94,6 +98,7 @@ pub(super) fn run(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow:
             max_connections: args.nbd_max_connections,
             handshake_timeout: args.nbd_handshake_timeout,
             tls: None,
+            write_buffer: args.nbd_write_buffer as usize,
         },
         nbd_tls_psk: args.nbd_tls_psk,
         object_store: args.object_store,
