@@ -231,28 +231,37 @@ where
     match open(&mut stream, exports.as_ref(), &mut session).await? {
         Opened::Go(name, conn) => {
             let (reader, writer) = stream.into_inner();
-            attached(
-                exports.as_ref(),
-                &name,
-                &conn,
-                crate::portable::transmit(reader, writer, conn.clone()),
-            )
-            .await
+            portable(exports.as_ref(), &name, conn, reader, writer).await
         }
         Opened::StartTls => {
             let tls = tls.expect("STARTTLS is accepted only when TLS is configured");
             let (exports, name, conn, stream) =
                 secure(stream, exports, &tls, session, Deadline::never()).await?;
             let (reader, writer) = tokio::io::split(stream);
-            attached(
-                exports.as_ref(),
-                &name,
-                &conn,
-                crate::portable::transmit(reader, writer, conn.clone()),
-            )
-            .await
+            portable(exports.as_ref(), &name, conn, reader, writer).await
         }
     }
+}
+
+/// Transmission on the portable transport, the export attached meanwhile.
+async fn portable<R, W>(
+    exports: &dyn Exports,
+    name: &str,
+    conn: Arc<Connection>,
+    reader: R,
+    writer: W,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    attached(
+        exports,
+        name,
+        &conn,
+        crate::portable::transmit(reader, writer, conn.clone()),
+    )
+    .await
 }
 
 /// After STARTTLS: the TLS handshake, then option haggling over TLS with
