@@ -1,9 +1,11 @@
 //! Space accounting: what each volume stores, what only it references, and
 //! how much deduplication saves.
 //!
-//! Walks the sealed tree of every volume and snapshot (of all namespaces,
-//! since chunks are shared across them), so its cost grows with the number
-//! of chunks referenced; it runs on demand (volume show/list, metrics).
+//! Walks the sealed tree of every distinct root of the volumes and
+//! snapshots (of all namespaces, since chunks are shared across them), so
+//! its cost grows with the chunks under distinct roots, not with the number
+//! of owners sharing them; the answer is kept until an owner's root
+//! changes (see [`Engine::usage`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -115,63 +117,92 @@ impl Engine {
     }
 
     /// Computes space usage over every volume and snapshot.
+    ///
+    /// Owners (volumes and snapshots) that share a root share its chunk
+    /// set: each distinct root is walked once and weighed by the number of
+    /// owners holding it, so a thousand unchanged forks of one snapshot
+    /// cost one walk. The answer depends only on the owners and their
+    /// roots (objects' stored lengths never change and GC deletes only
+    /// what no root references), so it is kept and answered again, after
+    /// reading the catalog's records only, until a root, an owner or a size
+    /// changes.
     pub async fn usage(&self) -> Result<Usage> {
+        let owners = self.owners()?;
+        let key = owners_key(&owners);
+        if let Some((k, usage)) = &*self.usage_memo().lock() {
+            if *k == key {
+                return Ok(usage.clone());
+            }
+        }
+        let usage = self.usage_of(owners).await?;
+        *self.usage_memo().lock() = Some((key, usage.clone()));
+        Ok(usage)
+    }
+
+    fn owners(&self) -> Result<Vec<Owner>> {
         let volumes = self.catalog().volumes(None)?;
         let snapshots = self.catalog().snapshots(None, None)?;
-        let mut refs: HashMap<ChunkId, u32> = HashMap::new();
-        let mut usage = Usage {
-            volume_count: volumes.len() as u64,
-            snapshot_count: snapshots.len() as u64,
-            ..Usage::default()
-        };
-        let mut per_volume = Vec::new();
-        // Roots shared by several owners (a fork and its snapshot) are walked once.
-        let mut walked: HashMap<NodeId, std::sync::Arc<HashSet<ChunkId>>> = HashMap::new();
-        let mut owners = Vec::new();
-        let mut ns_chunks: HashMap<Namespace, HashSet<ChunkId>> = HashMap::new();
-        for v in &volumes {
-            usage
-                .namespaces
-                .entry(v.namespace.clone())
-                .or_default()
-                .volume_count += 1;
-            owners.push((
-                v.namespace.clone(),
-                Some(v.name.clone()),
-                v.root,
-                v.size,
-                v.chunk_size,
-            ));
+        let mut owners = Vec::with_capacity(volumes.len() + snapshots.len());
+        for v in volumes {
+            owners.push(Owner {
+                ns: v.namespace,
+                volume: Some(v.name),
+                root: v.root,
+                size: v.size,
+                chunk_size: v.chunk_size,
+            });
         }
-        for s in &snapshots {
-            usage
-                .namespaces
-                .entry(s.namespace.clone())
-                .or_default()
-                .snapshot_count += 1;
-            owners.push((s.namespace.clone(), None, s.root, s.size, s.chunk_size));
+        for s in snapshots {
+            owners.push(Owner {
+                ns: s.namespace,
+                volume: None,
+                root: s.root,
+                size: s.size,
+                chunk_size: s.chunk_size,
+            });
         }
-        for (ns, owner, root, size, chunk_size) in owners {
-            let set = match walked.get(&root) {
-                Some(set) => set.clone(),
+        Ok(owners)
+    }
+
+    async fn usage_of(&self, owners: Vec<Owner>) -> Result<Usage> {
+        let mut usage = Usage::default();
+        // Each distinct root: its chunk set (walked once) and how many
+        // owners hold it.
+        let mut roots: HashMap<NodeId, (std::sync::Arc<HashSet<ChunkId>>, u32)> = HashMap::new();
+        let mut ns_roots: HashMap<Namespace, HashSet<NodeId>> = HashMap::new();
+        for o in &owners {
+            let ns = usage.namespaces.entry(o.ns.clone()).or_default();
+            match o.volume {
+                Some(_) => {
+                    usage.volume_count += 1;
+                    ns.volume_count += 1;
+                }
                 None => {
-                    let set = std::sync::Arc::new(chunks_of(self, root, size, chunk_size).await?);
-                    walked.insert(root, set.clone());
+                    usage.snapshot_count += 1;
+                    ns.snapshot_count += 1;
+                }
+            }
+            let set = match roots.get_mut(&o.root) {
+                Some((set, holders)) => {
+                    *holders += 1;
+                    set.clone()
+                }
+                None => {
+                    let set = std::sync::Arc::new(chunks_of(self, o.root, o.size, o.chunk_size).await?);
+                    roots.insert(o.root, (set.clone(), 1));
                     set
                 }
             };
-            for id in set.iter() {
-                *refs.entry(*id).or_default() += 1;
-            }
-            let logical = set.len() as u64 * chunk_size;
+            let logical = set.len() as u64 * o.chunk_size;
             usage.logical_bytes += logical;
-            usage.namespaces.entry(ns.clone()).or_default().logical_bytes += logical;
-            ns_chunks
-                .entry(ns.clone())
-                .or_default()
-                .extend(set.iter().copied());
-            if let Some(name) = owner {
-                per_volume.push(((ns, name), set));
+            ns.logical_bytes += logical;
+            ns_roots.entry(o.ns.clone()).or_default().insert(o.root);
+        }
+        // References per chunk: one per owner holding it.
+        let mut refs: HashMap<ChunkId, u32> = HashMap::new();
+        for (set, holders) in roots.values() {
+            for id in set.iter() {
+                *refs.entry(*id).or_default() += holders;
             }
         }
         let mut sizes: HashMap<ChunkId, u64> = HashMap::with_capacity(refs.len());
@@ -180,20 +211,230 @@ impl Engine {
             sizes.insert(*id, len);
             usage.stored_bytes += len;
         }
-        for (key, set) in per_volume {
+        // Per distinct root: stored bytes, and unique bytes (none when
+        // several owners hold the root).
+        let mut per_root: HashMap<NodeId, VolumeUsage> = HashMap::with_capacity(roots.len());
+        for (root, (set, holders)) in &roots {
             let mut u = VolumeUsage::default();
             for id in set.iter() {
                 u.stored_bytes += sizes[id];
-                if refs[id] == 1 {
+                if *holders == 1 && refs[id] == 1 {
                     u.unique_bytes += sizes[id];
                 }
             }
-            usage.volumes.insert(key, u);
+            per_root.insert(*root, u);
         }
-        for (ns, chunks) in ns_chunks {
+        for o in owners {
+            if let Some(name) = o.volume {
+                usage.volumes.insert((o.ns, name), per_root[&o.root]);
+            }
+        }
+        for (ns, ns_root_set) in ns_roots {
             let entry = usage.namespaces.entry(ns).or_default();
-            entry.stored_bytes = chunks.iter().map(|id| sizes[id]).sum();
+            entry.stored_bytes = if ns_root_set.len() == 1 {
+                ns_root_set.iter().map(|r| per_root[r].stored_bytes).sum()
+            } else {
+                let mut chunks: HashSet<ChunkId> = HashSet::new();
+                for r in &ns_root_set {
+                    chunks.extend(roots[r].0.iter().copied());
+                }
+                chunks.iter().map(|id| sizes[id]).sum()
+            };
         }
         Ok(usage)
+    }
+}
+
+/// A volume or snapshot, as space accounting sees it.
+struct Owner {
+    ns: Namespace,
+    /// The volume's name; None for a snapshot.
+    volume: Option<VolumeName>,
+    root: NodeId,
+    size: u64,
+    chunk_size: u64,
+}
+
+/// Identifies a set of owners and their roots and sizes.
+pub(crate) type OwnersKey = [u8; 32];
+
+fn owners_key(owners: &[Owner]) -> OwnersKey {
+    let mut h = blake3::Hasher::new();
+    for o in owners {
+        h.update(o.ns.as_str().as_bytes());
+        h.update(&[0]);
+        match &o.volume {
+            Some(v) => {
+                h.update(&[1]);
+                h.update(v.as_str().as_bytes());
+            }
+            None => {
+                h.update(&[2]);
+            }
+        }
+        h.update(&[0]);
+        h.update(&o.root.0);
+        h.update(&o.size.to_le_bytes());
+        h.update(&o.chunk_size.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Actor, EngineConfig, GcOptions, Labels, SnapshotTag};
+    use proptest::prelude::*;
+
+    /// The plain definition: every owner walked on its own.
+    async fn by_full_walk(engine: &Engine) -> Usage {
+        let owners = engine.owners().unwrap();
+        let mut sets = Vec::new();
+        let mut refs: HashMap<ChunkId, u32> = HashMap::new();
+        for o in &owners {
+            let set = chunks_of(engine, o.root, o.size, o.chunk_size).await.unwrap();
+            for id in &set {
+                *refs.entry(*id).or_default() += 1;
+            }
+            sets.push(set);
+        }
+        let len = |id: &ChunkId| engine.objects().stored_len(ObjectKind::Chunk, &id.0).unwrap();
+        let mut usage = Usage {
+            stored_bytes: refs.keys().map(len).sum(),
+            ..Usage::default()
+        };
+        let mut ns_chunks: HashMap<Namespace, HashSet<ChunkId>> = HashMap::new();
+        for (o, set) in owners.iter().zip(&sets) {
+            let ns = usage.namespaces.entry(o.ns.clone()).or_default();
+            if o.volume.is_some() {
+                usage.volume_count += 1;
+                ns.volume_count += 1;
+            } else {
+                usage.snapshot_count += 1;
+                ns.snapshot_count += 1;
+            }
+            usage.logical_bytes += set.len() as u64 * o.chunk_size;
+            ns.logical_bytes += set.len() as u64 * o.chunk_size;
+            ns_chunks
+                .entry(o.ns.clone())
+                .or_default()
+                .extend(set.iter().copied());
+            if let Some(name) = &o.volume {
+                usage.volumes.insert(
+                    (o.ns.clone(), name.clone()),
+                    VolumeUsage {
+                        stored_bytes: set.iter().map(len).sum(),
+                        unique_bytes: set.iter().filter(|id| refs[*id] == 1).map(len).sum(),
+                    },
+                );
+            }
+        }
+        for (ns, chunks) in ns_chunks {
+            usage.namespaces.get_mut(&ns).unwrap().stored_bytes = chunks.iter().map(len).sum();
+        }
+        usage
+    }
+
+    fn assert_same(a: &Usage, b: &Usage) {
+        assert_eq!(a.volumes, b.volumes);
+        assert_eq!(
+            (a.stored_bytes, a.logical_bytes, a.volume_count, a.snapshot_count),
+            (b.stored_bytes, b.logical_bytes, b.volume_count, b.snapshot_count)
+        );
+        assert_eq!(a.namespaces, b.namespaces);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write { vol: u8, block: u8, seed: u8 },
+        Seal { vol: u8 },
+        Snapshot { vol: u8 },
+        Fork { vol: u8 },
+        DeleteVolume { vol: u8 },
+        DeleteSnapshot { vol: u8 },
+        Gc,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, 0u8..16, 0u8..4).prop_map(|(vol, block, seed)| Op::Write { vol, block, seed }),
+            3 => (0u8..4).prop_map(|vol| Op::Seal { vol }),
+            2 => (0u8..4).prop_map(|vol| Op::Snapshot { vol }),
+            2 => (0u8..4).prop_map(|vol| Op::Fork { vol }),
+            1 => (0u8..4).prop_map(|vol| Op::DeleteVolume { vol }),
+            1 => (0u8..4).prop_map(|vol| Op::DeleteSnapshot { vol }),
+            1 => Just(Op::Gc),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Random forks, writes, seals, snapshots, deletions and GCs in two
+        /// namespaces: after every step the accounting (grouped by root,
+        /// kept between changes) equals walking every owner on its own.
+        #[test]
+        fn accounting_equals_a_full_walk(ops in proptest::collection::vec(op(), 1..24)) {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+                let actor = Actor("t".into());
+                let nss = [Namespace::default_ns(), Namespace::new("other").unwrap()];
+                let name = |v: u8| VolumeName::new(format!("v{v}")).unwrap();
+                let ns_of = |v: u8| &nss[(v % 2) as usize];
+                for v in 0..2u8 {
+                    engine.create_volume(ns_of(v), &actor, &name(v), 64 << 10, Some(4096), Labels::new()).await.unwrap();
+                }
+                let mut tags = 0u32;
+                for op in ops {
+                    // Operations on what does not exist simply fail.
+                    match op {
+                        Op::Write { vol, block, seed } => {
+                            if let Ok(v) = engine.volume(ns_of(vol), &name(vol)) {
+                                let data = cairn_chunker::testdata::noise(seed as u64, 4096);
+                                let _ = v.write(block as u64 * 4096, &data).await;
+                            }
+                        }
+                        Op::Seal { vol } => {
+                            if let Ok(v) = engine.volume(ns_of(vol), &name(vol)) {
+                                v.seal().await.unwrap();
+                            }
+                        }
+                        Op::Snapshot { vol } => {
+                            tags += 1;
+                            let _ = engine.snapshot(ns_of(vol), &actor, &name(vol), Some(SnapshotTag::new(format!("s{tags}")).unwrap()), Labels::new()).await;
+                        }
+                        Op::Fork { vol } => {
+                            let snaps = engine.list_snapshots(ns_of(vol), Some(&name(vol))).unwrap_or_default();
+                            if let Some(s) = snaps.last() {
+                                for target in 0..4u8 {
+                                    if target % 2 == vol % 2 && engine.volume(ns_of(target), &name(target)).is_err() {
+                                        let _ = engine.fork(ns_of(vol), &actor, &name(vol), &s.tag, &name(target), None, &Labels::new()).await;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Op::DeleteVolume { vol } => {
+                            let _ = engine.delete_volume(ns_of(vol), &actor, &name(vol), true).await;
+                        }
+                        Op::DeleteSnapshot { vol } => {
+                            let snaps = engine.list_snapshots(ns_of(vol), Some(&name(vol))).unwrap_or_default();
+                            if let Some(s) = snaps.first() {
+                                let _ = engine.delete_snapshot(ns_of(vol), &actor, &name(vol), &s.tag).await;
+                            }
+                        }
+                        Op::Gc => {
+                            let _ = engine.gc(&nss[0], &actor, GcOptions { dry_run: false, grace: std::time::Duration::ZERO }).await;
+                        }
+                    }
+                    let fast = engine.usage().await.unwrap();
+                    let again = engine.usage().await.unwrap();
+                    let walked = by_full_walk(&engine).await;
+                    assert_same(&fast, &walked);
+                    assert_same(&again, &walked);
+                }
+            });
+        }
     }
 }

@@ -185,6 +185,8 @@ pub struct Engine {
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
+    /// The last space accounting and the owners it was computed for.
+    usage_memo: Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>>,
     /// Snapshots kept from deletion by their readers.
     leases: leases::Leases,
     /// Volumes whose write-back log is damaged (see [`damage`]).
@@ -361,6 +363,7 @@ impl Engine {
             gc_progress: crate::gc::Progress::default(),
             warming: Mutex::new(HashMap::new()),
             shared,
+            usage_memo: Mutex::new(None),
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
@@ -440,6 +443,10 @@ impl Engine {
 
     pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
         &self.stored_memo
+    }
+
+    pub(crate) fn usage_memo(&self) -> &Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>> {
+        &self.usage_memo
     }
 
     /// Unsealed bytes of all volumes (the write-back backlog).
