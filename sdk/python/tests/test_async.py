@@ -48,5 +48,7 @@ def test_async_workflow(server: Server, tmp_path: Path) -> None:
             await c.delete_volume("sb-7")
             assert len(await c.volumes()) == 9
             assert (await c.verify())["corrupt"] == 0
+            report = await c.gc(dry_run=True, grace="0s")
+            assert (await c.gc_status())["last"]["started_unix"] == report["started_unix"]
 
     asyncio.run(main())

@@ -88,6 +88,9 @@ def test_workflow(server: Server, tmp_path: Path) -> None:
         gc = c.gc(dry_run=True, grace="0s")
         assert gc["dry_run"] is True and gc["grace_seconds"] == 0
         assert c.usage()["last_gc"]["dry_run"] is True
+        status = c.gc_status()
+        assert status["running"] is None
+        assert status["last"]["started_unix"] == gc["started_unix"]
 
         kinds = [e.kind for e in c.events()]
         for kind in ("create", "snapshot", "fork", "clone", "rollback", "resize", "delete", "gc"):
@@ -210,6 +213,8 @@ def test_tokens_namespaces_and_forbidden(token_server: Server) -> None:
         with pytest.raises(cairn.Forbidden) as fb:
             alice.gc(dry_run=True)
         assert fb.value.status == 403 and fb.value.code == "forbidden"
+        with pytest.raises(cairn.Forbidden):
+            alice.gc_status()
         bob.create_volume("bobs", size="1M")
         # A tenant's scrub covers its namespace, an admin's the whole store.
         assert alice.verify()["targets"] == 1

@@ -214,6 +214,10 @@ def gc(dry_run: bool, grace: Union[int, float, str]) -> Call[Dict[str, Any]]:
     return Call("POST", "/gc", _identity, json=body)
 
 
+def gc_status() -> Call[Dict[str, Any]]:
+    return Call("GET", "/gc", _identity)
+
+
 def verify(target: Optional[str]) -> Call[Dict[str, Any]]:
     body: Dict[str, Any] = {}
     if target:

@@ -163,6 +163,10 @@ class Client:
     def gc(self, dry_run: bool = False, grace: Union[int, float, str] = "1h") -> Dict[str, Any]:
         return self._run(calls.gc(dry_run, grace))
 
+    def gc_status(self) -> Dict[str, Any]:
+        """The GC in progress (``running``: phase and counters, or None) and the last report (``last``)."""
+        return self._run(calls.gc_status())
+
     def verify(self, target: Optional[str] = None) -> Dict[str, Any]:
         """Scrubs ``NAME``, ``NAME@TAG`` or (None) everything the token sees."""
         return self._run(calls.verify(target))
@@ -310,6 +314,9 @@ class AsyncClient:
 
     async def gc(self, dry_run: bool = False, grace: Union[int, float, str] = "1h") -> Dict[str, Any]:
         return await self._run(calls.gc(dry_run, grace))
+
+    async def gc_status(self) -> Dict[str, Any]:
+        return await self._run(calls.gc_status())
 
     async def verify(self, target: Optional[str] = None) -> Dict[str, Any]:
         return await self._run(calls.verify(target))
