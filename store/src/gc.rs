@@ -217,7 +217,7 @@ struct Tally {
 /// writer claimed after they were planned.
 pub(crate) async fn run(engine: &Engine, options: GcOptions, progress: &Progress) -> Result<GcReport> {
     let started = Instant::now();
-    let running = progress.start(options.dry_run);
+    let _running = progress.start(options.dry_run);
     let objects = engine.objects();
     // From here on, every key a writer claims or uploads is noted: the
     // sweep's last re-check looks there instead of reading the index again.
@@ -240,7 +240,7 @@ pub(crate) async fn run(engine: &Engine, options: GcOptions, progress: &Progress
     let (marked, shared) = mark(engine, &mut report, progress).await?;
     report.mark_ms = started.elapsed().as_millis() as u64;
 
-    running.0.phase.store(1, Ordering::Relaxed);
+    progress.phase.store(1, Ordering::Relaxed);
     let (batches, mut pending) = tokio::sync::mpsc::channel::<Vec<(String, u64)>>(PLANNED_BATCHES);
     let plan = {
         let (marked, report) = (&marked, &mut report);
@@ -309,7 +309,7 @@ pub(crate) async fn run(engine: &Engine, options: GcOptions, progress: &Progress
     // Index entries without an object (lost or deleted by hand) must go, or
     // a writer would deduplicate against nothing. Entries newer than the
     // start may belong to uploads that finished after the listing.
-    running.0.phase.store(2, Ordering::Relaxed);
+    progress.phase.store(2, Ordering::Relaxed);
     let mut stale = Vec::new();
     for entry in objects.catalog().object_entries() {
         let (key, seen, _) = entry?;

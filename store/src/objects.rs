@@ -304,30 +304,31 @@ impl ObjectLayer {
         // While GC deletes it, wait: once gone, it is not there to claim.
         let path = self.path(kind, id);
         self.gate
-            .unless_deleting(path.as_ref(), |keys| {
-                let claimed = self.claim_locked(&path)?;
-                if claimed {
-                    keys.touch(path.as_ref());
-                }
-                Ok(claimed)
-            })
+            .unless_deleting(path.as_ref(), |keys| self.claim_locked(keys, &path))
             .await
     }
 
-    fn claim_locked(&self, path: &Path) -> Result<bool> {
-        if self.is_unsynced(path.as_ref()) {
-            return Ok(true);
-        }
-        match self.catalog.object_entry(path.as_ref())? {
-            Some((seen, len)) => {
-                let now = unix_now();
-                if seen < now {
-                    self.catalog.object_record(path.as_ref(), now, len)?;
+    /// The claim, with the sweep gate's keys locked; a claimed key is noted
+    /// as touched for a running GC.
+    fn claim_locked(&self, keys: &mut crate::sweep_gate::Keys, path: &Path) -> Result<bool> {
+        let claimed = if self.is_unsynced(path.as_ref()) {
+            true
+        } else {
+            match self.catalog.object_entry(path.as_ref())? {
+                Some((seen, len)) => {
+                    let now = unix_now();
+                    if seen < now {
+                        self.catalog.object_record(path.as_ref(), now, len)?;
+                    }
+                    true
                 }
-                Ok(true)
+                None => false,
             }
-            None => Ok(false),
+        };
+        if claimed {
+            keys.touch(path.as_ref());
         }
+        Ok(claimed)
     }
 
     /// Stores a framed object unless it is known to be stored already.
@@ -341,10 +342,7 @@ impl ObjectLayer {
         let claimed = self
             .gate
             .unless_deleting(path.as_ref(), |keys| {
-                let claimed = self.claim_locked(&path)?;
-                if claimed {
-                    keys.touch(path.as_ref());
-                }
+                let claimed = self.claim_locked(keys, &path)?;
                 Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
             })
             .await?;
