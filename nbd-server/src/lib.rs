@@ -10,6 +10,7 @@
 mod bridge;
 mod budget;
 pub mod device;
+mod handshake;
 pub mod memory;
 mod portable;
 pub mod proto;
