@@ -7,26 +7,45 @@ mod common;
 use common::nbd::RawNbd;
 use common::*;
 
-fn object_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for kind in ["chunks", "nodes"] {
-        let Ok(dirs) = std::fs::read_dir(data.join("objects").join(kind)) else {
-            continue;
-        };
-        for d in dirs {
-            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-                out.push(f.unwrap().path());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Objects in the server's local store.
+fn object_count(server: &Server) -> u64 {
+    server.metric("cairn_pack_objects") as u64
+}
+
+/// Flips one byte in the middle of a stored chunk (the server stopped), as
+/// a failing disk would. Returns its key.
+fn damage_a_chunk(objects_dir: &std::path::Path) -> String {
+    use futures::StreamExt;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let packs = cairn_store::pack::PackStore::open(objects_dir).unwrap();
+        let store = cairn_store::pack::PackObjects(packs.clone());
+        let mut chunks: Vec<String> = store
+            .list(Some(&"chunks".into()))
+            .map(|m| m.unwrap().location.to_string())
+            .collect()
+            .await;
+        chunks.sort();
+        let victim = chunks[chunks.len() / 2].clone();
+        let mut bytes = store
+            .get(&victim.as_str().into())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        bytes[100] ^= 1;
+        store.put(&victim.as_str().into(), bytes.into()).await.unwrap();
+        packs.sync().unwrap();
+        victim
+    })
 }
 
 #[test]
 fn gc_and_verify_from_the_cli() {
     if s3_mode() {
-        println!("SKIPPED in S3 mode: this test counts and damages object files in the local store");
+        println!("SKIPPED in S3 mode: this test counts and damages objects in the local store's packs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +59,7 @@ fn gc_and_verify_from_the_cli() {
     std::fs::write(&image, cairn_chunker::testdata::noise(6, 2 << 20)).unwrap();
     server.json(&["import", "drop", image.to_str().unwrap()]);
     server.json(&["snapshot", "create", "keep", "--tag", "s"]);
-    let before = object_files(&data).len();
+    let before = object_count(&server);
     server.ok(&["volume", "delete", "drop"]);
 
     // Default grace: nothing goes yet; the summary says so.
@@ -52,11 +71,11 @@ fn gc_and_verify_from_the_cli() {
     let dry = server.json(&["gc", "--dry-run", "--grace", "0s"]);
     assert_eq!(dry["dry_run"], true);
     assert!(dry["reclaimed_objects"].as_u64().unwrap() >= 32, "{dry}");
-    assert_eq!(object_files(&data).len(), before);
+    assert_eq!(object_count(&server), before);
     let report = server.json(&["gc", "--grace", "0s"]);
     let reclaimed = report["reclaimed_objects"].as_u64().unwrap();
     assert_eq!(reclaimed, dry["reclaimed_objects"].as_u64().unwrap());
-    assert_eq!(object_files(&data).len() as u64, before as u64 - reclaimed);
+    assert_eq!(object_count(&server), before - reclaimed);
     assert!(report["mark_set_bytes"].as_u64().unwrap() > 0);
     // GET /gc: nothing running now, and the last report is this run's.
     let (status, body) = server.http("GET", "/api/v1/gc", None, None);
@@ -98,14 +117,9 @@ fn gc_and_verify_from_the_cli() {
     assert_eq!(clean["missing"], 0);
     assert_eq!(clean["corrupt"], 0);
     assert_eq!(clean["targets"], 2, "volume keep and snapshot keep@s");
-    let chunks: Vec<_> = object_files(&data)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains("/chunks/"))
-        .collect();
-    let victim = &chunks[chunks.len() / 2];
-    let mut bytes = std::fs::read(victim).unwrap();
-    bytes[100] ^= 1;
-    std::fs::write(victim, &bytes).unwrap();
+    server.while_stopped(|| {
+        damage_a_chunk(&data.join("objects"));
+    });
     let err = server.fails(&["verify"]);
     assert!(err.contains("0 missing and 1 corrupt"), "{err}");
     let report = server.cli(&["--json", "verify", "keep@s"]);

@@ -194,6 +194,33 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        if let Some(packs) = engine.objects().packs() {
+            let usage = packs.usage();
+            for (name, help, value) in [
+                (
+                    "cairn_pack_files",
+                    "Pack files of the local object store.",
+                    usage.files as u64,
+                ),
+                (
+                    "cairn_pack_bytes",
+                    "Bytes of the pack files, records deleted but not yet compacted away included.",
+                    usage.bytes,
+                ),
+                (
+                    "cairn_pack_live_bytes",
+                    "Bytes of the objects the pack files hold.",
+                    usage.live_bytes,
+                ),
+                (
+                    "cairn_pack_objects",
+                    "Objects the pack files hold.",
+                    usage.objects,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            }
+        }
         out.push_str("# HELP cairn_volume_hydration_ratio Fraction of a volume's data readable without the object store.\n");
         out.push_str("# TYPE cairn_volume_hydration_ratio gauge\n");
         for (ns, volume, fraction) in engine.hydration_fractions().await {

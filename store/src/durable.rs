@@ -1,13 +1,15 @@
 //! Power-loss ordering for objects on a local filesystem.
 //!
-//! `object_store`'s local backend writes each object to a staging file and
-//! renames it into place, without fsync: after a power cut such an object
-//! can come back empty. So objects put on a local store are *unsynced*
-//! until a barrier ([`LocalSync::sync`]) fsyncs their data and then the
-//! directories that hold them (one barrier for every object written since
-//! the last one: the syncs of a seal run in parallel and are paid once per
-//! commit, not once per object). Only after that are they recorded in the
-//! existence index.
+//! Puts to a local store are not durable when they return: pack files
+//! ([`crate::pack`]) are synced in batches, and `object_store`'s
+//! one-file-per-object backend writes a staging file and renames it into
+//! place without fsync (after a power cut such an object can come back
+//! empty). So objects put on a local store are *unsynced* until a barrier
+//! ([`LocalSync::sync`]) makes them durable — the packs written since the
+//! last barrier and the pack index, or each object's file and then the
+//! directories that hold it (one barrier for every object written since
+//! the last one: paid once per commit, not once per object). Only after
+//! that are they recorded in the existence index.
 //!
 //! Callers run a barrier before every catalog batch that commits a root
 //! referencing new objects, so:
@@ -33,11 +35,20 @@ use crate::error::{Result, StoreError};
 /// Threads that fsync files at once during a barrier.
 const SYNC_THREADS: usize = 8;
 
+/// How a local store's puts are made durable.
+#[derive(Debug, Clone)]
+pub enum LocalDurability {
+    /// One file per object under this directory: fsync each, then the
+    /// directories.
+    Files(PathBuf),
+    /// Pack files: [`crate::pack::PackStore::sync`].
+    Packs(Arc<crate::pack::PackStore>),
+}
+
 /// Objects written to a local store and not yet made durable.
 #[derive(Debug)]
 pub(crate) struct LocalSync {
-    /// Filesystem directory of the store's root.
-    root: PathBuf,
+    how: LocalDurability,
     pending: Mutex<Pending>,
     /// One barrier at a time: a barrier that starts while another runs
     /// waits for it, so everything unsynced at its start is durable when
@@ -54,13 +65,21 @@ struct Pending {
 }
 
 impl LocalSync {
-    /// Tracks objects of the local store rooted at `root`.
-    pub(crate) fn new(root: PathBuf) -> Arc<Self> {
+    /// Tracks objects of a local store.
+    pub(crate) fn new(how: LocalDurability) -> Arc<Self> {
         Arc::new(Self {
-            root,
+            how,
             pending: Mutex::default(),
             barrier: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The pack store, when objects are in packs.
+    pub(crate) fn packs(&self) -> Option<&Arc<crate::pack::PackStore>> {
+        match &self.how {
+            LocalDurability::Packs(packs) => Some(packs),
+            LocalDurability::Files(_) => None,
+        }
     }
 
     /// Notes an object just written (not yet durable).
@@ -105,19 +124,13 @@ impl LocalSync {
 
     fn sync_blocking(&self, catalog: &Catalog, batch: Vec<(String, u64, u64)>) -> Result<()> {
         let started = std::time::Instant::now();
-        let files: Vec<PathBuf> = batch.iter().map(|(key, _, _)| self.root.join(key)).collect();
-        let missing = parallel_fsync(&files)?;
-        // Directory entries: each object's directory, the directories above
-        // it up to the root (a fan-out directory may be new).
-        let mut dirs: Vec<&Path> = files
-            .iter()
-            .flat_map(|f| f.ancestors().skip(1).filter(|d| d.starts_with(&self.root)))
-            .collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        for dir in &dirs {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let (missing, dirs) = match &self.how {
+            LocalDurability::Files(root) => sync_files(root, &batch)?,
+            LocalDurability::Packs(packs) => {
+                packs.sync()?;
+                (Vec::new(), 0)
+            }
+        };
         let now = crate::objects::unix_now();
         let durable: Vec<(&str, u64)> = batch
             .iter()
@@ -136,7 +149,7 @@ impl LocalSync {
         drop(pending);
         tracing::debug!(
             objects = batch.len(),
-            dirs = dirs.len(),
+            dirs,
             ms = started.elapsed().as_millis() as u64,
             "objects synced"
         );
@@ -147,6 +160,24 @@ impl LocalSync {
             None => Ok(()),
         }
     }
+}
+
+/// fsyncs each object's file, then the directories above them up to the
+/// store's root (a fan-out directory may be new). Returns the indices of
+/// objects whose file no longer exists, and the number of directories.
+fn sync_files(root: &Path, batch: &[(String, u64, u64)]) -> Result<(Vec<usize>, usize)> {
+    let files: Vec<PathBuf> = batch.iter().map(|(key, _, _)| root.join(key)).collect();
+    let missing = parallel_fsync(&files)?;
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1).filter(|d| d.starts_with(root)))
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for dir in &dirs {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((missing, dirs.len()))
 }
 
 /// fsyncs `files` on up to [`SYNC_THREADS`] threads. Returns the indices

@@ -448,8 +448,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((tally.reclaimed_objects, tally.skipped_young_objects), (1, 1));
-        let exists = |key: &str| dir.path().join("objects").join(key).exists();
-        assert!(exists(&kept_key), "the claimed object was deleted");
-        assert!(!exists(&gone_key), "the unclaimed one is gone");
+        let exists = |key: &str| {
+            let path = object_store::path::Path::from(key);
+            async move { objects.store().head(&path).await.is_ok() }
+        };
+        assert!(exists(&kept_key).await, "the claimed object was deleted");
+        assert!(!exists(&gone_key).await, "the unclaimed one is gone");
     }
 }

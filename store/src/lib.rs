@@ -14,7 +14,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod disk_cache;
-mod durable;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod gc;
@@ -23,6 +23,7 @@ pub mod journal;
 pub mod names;
 pub mod objects;
 pub mod overlay;
+pub mod pack;
 pub mod readahead;
 pub mod records;
 pub mod sealed;

@@ -155,10 +155,10 @@ impl ObjectLayer {
         self
     }
 
-    /// Marks the store as a local filesystem rooted at `root`, whose puts
-    /// are durable only after [`ObjectLayer::make_durable`].
-    pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
-        self.local = Some(crate::durable::LocalSync::new(root));
+    /// Marks the store as a local filesystem whose puts are durable only
+    /// after [`ObjectLayer::make_durable`].
+    pub fn with_local_durability(mut self, how: crate::durable::LocalDurability) -> Self {
+        self.local = Some(crate::durable::LocalSync::new(how));
         self
     }
 
@@ -170,6 +170,11 @@ impl ObjectLayer {
             Some(local) => local.sync(&self.catalog).await,
             None => Ok(()),
         }
+    }
+
+    /// The pack store under this layer, when the store is local and packed.
+    pub fn packs(&self) -> Option<&Arc<crate::pack::PackStore>> {
+        self.local.as_ref().and_then(|l| l.packs())
     }
 
     /// How long the object store has not answered a read or a write.

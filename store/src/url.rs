@@ -1,4 +1,6 @@
-//! Object store URLs: `file:///path` (default `<data-dir>/objects`),
+//! Object store URLs: `file:///path` (default `<data-dir>/objects`: pack
+//! files, see [`crate::pack`]; `file:///path?layout=files`, or a directory
+//! that already holds one file per object, keeps that older layout),
 //! `memory://`, and `s3://bucket/prefix` (credentials, region and endpoint
 //! from the standard `AWS_*` variables; `AWS_ENDPOINT_URL` and
 //! `AWS_ALLOW_HTTP=true` for S3-compatible servers; path-style requests).
@@ -11,7 +13,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
+use crate::durable::LocalDurability;
 use crate::error::{Result, StoreError};
+use crate::pack::{PackObjects, PackStore};
 
 /// An opened object store.
 pub struct OpenedStore {
@@ -19,9 +23,9 @@ pub struct OpenedStore {
     pub store: Arc<dyn ObjectStore>,
     /// Key prefix of cairn's objects inside it.
     pub prefix: ObjectPath,
-    /// Its directory when it is a local filesystem (puts are not durable
-    /// until synced: see [`crate::durable`]).
-    pub local_root: Option<std::path::PathBuf>,
+    /// How puts are made durable (see [`crate::durable`]); `None` when
+    /// they are durable when they return.
+    pub local: Option<crate::durable::LocalDurability>,
 }
 
 /// Opens the object store named by `url` (or the default under `data_dir`).
@@ -41,18 +45,37 @@ pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<OpenedSto
             let path = parsed
                 .to_file_path()
                 .map_err(|_| refuse("not an absolute local path"))?;
+            let files = match parsed.query() {
+                None => PackStore::holds_loose_objects(&path),
+                Some("layout=files") => true,
+                Some("layout=packs") => false,
+                Some(other) => {
+                    return Err(refuse(&format!(
+                        "unknown option {other:?}; use layout=packs or layout=files"
+                    )))
+                }
+            };
             std::fs::create_dir_all(&path)?;
-            let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| refuse(&e.to_string()))?;
+            let root = std::fs::canonicalize(&path)?;
+            if files {
+                let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| refuse(&e.to_string()))?;
+                return Ok(OpenedStore {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::default(),
+                    local: Some(LocalDurability::Files(root)),
+                });
+            }
+            let packs = PackStore::open(&root)?;
             Ok(OpenedStore {
-                store: Arc::new(store),
+                store: Arc::new(PackObjects(packs.clone())),
                 prefix: ObjectPath::default(),
-                local_root: Some(std::fs::canonicalize(&path)?),
+                local: Some(LocalDurability::Packs(packs)),
             })
         }
         "memory" => Ok(OpenedStore {
             store: Arc::new(InMemory::new()),
             prefix: ObjectPath::default(),
-            local_root: None,
+            local: None,
         }),
         "s3" => {
             let bucket = parsed
@@ -63,7 +86,7 @@ pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<OpenedSto
             Ok(OpenedStore {
                 store: Arc::new(s3(bucket).map_err(|e| refuse(&e.to_string()))?),
                 prefix,
-                local_root: None,
+                local: None,
             })
         }
         other => Err(refuse(&format!(

@@ -31,18 +31,16 @@ pub async fn engine(dir: &std::path::Path) -> Arc<Engine> {
 #[allow(unused_imports)]
 pub use cairn_chunker::testdata::noise;
 
-/// Number of files under `dir/objects/<kind>`.
-pub fn count_objects(dir: &std::path::Path, kind: &str) -> (u64, u64) {
-    let mut n = 0;
-    let mut bytes = 0;
-    let root = dir.join("objects").join(kind);
-    if let Ok(subdirs) = std::fs::read_dir(&root) {
-        for sub in subdirs.flatten() {
-            for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
-                n += 1;
-                bytes += f.metadata().unwrap().len();
-            }
-        }
+/// Number and bytes of the objects of `kind` ("chunks", "nodes") in the
+/// engine's object store, whatever its layout.
+pub async fn count_objects(engine: &Engine, kind: &str) -> (u64, u64) {
+    use futures::StreamExt;
+    let prefix = object_store::path::Path::from(kind);
+    let mut listing = engine.objects().store().list(Some(&prefix));
+    let (mut n, mut bytes) = (0, 0);
+    while let Some(meta) = listing.next().await {
+        n += 1;
+        bytes += meta.unwrap().size;
     }
     (n, bytes)
 }

@@ -22,8 +22,8 @@ fn hundred_forks_writing_one_percent_store_only_new_chunks() {
             .unwrap();
         assert_eq!(n, image.len() as u64);
         engine.snapshot(&ns(), &actor(), &base, Some(tag("gold")), Labels::new()).await.unwrap();
-        let (chunks_before, chunk_bytes_before) = count_objects(dir.path(), "chunks");
-        let (nodes_before, _) = count_objects(dir.path(), "nodes");
+        let (chunks_before, chunk_bytes_before) = count_objects(&engine, "chunks").await;
+        let (nodes_before, _) = count_objects(&engine, "nodes").await;
         assert_eq!(chunks_before, CHUNKS as u64);
 
         let per_fork = CHUNKS / 100; // 1% of the chunks
@@ -37,8 +37,8 @@ fn hundred_forks_writing_one_percent_store_only_new_chunks() {
             }
             v.seal().await.unwrap();
         }
-        let (chunks_after, chunk_bytes_after) = count_objects(dir.path(), "chunks");
-        let (nodes_after, node_bytes_after) = count_objects(dir.path(), "nodes");
+        let (chunks_after, chunk_bytes_after) = count_objects(&engine, "chunks").await;
+        let (nodes_after, node_bytes_after) = count_objects(&engine, "nodes").await;
         let new_chunks = chunks_after - chunks_before;
         assert_eq!(new_chunks, 100 * per_fork as u64, "exactly the new chunks are stored");
         let frame = (CHUNK + cairn_chunker::FRAME_HEADER_LEN) as u64;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use cairn_store::objects::ObjectKind;
 use cairn_store::{Engine, GcOptions, Labels, Readable, StoreError};
 use common::*;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 
 const MIB: u64 = 1 << 20;
 
@@ -40,9 +42,9 @@ async fn read_all(engine: &Engine, src: &Readable, len: u64) -> Vec<u8> {
     buf
 }
 
-fn total_objects(dir: &std::path::Path) -> (u64, u64) {
-    let (c, cb) = count_objects(dir, "chunks");
-    let (n, nb) = count_objects(dir, "nodes");
+async fn total_objects(engine: &Engine) -> (u64, u64) {
+    let (c, cb) = count_objects(engine, "chunks").await;
+    let (n, nb) = count_objects(engine, "nodes").await;
     (c + n, cb + nb)
 }
 
@@ -84,7 +86,7 @@ fn fork_survives_deleting_its_source_and_everything_deleted_leaves_nothing() {
         assert!(report.skipped_young_objects > 0, "{report:?}");
 
         next_second().await;
-        let before = total_objects(dir.path());
+        let before = total_objects(&engine).await;
         // Dry run: reports, deletes nothing.
         let dry = engine
             .gc(
@@ -98,11 +100,11 @@ fn fork_survives_deleting_its_source_and_everything_deleted_leaves_nothing() {
             .await
             .unwrap();
         assert!(dry.reclaimed_objects > 0);
-        assert_eq!(total_objects(dir.path()), before, "dry run deletes nothing");
+        assert_eq!(total_objects(&engine).await, before, "dry run deletes nothing");
         let report = engine.gc(&ns(), &actor(), zero_grace()).await.unwrap();
         assert_eq!(report.reclaimed_objects, dry.reclaimed_objects);
         assert_eq!(report.reclaimed_bytes, dry.reclaimed_bytes);
-        let after = total_objects(dir.path());
+        let after = total_objects(&engine).await;
         assert_eq!(before.0 - after.0, report.reclaimed_objects, "{report:?}");
         assert_eq!(before.1 - after.1, report.reclaimed_bytes);
         // The source's later 2 MiB (32 chunks) and its dead tree nodes went.
@@ -120,7 +122,7 @@ fn fork_survives_deleting_its_source_and_everything_deleted_leaves_nothing() {
         engine.delete_volume(&ns(), &actor(), &b, false).await.unwrap();
         next_second().await;
         let report = engine.gc(&ns(), &actor(), zero_grace()).await.unwrap();
-        assert_eq!(total_objects(dir.path()), (0, 0), "{report:?}");
+        assert_eq!(total_objects(&engine).await, (0, 0), "{report:?}");
         assert_eq!(engine.catalog().known_object_count().unwrap(), 0);
         let last = engine.last_gc().unwrap();
         assert_eq!(last, report);
@@ -165,6 +167,7 @@ fn verify_reports_flipped_and_deleted_objects_and_reads_fail_only_there() {
     let dir = tempfile::tempdir().unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let (a, b) = (vol("a"), vol("b"));
+        let damaged;
         {
             let engine = engine(dir.path()).await;
             engine
@@ -182,21 +185,32 @@ fn verify_reports_flipped_and_deleted_objects_and_reads_fail_only_there() {
                 .await
                 .unwrap();
             engine.seal_all().await.unwrap();
+            // Damage two chunks: flip a byte in one, delete another.
+            let store = engine.objects().store();
+            let mut chunks: Vec<String> = store
+                .list(Some(&object_store::path::Path::from("chunks")))
+                .map(|m| m.unwrap().location.to_string())
+                .collect()
+                .await;
+            chunks.sort();
+            let (flipped, deleted) = (chunks[3].clone(), chunks[40].clone());
+            let mut bytes = store
+                .get(&flipped.as_str().into())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x40;
+            store.put(&flipped.as_str().into(), bytes.into()).await.unwrap();
+            store.delete(&deleted.as_str().into()).await.unwrap();
+            engine.objects().make_durable().await.unwrap();
+            damaged = (flipped, deleted);
         }
-        // Damage two chunks: flip a byte in one, delete another.
-        let mut chunks: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("objects/chunks"))
-            .unwrap()
-            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-            .map(|f| f.unwrap().path())
-            .collect();
-        chunks.sort();
-        let (flipped, deleted) = (&chunks[3], &chunks[40]);
-        let mut bytes = std::fs::read(flipped).unwrap();
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0x40;
-        std::fs::write(flipped, &bytes).unwrap();
-        std::fs::remove_file(deleted).unwrap();
-        let name_of = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        let (flipped, deleted) = (&damaged.0, &damaged.1);
+        let name_of = |key: &str| key.rsplit('/').next().unwrap().to_string();
 
         // A fresh engine: nothing cached.
         let engine = engine(dir.path()).await;
@@ -288,15 +302,14 @@ fn claimed_objects_survive_gc_during_a_write() {
         let report = engine.gc(&ns(), &actor(), zero_grace()).await.unwrap();
         drop(writing);
         let exists = |c: &[u8]| {
-            let hex = hex::encode(id(c));
-            dir.path()
-                .join("objects/chunks")
-                .join(&hex[..2])
-                .join(&hex)
-                .exists()
+            let path = objects.path(ObjectKind::Chunk, &id(c));
+            async move { objects.store().head(&path).await.is_ok() }
         };
-        assert!(exists(&claimed), "a claimed chunk was deleted: {report:?}");
-        assert!(!exists(&unclaimed), "the unclaimed dead chunk stays: {report:?}");
+        assert!(exists(&claimed).await, "a claimed chunk was deleted: {report:?}");
+        assert!(
+            !exists(&unclaimed).await,
+            "the unclaimed dead chunk stays: {report:?}"
+        );
     });
 }
 
@@ -384,7 +397,7 @@ fn gc_under_concurrent_writers_loses_nothing() {
             }
             next_second().await;
             let report = engine.gc(&ns(), &actor(), zero_grace()).await.unwrap();
-            let (objects, bytes) = total_objects(dir.path());
+            let (objects, bytes) = total_objects(&engine).await;
             assert_eq!(objects, report.marked_objects, "{report:?}");
             assert_eq!(bytes, report.marked_bytes);
             let verify = engine.verify(&ns(), None, None).await.unwrap();

@@ -181,6 +181,20 @@ impl Server {
     pub fn kill9_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.restart();
+    }
+
+    /// Stops with SIGTERM, runs `offline` while the server is down, and
+    /// starts it again on the same data dir and port.
+    pub fn while_stopped(&mut self, offline: impl FnOnce()) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "cairn serve exited with {status} on SIGTERM");
+        offline();
+        self.restart();
+    }
+
+    fn restart(&mut self) {
         self.child = spawn(
             &self.data_dir,
             self.port,

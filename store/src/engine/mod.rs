@@ -252,8 +252,8 @@ impl Engine {
         let (chunk_cache, node_cache) = crate::tree::split_cache_budget(config.cache_bytes);
         let mut objects = ObjectLayer::new(store, opened.prefix, catalog.clone(), chunk_cache)
             .with_store_stats(store_stats, faults);
-        if let Some(root) = opened.local_root {
-            objects = objects.with_local_root(root);
+        if let Some(how) = opened.local {
+            objects = objects.with_local_durability(how);
         }
         let remote = config
             .object_store

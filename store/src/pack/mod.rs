@@ -1,0 +1,492 @@
+//! Pack files: the local object store's layout.
+//!
+//! One file per 64 KiB chunk made the local store pay an inode per object:
+//! creating, fsyncing and later unlinking hundreds of thousands of small
+//! files was most of the filesystem's work on sequential writes and
+//! imports. Here objects are appended to large pack files instead:
+//!
+//! - `packs/NNNNNNNN.pack`: records `magic, key length (u16), data length
+//!   (u32), key, data`, appended; a pack is never rewritten. Puts append to
+//!   the one *active* pack (a new one per process start and every
+//!   [`PACK_BYTES`]); concurrent puts reserve their ranges under a lock and
+//!   write outside it.
+//! - `pack-index/`: a RocksDB mapping each object key to (pack, offset of
+//!   its data, length, put time). Written when a put's data is written,
+//!   unsynced.
+//!
+//! Durability ([`PackStore::sync`]): the packs written since the last sync
+//! are fdatasynced, then the pack directory (when a pack was created), then
+//! the index's log. Callers (see [`crate::durable`]) run it before a
+//! catalog batch that references new objects. An index entry that reached
+//! the disk before its data (a crash between the two) names an object no
+//! committed root references: its frame fails its checksum if read, and a
+//! later put of the key points the index elsewhere.
+//!
+//! Deletes only drop index entries. A pack whose live bytes fall under half
+//! of its size is *compacted* on a background thread: its live records are
+//! copied to the active pack, made durable, the index repointed (entry by
+//! entry, only where it still names the old place), the index synced, and
+//! only then the old pack unlinked ([`compact`]).
+
+mod compact;
+mod store_impl;
+
+pub use store_impl::PackObjects;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::Result;
+
+/// A pack is closed and a new one started past this size.
+pub const PACK_BYTES: u64 = 256 << 20;
+/// Record magic: "cairn pack record, version 1".
+const MAGIC: [u8; 4] = *b"CPK1";
+/// Record header: magic, key length (u16), data length (u32).
+const HEADER: usize = 10;
+
+/// Where an object's data is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    pack: u32,
+    offset: u64,
+    len: u32,
+    /// Unix seconds of the put.
+    put_at: u64,
+}
+
+impl Location {
+    fn encode(&self) -> [u8; 24] {
+        let mut v = [0u8; 24];
+        v[..4].copy_from_slice(&self.pack.to_le_bytes());
+        v[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        v[12..16].copy_from_slice(&self.len.to_le_bytes());
+        v[16..].copy_from_slice(&self.put_at.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        if v.len() != 24 {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().unwrap());
+        Some(Self {
+            pack: u32_at(0),
+            offset: u64_at(4),
+            len: u32_at(12),
+            put_at: u64_at(16),
+        })
+    }
+}
+
+/// One pack file and what is known of it.
+#[derive(Debug)]
+struct Pack {
+    file: Arc<File>,
+    /// Bytes appended (or reserved for puts in flight).
+    size: u64,
+    /// Data bytes of the records the index points at.
+    live: u64,
+    /// Puts that reserved room here and have not yet indexed it.
+    writers: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    active: u32,
+    packs: HashMap<u32, Pack>,
+    /// Packs written since the last sync.
+    unsynced: BTreeSet<u32>,
+    /// A pack was created since the last sync (the directory needs one).
+    created: bool,
+    /// Objects in the index.
+    objects: u64,
+}
+
+/// What the pack files hold (see [`PackStore::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackUsage {
+    /// Pack files.
+    pub files: usize,
+    /// Their bytes on disk, dead records included.
+    pub bytes: u64,
+    /// Data bytes of the objects they hold.
+    pub live_bytes: u64,
+    /// Objects they hold.
+    pub objects: u64,
+}
+
+/// Objects in pack files under one directory (see the module docs).
+#[derive(Debug)]
+pub struct PackStore {
+    dir: PathBuf,
+    index: rocksdb::DB,
+    state: Mutex<State>,
+    /// One sync at a time (a later one then covers everything before it).
+    sync_lock: Mutex<()>,
+    compacting: AtomicBool,
+}
+
+fn pack_path(dir: &Path, pack: u32) -> PathBuf {
+    dir.join("packs").join(format!("{pack:08}.pack"))
+}
+
+fn unix_now() -> u64 {
+    crate::objects::unix_now()
+}
+
+impl PackStore {
+    /// Opens (or creates) the pack store in `dir`: reads the index once to
+    /// learn each pack's live bytes, removes packs nothing points at, and
+    /// starts a new active pack.
+    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(dir.join("packs"))?;
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(2);
+        let index = rocksdb::DB::open(&opts, dir.join("pack-index"))?;
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        let mut objects = 0;
+        for item in index.iterator(rocksdb::IteratorMode::Start) {
+            let (_, value) = item?;
+            if let Some(loc) = Location::decode(&value) {
+                *live.entry(loc.pack).or_default() += u64::from(loc.len);
+                objects += 1;
+            }
+        }
+        let mut packs = HashMap::new();
+        let mut newest = 0;
+        for entry in std::fs::read_dir(dir.join("packs"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            newest = newest.max(id);
+            let live = live.get(&id).copied().unwrap_or(0);
+            if live == 0 {
+                // Nothing indexed in it: a pack compacted away whose unlink a
+                // crash undid, or puts that never reached a sync.
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            let file = File::options().read(true).write(true).open(entry.path())?;
+            let size = file.metadata()?.len();
+            packs.insert(
+                id,
+                Pack {
+                    file: Arc::new(file),
+                    size,
+                    live,
+                    writers: 0,
+                },
+            );
+        }
+        let active = newest + 1;
+        packs.insert(active, Self::create_pack(dir, active)?);
+        tracing::info!(
+            packs = packs.len(),
+            objects_bytes = live.values().sum::<u64>(),
+            "pack store opened"
+        );
+        let store = Arc::new(Self {
+            dir: dir.to_path_buf(),
+            index,
+            state: Mutex::new(State {
+                active,
+                packs,
+                unsynced: BTreeSet::new(),
+                created: true,
+                objects,
+            }),
+            sync_lock: Mutex::new(()),
+            compacting: AtomicBool::new(false),
+        });
+        store.maybe_compact();
+        Ok(store)
+    }
+
+    fn create_pack(dir: &Path, id: u32) -> Result<Pack> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(pack_path(dir, id))?;
+        Ok(Pack {
+            file: Arc::new(file),
+            size: 0,
+            live: 0,
+            writers: 0,
+        })
+    }
+
+    /// Whether `dir` holds objects of the older one-file-per-object layout
+    /// (it is then opened as such).
+    pub fn holds_loose_objects(dir: &Path) -> bool {
+        ["chunks", "nodes"].iter().any(|kind| dir.join(kind).is_dir()) && !dir.join("pack-index").exists()
+    }
+
+    /// Appends an object (blocking). It is readable when this returns and
+    /// durable after the next [`PackStore::sync`].
+    fn put(&self, key: &str, parts: &[&[u8]]) -> Result<()> {
+        let (reserved, written) = self.append(key, parts)?;
+        let mut st = self.state.lock();
+        Self::finish(&mut st, reserved.pack);
+        written?;
+        let old = self.index.get(key)?.and_then(|v| Location::decode(&v));
+        self.index.put(key, reserved.encode())?;
+        st.objects += u64::from(old.is_none());
+        Self::repoint(&mut st, old, reserved);
+        Ok(())
+    }
+
+    /// Reserves room for a record in the active pack and writes it. The
+    /// pack counts the write as in flight until [`PackStore::finish`].
+    fn append(&self, key: &str, parts: &[&[u8]]) -> Result<(Location, std::io::Result<()>)> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let data_len = u32::try_from(len).map_err(|_| std::io::Error::other("object over 4 GiB"))?;
+        let key_len = u16::try_from(key.len()).map_err(|_| std::io::Error::other("object key too long"))?;
+        let record = (HEADER + key.len() + len) as u64;
+        let (pack, start, file) = {
+            let mut st = self.state.lock();
+            if st.packs[&st.active].size + record > PACK_BYTES && st.packs[&st.active].size > 0 {
+                let next = st.active + 1;
+                st.packs.insert(next, Self::create_pack(&self.dir, next)?);
+                st.active = next;
+                st.created = true;
+            }
+            let active = st.active;
+            let pack = st.packs.get_mut(&active).expect("the active pack is open");
+            let start = pack.size;
+            pack.size += record;
+            pack.writers += 1;
+            let file = pack.file.clone();
+            st.unsynced.insert(active);
+            (active, start, file)
+        };
+        let mut head = [0u8; HEADER];
+        head[..4].copy_from_slice(&MAGIC);
+        head[4..6].copy_from_slice(&key_len.to_le_bytes());
+        head[6..].copy_from_slice(&data_len.to_le_bytes());
+        let mut at = start;
+        let mut written = Ok(());
+        for part in [&head[..], key.as_bytes()]
+            .into_iter()
+            .chain(parts.iter().copied())
+        {
+            written = file.write_all_at(part, at);
+            if written.is_err() {
+                break;
+            }
+            at += part.len() as u64;
+        }
+        let loc = Location {
+            pack,
+            offset: start + (HEADER + key.len()) as u64,
+            len: data_len,
+            put_at: unix_now(),
+        };
+        Ok((loc, written))
+    }
+
+    /// Ends a write begun by [`PackStore::append`].
+    fn finish(st: &mut State, pack: u32) {
+        st.packs
+            .get_mut(&pack)
+            .expect("a pack with writers stays")
+            .writers -= 1;
+    }
+
+    /// Moves an object's live bytes from `old` (if any) to `new`.
+    fn repoint(st: &mut State, old: Option<Location>, new: Location) {
+        if let Some(old) = old {
+            if let Some(p) = st.packs.get_mut(&old.pack) {
+                p.live = p.live.saturating_sub(u64::from(old.len));
+            }
+        }
+        if let Some(p) = st.packs.get_mut(&new.pack) {
+            p.live += u64::from(new.len);
+        }
+    }
+
+    /// Where `key` is, with its pack's file.
+    fn locate(&self, key: &str) -> Result<Option<(Location, Arc<File>)>> {
+        // A compaction may move the object between the index read and the
+        // file lookup: then the index names the new place.
+        for _ in 0..3 {
+            let Some(loc) = self.index.get(key)?.and_then(|v| Location::decode(&v)) else {
+                return Ok(None);
+            };
+            if let Some(pack) = self.state.lock().packs.get(&loc.pack) {
+                return Ok(Some((loc, pack.file.clone())));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "object {key} moved between packs three times while being read"
+        ))
+        .into())
+    }
+
+    /// Reads `range` (within the object) of `key` (blocking); `None` when
+    /// there is no such object.
+    fn get(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<Option<(Location, Vec<u8>)>> {
+        let Some((loc, file)) = self.locate(key)? else {
+            return Ok(None);
+        };
+        let range = range.unwrap_or(0..u64::from(loc.len));
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, loc.offset + range.start)?;
+        Ok(Some((loc, buf)))
+    }
+
+    /// The object's location without reading it.
+    fn head(&self, key: &str) -> Result<Option<Location>> {
+        Ok(self.index.get(key)?.and_then(|v| Location::decode(&v)))
+    }
+
+    /// Forgets `key` (blocking); a missing key is no error. Returns whether
+    /// the delete made its pack worth compacting.
+    fn delete(&self, key: &str) -> Result<bool> {
+        let mut st = self.state.lock();
+        let Some(old) = self.index.get(key)?.and_then(|v| Location::decode(&v)) else {
+            return Ok(false);
+        };
+        self.index.delete(key)?;
+        st.objects -= 1;
+        let active = st.active;
+        Ok(st.packs.get_mut(&old.pack).is_some_and(|p| {
+            let was = p.live * 2 < p.size;
+            p.live = p.live.saturating_sub(u64::from(old.len));
+            old.pack != active && !was && p.live * 2 < p.size
+        }))
+    }
+
+    /// Up to `limit` (key, location) pairs with keys starting with `prefix`
+    /// and greater than `after`.
+    fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Location)>> {
+        let from = after.unwrap_or(prefix);
+        let mut out = Vec::new();
+        let iter = self.index.iterator(rocksdb::IteratorMode::From(
+            from.as_bytes(),
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if after.is_some_and(|a| a.as_bytes() == &key[..]) {
+                continue;
+            }
+            let (Ok(key), Some(loc)) = (String::from_utf8(key.to_vec()), Location::decode(&value)) else {
+                continue;
+            };
+            out.push((key, loc));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every put that returned before this call durable: their packs'
+    /// data, the directory entry of a new pack, then the index.
+    pub fn sync(&self) -> Result<()> {
+        self.sync_packs()?;
+        self.index.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// The data half of [`PackStore::sync`]: packs written since the last
+    /// one, and the directory when a pack was created.
+    fn sync_packs(&self) -> Result<()> {
+        let _one = self.sync_lock.lock();
+        let (ids, files, created) = {
+            let mut st = self.state.lock();
+            let ids = std::mem::take(&mut st.unsynced);
+            let files: Vec<Arc<File>> = ids
+                .iter()
+                .filter_map(|id| st.packs.get(id).map(|p| p.file.clone()))
+                .collect();
+            (ids, files, std::mem::take(&mut st.created))
+        };
+        let synced = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| match created {
+                true => File::open(self.dir.join("packs"))?.sync_all(),
+                false => Ok(()),
+            });
+        if let Err(e) = synced {
+            // A later sync tries them all again.
+            let mut st = self.state.lock();
+            st.unsynced.extend(ids);
+            st.created |= created;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Packs worth compacting: not active, no put in flight, under half live.
+    fn candidates(&self) -> Vec<u32> {
+        let st = self.state.lock();
+        let mut ids: Vec<u32> = st
+            .packs
+            .iter()
+            .filter(|(&id, p)| id != st.active && p.writers == 0 && p.live * 2 < p.size)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Starts a compaction thread when a pack is worth it and none runs.
+    pub(crate) fn maybe_compact(self: &Arc<Self>) {
+        if self.candidates().is_empty() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("pack-compact".into())
+            .spawn(move || loop {
+                while let Some(&id) = me.candidates().first() {
+                    if let Err(e) = compact::compact(&me, id) {
+                        tracing::warn!(pack = id, error = %e, "pack compaction failed; tried again after later deletes");
+                        me.compacting.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+                me.compacting.store(false, Ordering::Release);
+                // A delete may have found the flag still set just now.
+                if me.candidates().is_empty() || me.compacting.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            })
+            .expect("a thread can be started");
+    }
+
+    /// What the pack files hold now.
+    pub fn usage(&self) -> PackUsage {
+        let st = self.state.lock();
+        PackUsage {
+            files: st.packs.len(),
+            bytes: st.packs.values().map(|p| p.size).sum(),
+            live_bytes: st.packs.values().map(|p| p.live).sum(),
+            objects: st.objects,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

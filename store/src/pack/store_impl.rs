@@ -1,0 +1,200 @@
+//! The pack store seen as an [`ObjectStore`], so the layers above it
+//! (limits, faults, retries, metering, GC, verify) treat it as any other.
+//! File I/O runs on the blocking pool, as `object_store`'s local backend
+//! does.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+use super::{Location, PackStore};
+
+/// Keys listed per index read.
+const LIST_PAGE: usize = 1024;
+
+/// [`PackStore`] behind the [`ObjectStore`] interface.
+#[derive(Debug, Clone)]
+pub struct PackObjects(pub Arc<PackStore>);
+
+impl fmt::Display for PackObjects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackObjects({})", self.0.dir.display())
+    }
+}
+
+fn failed(e: crate::error::StoreError) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "packs",
+        source: Box::new(e),
+    }
+}
+
+fn not_implemented(operation: &str) -> object_store::Error {
+    object_store::Error::NotImplemented {
+        operation: operation.to_string(),
+        implementer: "PackObjects".to_string(),
+    }
+}
+
+fn not_found(location: &Path) -> object_store::Error {
+    object_store::Error::NotFound {
+        path: location.to_string(),
+        source: "no such object in the pack index".into(),
+    }
+}
+
+fn meta(location: Path, loc: &Location) -> ObjectMeta {
+    ObjectMeta {
+        location,
+        last_modified: chrono::DateTime::from_timestamp(loc.put_at as i64, 0).unwrap_or_default(),
+        size: u64::from(loc.len),
+        e_tag: None,
+        version: None,
+    }
+}
+
+impl PackObjects {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&PackStore) -> crate::error::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let packs = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&packs))
+            .await
+            .map_err(|e| object_store::Error::JoinError { source: e })?
+            .map_err(failed)
+    }
+}
+
+/// A listing prefix as an index key prefix (whole path segments).
+fn key_prefix(prefix: Option<&Path>) -> String {
+    match prefix.map(|p| p.as_ref()) {
+        None | Some("") => String::new(),
+        Some(p) => format!("{p}/"),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PackObjects {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, _opts: PutOptions) -> Result<PutResult> {
+        let key = location.to_string();
+        self.blocking(move |packs| {
+            let parts: Vec<&[u8]> = payload.iter().map(|b| &b[..]).collect();
+            packs.put(&key, &parts)
+        })
+        .await?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        Err(not_implemented("put_multipart"))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let key = location.to_string();
+        if options.head {
+            let loc = self.blocking(move |packs| packs.head(&key)).await?;
+            let loc = loc.ok_or_else(|| not_found(location))?;
+            return Ok(GetResult {
+                payload: GetResultPayload::Stream(stream::empty().boxed()),
+                range: 0..u64::from(loc.len),
+                meta: meta(location.clone(), &loc),
+                attributes: Default::default(),
+                extensions: Default::default(),
+            });
+        }
+        let range = options.range.clone();
+        let got = self
+            .blocking(move |packs| {
+                let Some(loc) = packs.head(&key)? else {
+                    return Ok(None);
+                };
+                let range = match &range {
+                    None => 0..u64::from(loc.len),
+                    Some(r) => r
+                        .as_range(u64::from(loc.len))
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
+                };
+                Ok(packs
+                    .get(&key, Some(range.clone()))?
+                    .map(|(loc, data)| (loc, range, data)))
+            })
+            .await?;
+        let (loc, range, data) = got.ok_or_else(|| not_found(location))?;
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(stream::once(async move { Ok(Bytes::from(data)) }).boxed()),
+            range,
+            meta: meta(location.clone(), &loc),
+            attributes: Default::default(),
+            extensions: Default::default(),
+        })
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        let me = self.clone();
+        locations
+            .then(move |location| {
+                let me = me.clone();
+                async move {
+                    let location = location?;
+                    let key = location.to_string();
+                    let worth_compacting = me.blocking(move |packs| packs.delete(&key)).await?;
+                    if worth_compacting {
+                        me.0.maybe_compact();
+                    }
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let prefix = key_prefix(prefix);
+        let me = self.clone();
+        stream::try_unfold(
+            (me, prefix, None::<String>, false),
+            |(me, prefix, after, done)| async move {
+                if done {
+                    return Ok::<_, object_store::Error>(None);
+                }
+                let (p, a) = (prefix.clone(), after.clone());
+                let page = me
+                    .blocking(move |packs| packs.page(&p, a.as_deref(), LIST_PAGE))
+                    .await?;
+                let done = page.len() < LIST_PAGE;
+                let after = page.last().map(|(k, _)| k.clone()).or(after);
+                let metas: Vec<Result<ObjectMeta>> = page
+                    .into_iter()
+                    .map(|(key, loc)| Ok(meta(Path::from(key), &loc)))
+                    .collect();
+                Result::Ok(Some((stream::iter(metas), (me, prefix, after, done))))
+            },
+        )
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, _prefix: Option<&Path>) -> Result<ListResult> {
+        Err(not_implemented("list_with_delimiter"))
+    }
+
+    async fn copy_opts(&self, _from: &Path, _to: &Path, _options: CopyOptions) -> Result<()> {
+        Err(not_implemented("copy"))
+    }
+}
