@@ -9,6 +9,7 @@
 #   benches/write_path.sh                 # 20 s per test, 1 GiB exports
 #   RUNTIME=5 SNAPS=5 benches/write_path.sh
 #   PHASES="writes ops rss" SERVERS="cairn qemu-raw qemu-qcow2"   # (defaults) a subset
+#   CAIRN_LAYOUT=files                    # local objects one file each (default: packs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME="${RUNTIME:-20}"
@@ -28,8 +29,10 @@ wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && retu
 declare -A pid uri
 
 cp=$(port); cn=$(port)
+layout=()
+if [ -n "${CAIRN_LAYOUT:-}" ]; then layout=(--object-store "file://$work/cairn/objects?layout=$CAIRN_LAYOUT"); fi
 RUST_LOG=warn "$CAIRN_BIN" serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
-  --nbd-listen "127.0.0.1:$cn" --memory-cache-size "$CACHE" & pids+=($!); pid[cairn]=$!
+  --nbd-listen "127.0.0.1:$cn" --memory-cache-size "$CACHE" "${layout[@]}" & pids+=($!); pid[cairn]=$!
 api="http://127.0.0.1:$cp"
 for _ in $(seq 100); do curl -sf "$api/healthz" >/dev/null && break; sleep 0.1; done
 cli() { "$CAIRN_BIN" --server "$api" "$@"; }

@@ -43,8 +43,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "CAIRN_NBD_TLS_PSK", value_name = "FILE")]
     nbd_tls_psk: Option<PathBuf>,
     /// Object store URL: file:///path, memory:// or s3://bucket/prefix
-    /// (default file://<data-dir>/objects). S3 reads the standard AWS_*
-    /// variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
+    /// (default file://<data-dir>/objects). A local store keeps objects in
+    /// pack files; file:///path?layout=files (or a directory that already
+    /// holds that layout) keeps one file per object. S3 reads the standard
+    /// AWS_* variables, plus AWS_ENDPOINT_URL and AWS_ALLOW_HTTP.
     #[arg(long, env = "CAIRN_OBJECT_STORE")]
     object_store: Option<String>,
     /// Chunk size of new volumes that do not choose one (power of two, 4K..4M).
