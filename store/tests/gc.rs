@@ -124,6 +124,27 @@ fn fork_survives_deleting_its_source_and_everything_deleted_leaves_nothing() {
         let report = engine.gc(&ns(), &actor(), zero_grace()).await.unwrap();
         assert_eq!(total_objects(&engine).await, (0, 0), "{report:?}");
         assert_eq!(engine.catalog().known_object_count().unwrap(), 0);
+        // The disk space comes back: every pack that held them is compacted
+        // away (in the background), the active one included.
+        let packs = engine
+            .objects()
+            .packs()
+            .expect("a local store is in packs")
+            .clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while packs.usage().bytes > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let usage = packs.usage();
+        assert_eq!(
+            (usage.bytes, usage.live_bytes, usage.objects),
+            (0, 0, 0),
+            "{usage:?}"
+        );
+        let files = std::fs::read_dir(dir.path().join("objects/packs"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1, "only the new, empty active pack is left");
         let last = engine.last_gc().unwrap();
         assert_eq!(last, report);
         let events = engine.catalog().events(0, 1000).unwrap();
@@ -149,6 +170,16 @@ fn one_gc_at_a_time() {
         let v = engine.volume(&ns(), &vol("v")).unwrap();
         v.write(0, &noise(9, 64 * MIB as usize)).await.unwrap();
         v.seal().await.unwrap();
+        drop(v);
+        drop(engine);
+        // Reopened (no tree node cached) on a slow store: the first GC's
+        // mark waits on node reads while the second starts.
+        let engine = common::engine(dir.path()).await;
+        engine
+            .objects()
+            .faults
+            .latency_ms
+            .store(100, std::sync::atomic::Ordering::Relaxed);
         let (ns, actor) = (ns(), actor());
         let (first, second) = tokio::join!(
             engine.gc(&ns, &actor, GcOptions::default()),

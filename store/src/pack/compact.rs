@@ -19,6 +19,8 @@ const BATCH_BYTES: u64 = 32 << 20;
 
 pub(super) fn compact(store: &PackStore, id: u32) -> Result<()> {
     let started = std::time::Instant::now();
+    store.close_if_active(id)?;
+    store.wait_for_writers(id);
     let Some(file) = store.state.lock().packs.get(&id).map(|p| p.file.clone()) else {
         return Ok(());
     };

@@ -26,7 +26,9 @@
 //! of its size is *compacted* on a background thread: its live records are
 //! copied to the active pack, made durable, the index repointed (entry by
 //! entry, only where it still names the old place), the index synced, and
-//! only then the old pack unlinked ([`compact`]).
+//! only then the old pack unlinked ([`compact`]). The active pack qualifies
+//! too (from 1 MiB): it is closed first, so deleting everything gives all
+//! the space back.
 
 mod compact;
 mod store_impl;
@@ -46,6 +48,8 @@ use crate::error::Result;
 
 /// A pack is closed and a new one started past this size.
 pub const PACK_BYTES: u64 = 256 << 20;
+/// The active pack is compacted (after it is closed) only from this size.
+const MIN_ACTIVE_COMPACTION: u64 = 1 << 20;
 /// Record magic: "cairn pack record, version 1".
 const MAGIC: [u8; 4] = *b"CPK1";
 /// Record header: magic, key length (u16), data length (u32).
@@ -261,10 +265,7 @@ impl PackStore {
         let (pack, start, file) = {
             let mut st = self.state.lock();
             if st.packs[&st.active].size + record > PACK_BYTES && st.packs[&st.active].size > 0 {
-                let next = st.active + 1;
-                st.packs.insert(next, Self::create_pack(&self.dir, next)?);
-                st.active = next;
-                st.created = true;
+                self.roll(&mut st)?;
             }
             let active = st.active;
             let pack = st.packs.get_mut(&active).expect("the active pack is open");
@@ -298,6 +299,32 @@ impl PackStore {
             put_at: unix_now(),
         };
         Ok((loc, written))
+    }
+
+    /// Starts a new active pack.
+    fn roll(&self, st: &mut State) -> Result<()> {
+        let next = st.active + 1;
+        st.packs.insert(next, Self::create_pack(&self.dir, next)?);
+        st.active = next;
+        st.created = true;
+        Ok(())
+    }
+
+    /// Closes the active pack if it is `id`: later puts go to a new one.
+    fn close_if_active(&self, id: u32) -> Result<()> {
+        let mut st = self.state.lock();
+        match st.active == id {
+            true => self.roll(&mut st),
+            false => Ok(()),
+        }
+    }
+
+    /// Waits until no put writes into pack `id` any more (it is closed, so
+    /// none starts).
+    fn wait_for_writers(&self, id: u32) {
+        while self.state.lock().packs.get(&id).is_some_and(|p| p.writers > 0) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Ends a write begun by [`PackStore::append`].
@@ -364,11 +391,10 @@ impl PackStore {
         };
         self.index.delete(key)?;
         st.objects -= 1;
-        let active = st.active;
         Ok(st.packs.get_mut(&old.pack).is_some_and(|p| {
             let was = p.live * 2 < p.size;
             p.live = p.live.saturating_sub(u64::from(old.len));
-            old.pack != active && !was && p.live * 2 < p.size
+            !was && p.live * 2 < p.size
         }))
     }
 
@@ -438,13 +464,16 @@ impl PackStore {
         Ok(())
     }
 
-    /// Packs worth compacting: not active, no put in flight, under half live.
+    /// Packs worth compacting: under half live, and for the active pack
+    /// (which [`compact::compact`] first closes) at least
+    /// [`MIN_ACTIVE_COMPACTION`] of records, so that deleting everything
+    /// gives the space back without churning small packs.
     fn candidates(&self) -> Vec<u32> {
         let st = self.state.lock();
         let mut ids: Vec<u32> = st
             .packs
             .iter()
-            .filter(|(&id, p)| id != st.active && p.writers == 0 && p.live * 2 < p.size)
+            .filter(|(&id, p)| p.live * 2 < p.size && (id != st.active || p.size >= MIN_ACTIVE_COMPACTION))
             .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();
