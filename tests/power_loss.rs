@@ -261,6 +261,7 @@ fn power_cut_loses_no_flushed_byte() {
     w[2 * MIB..4 * MIB].copy_from_slice(&d);
     cut.power_cut();
     cut.assert_reads(&[("v", &v), ("v@s1", &v), ("w", &w)], "snapshot and fork");
+    let v_s1 = v.clone();
 
     // 5. Writes acknowledged but never flushed, then a snapshot (pending:
     //    its seal has not run) and a cut: the snapshot's success covers them.
@@ -277,4 +278,33 @@ fn power_cut_loses_no_flushed_byte() {
     }
     cut.power_cut();
     cut.assert_reads(&[("v@s2", &v), ("v", &v)], "pending snapshot of unflushed writes");
+
+    // 6. GC, and the compaction of packs its deletes set off (live objects
+    //    copied, the index repointed, the old pack unlinked), racing the cut.
+    for (round, wait_ms) in [0u64, 100, 400].into_iter().enumerate() {
+        let name = format!("x{round}");
+        cut.server.ok(&["volume", "create", &name, "--size", "8M"]);
+        nbd_write(cut.nbd_port, &name, 0, &noise(40 + round as u64, 8 * MIB));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cut.backlog() > 0.0 {
+            assert!(Instant::now() < deadline, "the sealer did not seal");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cut.server.ok(&["volume", "delete", &name]);
+        std::thread::sleep(Duration::from_millis(1100));
+        let report = cut.server.json(&["gc", "--grace", "0s"]);
+        assert!(report["reclaimed_objects"].as_u64().unwrap() >= 128, "{report}");
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        cut.power_cut();
+        cut.assert_reads(
+            &[("v", &v), ("v@s1", &v_s1), ("v@s2", &v), ("w", &w)],
+            &format!("GC and pack compaction racing the cut after {wait_ms} ms"),
+        );
+    }
+    // The deleted volumes' space came back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cut.server.metric("cairn_pack_bytes") > 2.0 * cut.server.metric("cairn_pack_live_bytes") {
+        assert!(Instant::now() < deadline, "packs were not compacted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
