@@ -155,6 +155,10 @@ impl PackStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_max_background_jobs(2);
+        // Entries are small (key and 24 bytes) and hot ones are read soon
+        // after they are written: small memtables keep its memory in check.
+        opts.set_write_buffer_size(8 << 20);
+        opts.set_max_write_buffer_number(2);
         let index = rocksdb::DB::open(&opts, dir.join("pack-index"))?;
         let mut live: HashMap<u32, u64> = HashMap::new();
         let mut objects = 0;
