@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::names::{Namespace, VolumeName};
 use crate::objects::ObjectKind;
-use crate::tree::{levels_for, NodeId, Reachable};
+use crate::tree::{levels_for, NodeId};
 
 /// Space figures of one volume.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,21 +79,57 @@ impl Usage {
     }
 }
 
-async fn chunks_of(engine: &Engine, root: NodeId, size: u64, chunk_size: u64) -> Result<HashSet<ChunkId>> {
-    let mut set = HashSet::new();
+/// The chunks of one leaf node with their stored lengths.
+pub(crate) type LeafChunks = std::sync::Arc<[(ChunkId, u64)]>;
+
+/// The distinct chunks under a root with their stored lengths. Leaves are
+/// immutable and a new root shares all but its changed leaves with the
+/// one before it, so each leaf's lengths are looked up once and kept (see
+/// [`Engine::leaf_memo`]): the walk then costs a lookup per changed leaf
+/// entry, not per chunk.
+async fn sized_chunks_of(
+    engine: &Engine,
+    root: NodeId,
+    size: u64,
+    chunk_size: u64,
+) -> Result<HashMap<ChunkId, u64>> {
     let geometry =
         ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
-    let level = levels_for(geometry.chunk_count(size));
-    engine
-        .trees()
-        .walk(root, level, &mut |r| {
-            if let Reachable::Chunk { id, .. } = r {
-                set.insert(id);
-            }
-            true
-        })
-        .await?;
-    Ok(set)
+    let mut leaves = Vec::new();
+    let mut stack = vec![(root, levels_for(geometry.chunk_count(size)))];
+    while let Some((id, level)) = stack.pop() {
+        if id.is_zero() {
+            continue;
+        }
+        if level == 0 {
+            leaves.push(id);
+            continue;
+        }
+        let node = engine.trees().load(id, level).await?;
+        stack.extend(node.entries.iter().map(|(_, child)| (NodeId(*child), level - 1)));
+    }
+    let mut chunks = HashMap::new();
+    for leaf in leaves {
+        for (id, len) in leaf_chunks(engine, leaf).await?.iter() {
+            chunks.insert(*id, *len);
+        }
+    }
+    Ok(chunks)
+}
+
+async fn leaf_chunks(engine: &Engine, leaf: NodeId) -> Result<LeafChunks> {
+    if let Some(hit) = engine.leaf_memo().lock().get(&leaf) {
+        return Ok(hit.clone());
+    }
+    let node = engine.trees().load(leaf, 0).await?;
+    let chunks: LeafChunks = node
+        .entries
+        .iter()
+        .map(|(_, id)| Ok((ChunkId(*id), engine.objects().stored_len(ObjectKind::Chunk, id)?)))
+        .collect::<Result<Vec<_>>>()?
+        .into();
+    engine.leaf_memo().lock().put(leaf, chunks.clone());
+    Ok(chunks)
 }
 
 impl Engine {
@@ -107,11 +143,10 @@ impl Engine {
         if let Some(hit) = self.stored_memo().lock().get(&root) {
             return Ok(*hit);
         }
-        let chunks = chunks_of(self, root, size, chunk_size).await?;
-        let mut total = 0;
-        for id in &chunks {
-            total += self.objects().stored_len(ObjectKind::Chunk, &id.0)?;
-        }
+        let total = sized_chunks_of(self, root, size, chunk_size)
+            .await?
+            .values()
+            .sum();
         self.stored_memo().lock().put(root, total);
         Ok(total)
     }
@@ -168,7 +203,7 @@ impl Engine {
         let mut usage = Usage::default();
         // Each distinct root: its chunk set (walked once) and how many
         // owners hold it.
-        let mut roots: HashMap<NodeId, (std::sync::Arc<HashSet<ChunkId>>, u32)> = HashMap::new();
+        let mut roots: HashMap<NodeId, (std::sync::Arc<HashMap<ChunkId, u64>>, u32)> = HashMap::new();
         let mut ns_roots: HashMap<Namespace, HashSet<NodeId>> = HashMap::new();
         for o in &owners {
             let ns = usage.namespaces.entry(o.ns.clone()).or_default();
@@ -188,7 +223,7 @@ impl Engine {
                     set.clone()
                 }
                 None => {
-                    let set = std::sync::Arc::new(chunks_of(self, o.root, o.size, o.chunk_size).await?);
+                    let set = std::sync::Arc::new(sized_chunks_of(self, o.root, o.size, o.chunk_size).await?);
                     roots.insert(o.root, (set.clone(), 1));
                     set
                 }
@@ -200,26 +235,23 @@ impl Engine {
         }
         // References per chunk: one per owner holding it.
         let mut refs: HashMap<ChunkId, u32> = HashMap::new();
+        let mut sizes: HashMap<ChunkId, u64> = HashMap::new();
         for (set, holders) in roots.values() {
-            for id in set.iter() {
+            for (id, len) in set.iter() {
                 *refs.entry(*id).or_default() += holders;
+                sizes.insert(*id, *len);
             }
         }
-        let mut sizes: HashMap<ChunkId, u64> = HashMap::with_capacity(refs.len());
-        for id in refs.keys() {
-            let len = self.objects().stored_len(ObjectKind::Chunk, &id.0)?;
-            sizes.insert(*id, len);
-            usage.stored_bytes += len;
-        }
+        usage.stored_bytes = sizes.values().sum();
         // Per distinct root: stored bytes, and unique bytes (none when
         // several owners hold the root).
         let mut per_root: HashMap<NodeId, VolumeUsage> = HashMap::with_capacity(roots.len());
         for (root, (set, holders)) in &roots {
             let mut u = VolumeUsage::default();
-            for id in set.iter() {
-                u.stored_bytes += sizes[id];
+            for (id, len) in set.iter() {
+                u.stored_bytes += len;
                 if *holders == 1 && refs[id] == 1 {
-                    u.unique_bytes += sizes[id];
+                    u.unique_bytes += len;
                 }
             }
             per_root.insert(*root, u);
@@ -236,7 +268,7 @@ impl Engine {
             } else {
                 let mut chunks: HashSet<ChunkId> = HashSet::new();
                 for r in &ns_root_set {
-                    chunks.extend(roots[r].0.iter().copied());
+                    chunks.extend(roots[r].0.keys().copied());
                 }
                 chunks.iter().map(|id| sizes[id]).sum()
             };
@@ -283,8 +315,32 @@ fn owners_key(owners: &[Owner]) -> OwnersKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::Reachable;
     use crate::{Actor, EngineConfig, GcOptions, Labels, SnapshotTag};
     use proptest::prelude::*;
+
+    /// Every chunk under a root, by walking its tree.
+    async fn chunks_of(
+        engine: &Engine,
+        root: NodeId,
+        size: u64,
+        chunk_size: u64,
+    ) -> Result<HashSet<ChunkId>> {
+        let mut set = HashSet::new();
+        let geometry =
+            ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
+        let level = levels_for(geometry.chunk_count(size));
+        engine
+            .trees()
+            .walk(root, level, &mut |r| {
+                if let Reachable::Chunk { id, .. } = r {
+                    set.insert(id);
+                }
+                true
+            })
+            .await?;
+        Ok(set)
+    }
 
     /// The plain definition: every owner walked on its own.
     async fn by_full_walk(engine: &Engine) -> Usage {

@@ -185,6 +185,9 @@ pub struct Engine {
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
     stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
+    /// Chunks and stored lengths per (immutable) leaf node, for space
+    /// accounting: at most [`LEAF_MEMO`] leaves of up to 512 entries.
+    leaf_memo: Mutex<lru::LruCache<NodeId, crate::usage::LeafChunks>>,
     /// The last space accounting and the owners it was computed for.
     usage_memo: Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>>,
     /// Snapshots kept from deletion by their readers.
@@ -234,6 +237,10 @@ fn event(
         detail,
     }
 }
+
+/// Leaves whose chunk lengths space accounting keeps (about 20 KiB each at
+/// most: 1,024 cover 32 GiB of distinct data at 64 KiB chunks).
+const LEAF_MEMO: usize = 1024;
 
 impl Engine {
     /// Opens the catalog and object store, and every volume (replaying
@@ -367,6 +374,9 @@ impl Engine {
             stored_memo: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
+            leaf_memo: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LEAF_MEMO).expect("non-zero"),
+            )),
             leases: Default::default(),
         }))
     }
@@ -443,6 +453,10 @@ impl Engine {
 
     pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
         &self.stored_memo
+    }
+
+    pub(crate) fn leaf_memo(&self) -> &Mutex<lru::LruCache<NodeId, crate::usage::LeafChunks>> {
+        &self.leaf_memo
     }
 
     pub(crate) fn usage_memo(&self) -> &Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>> {
