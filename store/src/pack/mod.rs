@@ -48,7 +48,8 @@ use crate::error::Result;
 
 /// A pack is closed and a new one started past this size.
 pub const PACK_BYTES: u64 = 256 << 20;
-/// The active pack is compacted (after it is closed) only from this size.
+/// The active pack is compacted (after it is closed) only from this size,
+/// unless nothing in it is live.
 const MIN_ACTIVE_COMPACTION: u64 = 1 << 20;
 /// Record magic: "cairn pack record, version 1".
 const MAGIC: [u8; 4] = *b"CPK1";
@@ -387,7 +388,7 @@ impl PackStore {
     }
 
     /// Forgets `key` (blocking); a missing key is no error. Returns whether
-    /// the delete made its pack worth compacting.
+    /// the delete may have made its pack worth compacting.
     fn delete(&self, key: &str) -> Result<bool> {
         let mut st = self.state.lock();
         let Some(old) = self.index.get(key)?.and_then(|v| Location::decode(&v)) else {
@@ -395,10 +396,11 @@ impl PackStore {
         };
         self.index.delete(key)?;
         st.objects -= 1;
+        // Worth a look when the pack falls under half live, or empties.
         Ok(st.packs.get_mut(&old.pack).is_some_and(|p| {
             let was = p.live * 2 < p.size;
             p.live = p.live.saturating_sub(u64::from(old.len));
-            !was && p.live * 2 < p.size
+            (!was && p.live * 2 < p.size) || p.live == 0
         }))
     }
 
@@ -470,14 +472,17 @@ impl PackStore {
 
     /// Packs worth compacting: under half live, and for the active pack
     /// (which [`compact::compact`] first closes) at least
-    /// [`MIN_ACTIVE_COMPACTION`] of records, so that deleting everything
-    /// gives the space back without churning small packs.
+    /// [`MIN_ACTIVE_COMPACTION`] of records or nothing live, so that
+    /// deleting everything gives the space back without churning small
+    /// packs.
     fn candidates(&self) -> Vec<u32> {
         let st = self.state.lock();
         let mut ids: Vec<u32> = st
             .packs
             .iter()
-            .filter(|(&id, p)| p.live * 2 < p.size && (id != st.active || p.size >= MIN_ACTIVE_COMPACTION))
+            .filter(|(&id, p)| {
+                p.live * 2 < p.size && (id != st.active || p.size >= MIN_ACTIVE_COMPACTION || p.live == 0)
+            })
             .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();

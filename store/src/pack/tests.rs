@@ -129,3 +129,28 @@ fn compaction_keeps_a_put_or_delete_that_raced_it() {
     assert_eq!(read(&store, "k/7"), Some(body(7, 100)));
     assert_eq!(read(&store, "k/5"), Some(b"rewritten".to_vec()));
 }
+
+#[test]
+fn a_small_active_pack_is_compacted_only_when_nothing_in_it_is_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    for i in 0..4u8 {
+        store.put(&format!("k/{i}"), &[&body(i, 1000)]).unwrap();
+    }
+    for i in 0..3u8 {
+        store.delete(&format!("k/{i}")).unwrap();
+    }
+    assert!(
+        store.candidates().is_empty(),
+        "a quarter live, but small and active"
+    );
+    assert!(store.delete("k/3").unwrap(), "the last delete makes it worth it");
+    assert_eq!(store.candidates(), vec![1]);
+    compact::compact(&store, 1).unwrap();
+    assert!(!pack_path(dir.path(), 1).exists());
+    assert_eq!(store.usage().bytes, 0, "only the new, empty active pack");
+    assert!(
+        store.candidates().is_empty(),
+        "an empty active pack is no candidate"
+    );
+}
