@@ -503,6 +503,13 @@ impl ObjectLayer {
             .unwrap_or(0))
     }
 
+    /// Stored sizes of many objects of one kind (0 for unknown ones), in
+    /// one batched index lookup.
+    pub fn stored_lens(&self, kind: ObjectKind, ids: &[[u8; 32]]) -> Result<Vec<u64>> {
+        let keys: Vec<String> = ids.iter().map(|id| self.path(kind, id).to_string()).collect();
+        self.catalog.object_lens(&keys)
+    }
+
     /// Bytes held by the chunk cache.
     pub fn cache_bytes(&self) -> usize {
         self.cache.bytes()

@@ -122,12 +122,9 @@ async fn leaf_chunks(engine: &Engine, leaf: NodeId) -> Result<LeafChunks> {
         return Ok(hit.clone());
     }
     let node = engine.trees().load(leaf, 0).await?;
-    let chunks: LeafChunks = node
-        .entries
-        .iter()
-        .map(|(_, id)| Ok((ChunkId(*id), engine.objects().stored_len(ObjectKind::Chunk, id)?)))
-        .collect::<Result<Vec<_>>>()?
-        .into();
+    let ids: Vec<[u8; 32]> = node.entries.iter().map(|(_, id)| *id).collect();
+    let lens = engine.objects().stored_lens(ObjectKind::Chunk, &ids)?;
+    let chunks: LeafChunks = ids.into_iter().map(ChunkId).zip(lens).collect::<Vec<_>>().into();
     engine.leaf_memo().lock().put(leaf, chunks.clone());
     Ok(chunks)
 }
