@@ -277,9 +277,7 @@ impl PackStore {
             let start = pack.size;
             pack.size += record;
             pack.writers += 1;
-            let file = pack.file.clone();
-            st.unsynced.insert(active);
-            (active, start, file)
+            (active, start, pack.file.clone())
         };
         let mut head = [0u8; HEADER];
         head[..4].copy_from_slice(&MAGIC);
@@ -297,6 +295,10 @@ impl PackStore {
             }
             at += part.len() as u64;
         }
+        // Noted for the next sync only now that the bytes are written: a
+        // sync that took the set while they were in flight did not cover
+        // them.
+        self.state.lock().unsynced.insert(pack);
         let loc = Location {
             pack,
             offset: start + (HEADER + key.len()) as u64,
