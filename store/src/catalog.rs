@@ -70,6 +70,15 @@ fn index_value(unix_secs: u64, len: u64) -> [u8; 16] {
     value
 }
 
+/// Reads an [`index_value`] back: (time, stored length).
+fn parse_index_value(v: &[u8]) -> Option<(u64, u64)> {
+    let v: &[u8; 16] = v.try_into().ok()?;
+    Some((
+        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+    ))
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("catalog records serialise")
 }
@@ -237,13 +246,7 @@ impl Catalog {
         Ok(self
             .db
             .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
-            .filter(|v| v.len() == 16)
-            .map(|v| {
-                (
-                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-                    u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
-                )
-            }))
+            .and_then(|v| parse_index_value(&v)))
     }
 
     /// Removes objects from the existence index, durably: GC forgets
@@ -266,17 +269,14 @@ impl Catalog {
             .iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start)
             .map(|item| {
                 let (k, v) = item?;
-                if v.len() != 16 {
-                    return Err(StoreError::CatalogCorrupt {
-                        key: String::from_utf8_lossy(&k).into_owned(),
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match parse_index_value(&v) {
+                    Some((time, len)) => Ok((key, time, len)),
+                    None => Err(StoreError::CatalogCorrupt {
+                        key,
                         reason: "existence index entry is not 16 bytes".into(),
-                    });
+                    }),
                 }
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-                    u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
-                ))
             })
     }
 
@@ -291,26 +291,13 @@ impl Catalog {
         Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
     }
 
-    /// Stored (framed) size of a known object.
-    pub(crate) fn object_len(&self, key: &str) -> Result<Option<u64>> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(CF_OBJECTS), key.as_bytes())?
-            .filter(|v| v.len() == 16)
-            .map(|v| u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"))))
-    }
-
     /// Stored sizes of many objects at once (0 for unknown ones): one
     /// batched lookup, cheaper than a `get` each.
     pub(crate) fn object_lens(&self, keys: &[String]) -> Result<Vec<u64>> {
         self.db
             .batched_multi_get_cf(self.cf(CF_OBJECTS), keys.iter().map(|k| k.as_bytes()), false)
             .into_iter()
-            .map(|got| {
-                Ok(got?
-                    .filter(|v| v.len() == 16)
-                    .map_or(0, |v| u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"))))
-            })
+            .map(|got| Ok(got?.and_then(|v| parse_index_value(&v)).map_or(0, |(_, len)| len)))
             .collect()
     }
 

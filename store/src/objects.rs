@@ -495,14 +495,6 @@ impl ObjectLayer {
         self.fetch(ObjectKind::Node, id).await
     }
 
-    /// Stored (framed) size of a chunk, from the existence index.
-    pub fn stored_len(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<u64> {
-        Ok(self
-            .catalog
-            .object_len(self.path(kind, id).as_ref())?
-            .unwrap_or(0))
-    }
-
     /// Stored sizes of many objects of one kind (0 for unknown ones), in
     /// one batched index lookup.
     pub fn stored_lens(&self, kind: ObjectKind, ids: &[[u8; 32]]) -> Result<Vec<u64>> {

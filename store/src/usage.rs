@@ -351,7 +351,7 @@ mod tests {
             }
             sets.push(set);
         }
-        let len = |id: &ChunkId| engine.objects().stored_len(ObjectKind::Chunk, &id.0).unwrap();
+        let len = |id: &ChunkId| engine.objects().stored_lens(ObjectKind::Chunk, &[id.0]).unwrap()[0];
         let mut usage = Usage {
             stored_bytes: refs.keys().map(len).sum(),
             ..Usage::default()
