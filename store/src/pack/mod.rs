@@ -91,6 +91,15 @@ impl Location {
     }
 }
 
+/// What [`PackStore::get`] read.
+#[derive(Debug)]
+struct Got {
+    loc: Location,
+    /// The range of the object read.
+    range: std::ops::Range<u64>,
+    data: Vec<u8>,
+}
+
 /// One pack file and what is known of it.
 #[derive(Debug)]
 struct Pack {
@@ -253,7 +262,7 @@ impl PackStore {
         let mut st = self.state.lock();
         Self::finish(&mut st, reserved.pack);
         written?;
-        let old = self.index.get(key)?.and_then(|v| Location::decode(&v));
+        let old = self.head(key)?;
         self.index.put(key, reserved.encode())?;
         st.objects += u64::from(old.is_none());
         Self::repoint(&mut st, old, reserved);
@@ -359,7 +368,7 @@ impl PackStore {
         // A compaction may move the object between the index read and the
         // file lookup: then the index names the new place.
         for _ in 0..3 {
-            let Some(loc) = self.index.get(key)?.and_then(|v| Location::decode(&v)) else {
+            let Some(loc) = self.head(key)? else {
                 return Ok(None);
             };
             if let Some(pack) = self.state.lock().packs.get(&loc.pack) {
@@ -372,16 +381,25 @@ impl PackStore {
         .into())
     }
 
-    /// Reads `range` (within the object) of `key` (blocking); `None` when
-    /// there is no such object.
-    fn get(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<Option<(Location, Vec<u8>)>> {
+    /// Reads `range` of `key` (the whole object when `None`; blocking) with
+    /// one index read; `None` when there is no such object.
+    fn get(&self, key: &str, range: Option<&object_store::GetRange>) -> Result<Option<Got>> {
         let Some((loc, file)) = self.locate(key)? else {
             return Ok(None);
         };
-        let range = range.unwrap_or(0..u64::from(loc.len));
+        let range = match range {
+            None => 0..u64::from(loc.len),
+            Some(r) => r
+                .as_range(u64::from(loc.len))
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
+        };
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         file.read_exact_at(&mut buf, loc.offset + range.start)?;
-        Ok(Some((loc, buf)))
+        Ok(Some(Got {
+            loc,
+            range,
+            data: buf,
+        }))
     }
 
     /// The object's location without reading it.
@@ -393,7 +411,7 @@ impl PackStore {
     /// the delete may have made its pack worth compacting.
     fn delete(&self, key: &str) -> Result<bool> {
         let mut st = self.state.lock();
-        let Some(old) = self.index.get(key)?.and_then(|v| Location::decode(&v)) else {
+        let Some(old) = self.head(key)? else {
             return Ok(false);
         };
         self.index.delete(key)?;

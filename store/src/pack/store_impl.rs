@@ -121,22 +121,9 @@ impl ObjectStore for PackObjects {
         }
         let range = options.range.clone();
         let got = self
-            .blocking(move |packs| {
-                let Some(loc) = packs.head(&key)? else {
-                    return Ok(None);
-                };
-                let range = match &range {
-                    None => 0..u64::from(loc.len),
-                    Some(r) => r
-                        .as_range(u64::from(loc.len))
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-                };
-                Ok(packs
-                    .get(&key, Some(range.clone()))?
-                    .map(|(loc, data)| (loc, range, data)))
-            })
+            .blocking(move |packs| packs.get(&key, range.as_ref()))
             .await?;
-        let (loc, range, data) = got.ok_or_else(|| not_found(location))?;
+        let super::Got { loc, range, data } = got.ok_or_else(|| not_found(location))?;
         Ok(GetResult {
             payload: GetResultPayload::Stream(stream::once(async move { Ok(Bytes::from(data)) }).boxed()),
             range,

@@ -7,7 +7,7 @@ fn body(seed: u8, len: usize) -> Vec<u8> {
 }
 
 fn read(store: &PackStore, key: &str) -> Option<Vec<u8>> {
-    store.get(key, None).unwrap().map(|(_, data)| data)
+    store.get(key, None).unwrap().map(|got| got.data)
 }
 
 fn keys(store: &PackStore, prefix: &str) -> Vec<String> {
@@ -34,7 +34,10 @@ fn objects_read_back_list_by_prefix_and_survive_a_reopen() {
     }
     store.put("nodes/x", &[b"node"]).unwrap();
     assert_eq!(read(&store, "chunks/03"), Some(body(3, 1003)));
-    let (_, part) = store.get("chunks/03", Some(5..9)).unwrap().unwrap();
+    let range = object_store::GetRange::Bounded(5..9);
+    let got = store.get("chunks/03", Some(&range)).unwrap().unwrap();
+    assert_eq!(got.range, 5..9);
+    let part = got.data;
     assert_eq!(part, body(3, 1003)[5..9]);
     assert_eq!(read(&store, "chunks/99"), None);
     assert_eq!(keys(&store, "chunks/").len(), 10, "pages of 3 cover all ten");
