@@ -13,7 +13,7 @@ use cairn_chunker::{ByteRange, ChunkGeometry, ChunkId};
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::catalog::Catalog;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::journal::JournalDir;
 use crate::objects::{ObjectKind, ObjectLayer};
 use crate::overlay::Hole;
@@ -58,6 +58,9 @@ pub(crate) struct Backend {
     pub readahead: Option<crate::readahead::ReadAhead>,
     /// Runtime to start read-ahead on from threads outside it.
     pub runtime: tokio::runtime::Handle,
+    /// Stored bytes of roots and lengths of leaves' chunks, for space
+    /// accounting (seeded by commits).
+    pub accounting: crate::usage::RootMemo,
 }
 
 /// A sealed tree to read from: a snapshot, or a volume's committed state.
@@ -216,8 +219,9 @@ impl Backend {
     }
 
     /// Stores whole chunks (hash, dedup, compress, upload) and returns the
-    /// manifest updates for them. Zero chunks become the zero sentinel.
-    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Vec<u8>)>) -> Result<Vec<(u64, ChunkId)>> {
+    /// manifest updates for them, with the stored length of each chunk this
+    /// call uploaded. Zero chunks become the zero sentinel.
+    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Vec<u8>)>) -> Result<Ingested> {
         let (indices, contents): (Vec<u64>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
         let (classes, contents) = tokio::task::spawn_blocking(move || (classify(&contents), contents))
             .await
@@ -241,19 +245,38 @@ impl Backend {
             .iter()
             .zip(frames)
             .map(|(&i, framed)| {
-                objects.put_if_absent(ObjectKind::Chunk, classes[i].id().0, Bytes::from(framed))
+                let id = classes[i].id();
+                async move {
+                    let len = framed.len() as u64;
+                    let uploaded = objects
+                        .put_if_absent(ObjectKind::Chunk, id.0, Bytes::from(framed))
+                        .await?;
+                    Ok::<_, StoreError>(uploaded.then_some((id, len)))
+                }
             })
             .collect();
-        futures::stream::iter(uploads)
+        let stored = futures::stream::iter(uploads)
             .buffer_unordered(UPLOAD_CONCURRENCY)
             .try_collect::<Vec<_>>()
-            .await?;
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         for &i in &fresh {
             self.objects.cache_chunk(classes[i].id(), contents[i].clone());
         }
-        Ok(indices
+        let updates = indices
             .into_iter()
             .zip(classes.iter().map(Classified::id))
-            .collect())
+            .collect();
+        Ok(Ingested { updates, stored })
     }
+}
+
+/// What [`Backend::ingest`] did.
+pub(crate) struct Ingested {
+    /// Manifest updates: chunk index → id.
+    pub updates: Vec<(u64, ChunkId)>,
+    /// The chunks it uploaded, with their stored lengths.
+    pub stored: Vec<(ChunkId, u64)>,
 }

@@ -183,11 +183,6 @@ pub struct Engine {
     shared: crate::shared::SharedBucket,
     /// Warms by volume id (see [`Engine::warm`]).
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
-    /// Stored bytes per (immutable) root, see [`Engine::stored_bytes_of`].
-    stored_memo: Mutex<lru::LruCache<NodeId, u64>>,
-    /// Chunks and stored lengths per (immutable) leaf node, for space
-    /// accounting: at most [`LEAF_MEMO`] leaves of up to 512 entries.
-    leaf_memo: Mutex<lru::LruCache<NodeId, crate::usage::LeafChunks>>,
     /// The last space accounting and the owners it was computed for.
     usage_memo: Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>>,
     /// Snapshots kept from deletion by their readers.
@@ -237,10 +232,6 @@ fn event(
         detail,
     }
 }
-
-/// Leaves whose chunk lengths space accounting keeps (about 20 KiB each at
-/// most: 1,024 cover 32 GiB of distinct data at 64 KiB chunks).
-const LEAF_MEMO: usize = 1024;
 
 impl Engine {
     /// Opens the catalog and object store, and every volume (replaying
@@ -294,6 +285,7 @@ impl Engine {
             seal_slots: tokio::sync::Semaphore::new(SEALS_AT_ONCE),
             readahead: remote.then(Default::default),
             runtime: tokio::runtime::Handle::current(),
+            accounting: crate::usage::RootMemo::new(),
         });
         let mut volumes = HashMap::new();
         let mut damaged = HashMap::new();
@@ -371,12 +363,6 @@ impl Engine {
             warming: Mutex::new(HashMap::new()),
             shared,
             usage_memo: Mutex::new(None),
-            stored_memo: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(4096).expect("non-zero"),
-            )),
-            leaf_memo: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(LEAF_MEMO).expect("non-zero"),
-            )),
             leases: Default::default(),
         }))
     }
@@ -451,12 +437,8 @@ impl Engine {
         Ok(roots)
     }
 
-    pub(crate) fn stored_memo(&self) -> &Mutex<lru::LruCache<NodeId, u64>> {
-        &self.stored_memo
-    }
-
-    pub(crate) fn leaf_memo(&self) -> &Mutex<lru::LruCache<NodeId, crate::usage::LeafChunks>> {
-        &self.leaf_memo
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub(crate) fn usage_memo(&self) -> &Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>> {

@@ -25,7 +25,7 @@ use super::{Frozen, State, Volume};
 use crate::error::{Result, StoreError};
 use crate::overlay::{DirtyChunk, Overlay};
 use crate::records::{now, SnapshotRecord, VolumeRecord};
-use crate::sealed::SealedTree;
+use crate::sealed::{Ingested, SealedTree};
 use crate::tree::NodeId;
 
 /// Chunks hashed and compressed together while sealing.
@@ -130,14 +130,30 @@ impl Volume {
         // Objects uploaded or claimed from here to the commit are not yet
         // reachable from any root: GC must not sweep them.
         let _writing = self.backend.objects.begin_write();
-        let new_root = self.seal_layer(&generation.layer, tree).await?;
+        let (new_root, stored) = self.seal_layer(&generation.layer, tree).await?;
         self.backend.objects.make_durable().await?;
-        let _commit = self.commit_guard(commit_lock).await;
-        self.commit_root(new_root, Some(generation.through))?;
+        {
+            let _commit = self.commit_guard(commit_lock).await;
+            self.commit_root(new_root, Some(generation.through))?;
+        }
+        self.remember_commit(tree, new_root, &stored).await;
         Ok(new_root)
     }
 
-    async fn seal_layer(&self, frozen: &Overlay, tree: SealedTree) -> Result<NodeId> {
+    /// Lets space accounting learn the stored bytes of a root this volume
+    /// just committed over `tree` (see [`crate::usage`]); a failure costs
+    /// only a walk later.
+    async fn remember_commit(&self, tree: SealedTree, new_root: NodeId, stored: &[(ChunkId, u64)]) {
+        if let Err(e) =
+            crate::usage::remember_commit(&self.backend, tree.root, new_root, tree.level, stored).await
+        {
+            tracing::debug!(error = %e, "space accounting of a new root left for later");
+        }
+    }
+
+    /// Seals one frozen layer over `tree`: the new root (not committed)
+    /// and the chunks uploaded for it with their stored lengths.
+    async fn seal_layer(&self, frozen: &Overlay, tree: SealedTree) -> Result<(NodeId, Vec<(ChunkId, u64)>)> {
         let sorted = frozen.sorted_chunks();
         // Batches overlap (hashing one while another uploads); `buffered`
         // keeps their order, so updates stay sorted by chunk index.
@@ -145,23 +161,20 @@ impl Volume {
             .chunks(SEAL_BATCH)
             .map(|batch| self.seal_batch(batch, tree))
             .collect();
-        let updates: Vec<(u64, ChunkId)> = futures::stream::iter(batches)
-            .buffered(SEAL_BATCHES_IN_FLIGHT)
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        self.backend.trees.update(tree.root, tree.level, &updates).await
+        let mut updates: Vec<(u64, ChunkId)> = Vec::with_capacity(sorted.len());
+        let mut stored = Vec::new();
+        let mut batches = futures::stream::iter(batches).buffered(SEAL_BATCHES_IN_FLIGHT);
+        while let Some(batch) = batches.try_next().await? {
+            updates.extend(batch.updates);
+            stored.extend(batch.stored);
+        }
+        let root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
+        Ok((root, stored))
     }
 
     /// Materialises one batch of dirty chunks (merging partial ones with
     /// their sealed base) and ingests them.
-    async fn seal_batch(
-        &self,
-        batch: &[(u64, &DirtyChunk)],
-        tree: SealedTree,
-    ) -> Result<Vec<(u64, ChunkId)>> {
+    async fn seal_batch(&self, batch: &[(u64, &DirtyChunk)], tree: SealedTree) -> Result<Ingested> {
         let chunk_size = self.geometry.chunk_size();
         let blocks = self.geometry.blocks_per_chunk();
         let mut work = Vec::with_capacity(batch.len());
@@ -286,10 +299,16 @@ impl Volume {
             .enumerate()
             .map(|(i, c)| (first_chunk + i as u64, c))
             .collect();
-        let updates = self.backend.ingest(chunks).await?;
-        let new_root = self.backend.trees.update(tree.root, tree.level, &updates).await?;
+        let ingested = self.backend.ingest(chunks).await?;
+        let new_root = self
+            .backend
+            .trees
+            .update(tree.root, tree.level, &ingested.updates)
+            .await?;
         self.backend.objects.make_durable().await?;
-        self.commit_root(new_root, None)
+        self.commit_root(new_root, None)?;
+        self.remember_commit(tree, new_root, &ingested.stored).await;
+        Ok(())
     }
 
     /// Takes a snapshot in O(1): freezes the active overlay (if it holds

@@ -11,10 +11,13 @@ use std::collections::{HashMap, HashSet};
 
 use cairn_chunker::{ChunkGeometry, ChunkId};
 
+mod roots;
+
+pub(crate) use roots::{remember_commit, RootMemo};
+
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::names::{Namespace, VolumeName};
-use crate::objects::ObjectKind;
 use crate::tree::{levels_for, NodeId};
 
 /// Space figures of one volume.
@@ -79,73 +82,13 @@ impl Usage {
     }
 }
 
-/// The chunks of one leaf node with their stored lengths.
-pub(crate) type LeafChunks = std::sync::Arc<[(ChunkId, u64)]>;
-
-/// The distinct chunks under a root with their stored lengths. Leaves are
-/// immutable and a new root shares all but its changed leaves with the
-/// one before it, so each leaf's lengths are looked up once and kept (see
-/// [`Engine::leaf_memo`]): the walk then costs a lookup per changed leaf
-/// entry, not per chunk.
-async fn sized_chunks_of(
-    engine: &Engine,
-    root: NodeId,
-    size: u64,
-    chunk_size: u64,
-) -> Result<HashMap<ChunkId, u64>> {
-    let geometry =
-        ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
-    let mut leaves = Vec::new();
-    let mut stack = vec![(root, levels_for(geometry.chunk_count(size)))];
-    while let Some((id, level)) = stack.pop() {
-        if id.is_zero() {
-            continue;
-        }
-        if level == 0 {
-            leaves.push(id);
-            continue;
-        }
-        let node = engine.trees().load(id, level).await?;
-        stack.extend(node.entries.iter().map(|(_, child)| (NodeId(*child), level - 1)));
-    }
-    let mut chunks = HashMap::new();
-    for leaf in leaves {
-        for (id, len) in leaf_chunks(engine, leaf).await?.iter() {
-            chunks.insert(*id, *len);
-        }
-    }
-    Ok(chunks)
-}
-
-async fn leaf_chunks(engine: &Engine, leaf: NodeId) -> Result<LeafChunks> {
-    if let Some(hit) = engine.leaf_memo().lock().get(&leaf) {
-        return Ok(hit.clone());
-    }
-    let node = engine.trees().load(leaf, 0).await?;
-    let ids: Vec<[u8; 32]> = node.entries.iter().map(|(_, id)| *id).collect();
-    let lens = engine.objects().stored_lens(ObjectKind::Chunk, &ids)?;
-    let chunks: LeafChunks = ids.into_iter().map(ChunkId).zip(lens).collect::<Vec<_>>().into();
-    engine.leaf_memo().lock().put(leaf, chunks.clone());
-    Ok(chunks)
-}
-
 impl Engine {
     /// Stored bytes of the distinct chunks under one root. Roots are
-    /// immutable, so the answer is memoised per root: the clone of a
-    /// snapshot pays for the walk once.
+    /// immutable, so the answer is kept per root (see [`roots`]): the clone
+    /// of a snapshot pays for the walk once, and a root a seal made from a
+    /// known one is known at once.
     pub async fn stored_bytes_of(&self, root: NodeId, size: u64, chunk_size: u64) -> Result<u64> {
-        if root.is_zero() {
-            return Ok(0);
-        }
-        if let Some(hit) = self.stored_memo().lock().get(&root) {
-            return Ok(*hit);
-        }
-        let total = sized_chunks_of(self, root, size, chunk_size)
-            .await?
-            .values()
-            .sum();
-        self.stored_memo().lock().put(root, total);
-        Ok(total)
+        roots::stored_bytes_of(self.backend(), root, level_of(size, chunk_size)?).await
     }
 
     /// Computes space usage over every volume and snapshot.
@@ -220,7 +163,9 @@ impl Engine {
                     set.clone()
                 }
                 None => {
-                    let set = std::sync::Arc::new(sized_chunks_of(self, o.root, o.size, o.chunk_size).await?);
+                    let level = level_of(o.size, o.chunk_size)?;
+                    let set =
+                        std::sync::Arc::new(roots::sized_chunks_of(self.backend(), o.root, level).await?);
                     roots.insert(o.root, (set.clone(), 1));
                     set
                 }
@@ -274,6 +219,13 @@ impl Engine {
     }
 }
 
+/// The level of the root of a tree of `size` bytes in `chunk_size` chunks.
+fn level_of(size: u64, chunk_size: u64) -> Result<u8> {
+    let geometry =
+        ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
+    Ok(levels_for(geometry.chunk_count(size)))
+}
+
 /// A volume or snapshot, as space accounting sees it.
 struct Owner {
     ns: Namespace,
@@ -312,6 +264,7 @@ fn owners_key(owners: &[Owner]) -> OwnersKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::ObjectKind;
     use crate::tree::Reachable;
     use crate::{Actor, EngineConfig, GcOptions, Labels, SnapshotTag};
     use proptest::prelude::*;
@@ -399,18 +352,33 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Write { vol: u8, block: u8, seed: u8 },
-        Seal { vol: u8 },
-        Snapshot { vol: u8 },
-        Fork { vol: u8 },
-        DeleteVolume { vol: u8 },
-        DeleteSnapshot { vol: u8 },
+        Write {
+            vol: u8,
+            block: u8,
+            blocks: u8,
+            seed: u8,
+        },
+        Seal {
+            vol: u8,
+        },
+        Snapshot {
+            vol: u8,
+        },
+        Fork {
+            vol: u8,
+        },
+        DeleteVolume {
+            vol: u8,
+        },
+        DeleteSnapshot {
+            vol: u8,
+        },
         Gc,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u8..4, 0u8..16, 0u8..4).prop_map(|(vol, block, seed)| Op::Write { vol, block, seed }),
+            4 => (0u8..4, 0u8..16, 1u8..8, 0u8..4).prop_map(|(vol, block, blocks, seed)| Op::Write { vol, block, blocks, seed }),
             3 => (0u8..4).prop_map(|vol| Op::Seal { vol }),
             2 => (0u8..4).prop_map(|vol| Op::Snapshot { vol }),
             2 => (0u8..4).prop_map(|vol| Op::Fork { vol }),
@@ -442,9 +410,10 @@ mod tests {
                 for op in ops {
                     // Operations on what does not exist simply fail.
                     match op {
-                        Op::Write { vol, block, seed } => {
+                        Op::Write { vol, block, blocks, seed } => {
                             if let Ok(v) = engine.volume(ns_of(vol), &name(vol)) {
-                                let data = cairn_chunker::testdata::noise(seed as u64, 4096);
+                                let blocks = blocks.min(16 - block) as usize;
+                                let data = cairn_chunker::testdata::noise(seed as u64, 4096 * blocks);
                                 let _ = v.write(block as u64 * 4096, &data).await;
                             }
                         }
