@@ -49,6 +49,7 @@ PHASES="${PHASES:-writes ops rss}"
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 for s in "${servers[@]}"; do wait_nbd "${uri[$s]}"; done
 
+peak_rss() { echo "cairn peak RSS so far $(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024)) MiB (memory cache $CACHE)"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -s "$api/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 fio_run() { # server rw bs depth -> "iops mibs server_us_per_io"
@@ -93,6 +94,7 @@ for t in "${tests[@]}"; do
 done
 w=$(metric cairn_write_bytes_total); sl=$(metric cairn_sealed_bytes_total)
 echo "bytes written $w, chunk bytes sealed $sl during the runs: $(python3 -c "print(round($sl/max(1,$w),2))") sealed per written"
+peak_rss
 fi
 
 # A snapshot makes the writes it holds durable: what the client has not
@@ -127,6 +129,7 @@ if phase ops; then
 op_bench s1 $((16 << 20)) "16 MiB dirty"
 SNAPS_BIG="${SNAPS_BIG:-3}"
 SNAPS=$SNAPS_BIG op_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
+peak_rss
 fi
 
 phase rss || exit 0

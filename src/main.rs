@@ -4,6 +4,7 @@
 //! crates together; behaviour lives in `cairn-store` (and the API and NBD
 //! crates).
 
+mod allocator;
 mod cli;
 mod client;
 mod nbd;

@@ -88,6 +88,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let sealer = tokio::spawn(Arc::clone(&engine).run_sealer(async {
         let _ = sealer_stopped.await;
     }));
+    let trimmer = tokio::spawn(crate::allocator::trim_periodically());
     let requests = tokio_util::task::TaskTracker::new();
     let state = AppState {
         engine: engine.clone(),
@@ -102,6 +103,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Stop accepting NBD connections; acknowledged writes of open ones are
     // in the journal, and a FLUSH not yet answered promised nothing.
     nbd.abort();
+    trimmer.abort();
     tracing::info!("shutting down: waiting for requests in progress");
     requests.close();
     requests.wait().await;

@@ -82,6 +82,9 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(cli.command, Command::Serve(_)) {
+        crate::allocator::limit_arenas();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => serve::run(&runtime, args)?,
