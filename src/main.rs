@@ -8,6 +8,7 @@ mod allocator;
 mod cli;
 mod client;
 mod nbd;
+mod priority;
 mod serve;
 mod size;
 

@@ -60,6 +60,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.idle_seal_after = config.seal_idle;
     engine_config.store_timeout = config.store_timeout;
     engine_config.dirty_soft_limit = config.backlog_size as usize / 2;
+    crate::priority::background_pool();
     let engine = Engine::open(engine_config)
         .await
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
