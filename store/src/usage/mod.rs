@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_chunker::{ChunkGeometry, ChunkId};
+use cairn_chunker::ChunkId;
 
 mod roots;
 
@@ -85,8 +85,8 @@ impl Usage {
 impl Engine {
     /// Stored bytes of the distinct chunks under one root. Roots are
     /// immutable, so the answer is kept per root (see [`roots`]): the clone
-    /// of a snapshot pays for the walk once, and a root a seal made from a
-    /// known one is known at once.
+    /// of a snapshot pays for the walk once, and the walk of a root a seal
+    /// made finds the lengths of its changed leaves already known.
     pub async fn stored_bytes_of(&self, root: NodeId, size: u64, chunk_size: u64) -> Result<u64> {
         roots::stored_bytes_of(self.backend(), root, level_of(size, chunk_size)?).await
     }
@@ -221,9 +221,7 @@ impl Engine {
 
 /// The level of the root of a tree of `size` bytes in `chunk_size` chunks.
 fn level_of(size: u64, chunk_size: u64) -> Result<u8> {
-    let geometry =
-        ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
-    Ok(levels_for(geometry.chunk_count(size)))
+    Ok(levels_for(Engine::geometry(chunk_size)?.chunk_count(size)))
 }
 
 /// A volume or snapshot, as space accounting sees it.
@@ -277,12 +275,9 @@ mod tests {
         chunk_size: u64,
     ) -> Result<HashSet<ChunkId>> {
         let mut set = HashSet::new();
-        let geometry =
-            ChunkGeometry::new(chunk_size).map_err(|e| crate::StoreError::InvalidSize(e.to_string()))?;
-        let level = levels_for(geometry.chunk_count(size));
         engine
             .trees()
-            .walk(root, level, &mut |r| {
+            .walk(root, level_of(size, chunk_size)?, &mut |r| {
                 if let Reachable::Chunk { id, .. } = r {
                     set.insert(id);
                 }

@@ -140,9 +140,9 @@ impl Volume {
         Ok(new_root)
     }
 
-    /// Lets space accounting learn the stored bytes of a root this volume
-    /// just committed over `tree` (see [`crate::usage`]); a failure costs
-    /// only a walk later.
+    /// Lets space accounting learn the chunk lengths of the leaves a root
+    /// this volume just committed over `tree` changed (see
+    /// [`crate::usage`]); a failure costs only index lookups later.
     async fn remember_commit(&self, tree: SealedTree, new_root: NodeId, stored: &[(ChunkId, u64)]) {
         if let Err(e) =
             crate::usage::remember_commit(&self.backend, tree.root, new_root, tree.level, stored).await
@@ -307,6 +307,8 @@ impl Volume {
             .await?;
         self.backend.objects.make_durable().await?;
         self.commit_root(new_root, None)?;
+        // Committed: the next step of an import need not wait for this.
+        drop((_writing, _commit, _seal));
         self.remember_commit(tree, new_root, &ingested.stored).await;
         Ok(())
     }
