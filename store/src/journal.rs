@@ -30,6 +30,9 @@ use crate::error::{Result, StoreError};
 
 const WRITE: u8 = 1;
 const ZERO: u8 = 2;
+const CHUNKS: u8 = 3;
+/// Bytes of a chunk id in a [`Record::Chunks`].
+const ID_LEN: usize = 32;
 /// Bytes before each record's payload: length and crc32.
 const HEADER: usize = 8;
 /// No record is larger (an NBD WRITE carries at most 32 MiB, an HTTP
@@ -53,6 +56,16 @@ pub enum Record<'a> {
         /// Length (aligned).
         length: u64,
     },
+    /// Whole chunks written straight to the object store: from the
+    /// chunk-aligned `offset` on, consecutive chunks are the stored
+    /// chunks `ids` (32 bytes each). Appended only once those objects are
+    /// durable, so a replayed record never names a lost object.
+    Chunks {
+        /// Byte offset (chunk-aligned).
+        offset: u64,
+        /// The chunks' ids, concatenated.
+        ids: &'a [u8],
+    },
 }
 
 /// Where a write record's data starts, from the record's first byte.
@@ -68,6 +81,11 @@ impl Record<'_> {
                 head[HEADER] = WRITE;
                 head[HEADER + 1..HEADER + 9].copy_from_slice(&offset.to_le_bytes());
                 (9, data)
+            }
+            Record::Chunks { offset, ids } => {
+                head[HEADER] = CHUNKS;
+                head[HEADER + 1..HEADER + 9].copy_from_slice(&offset.to_le_bytes());
+                (9, ids)
             }
             Record::Zero { offset, length } => {
                 head[HEADER] = ZERO;
@@ -87,6 +105,7 @@ impl Record<'_> {
     fn data(&self) -> &[u8] {
         match self {
             Record::Write { data, .. } => data,
+            Record::Chunks { ids, .. } => ids,
             Record::Zero { .. } => &[],
         }
     }
@@ -96,6 +115,12 @@ impl Record<'_> {
         let (head, n) = self.head();
         [&head[..n], self.data()].concat()
     }
+}
+
+/// The chunk ids of a [`Record::Chunks`], in order.
+pub fn chunk_ids(ids: &[u8]) -> impl Iterator<Item = cairn_chunker::ChunkId> + '_ {
+    ids.chunks_exact(ID_LEN)
+        .map(|id| cairn_chunker::ChunkId(id.try_into().expect("32 bytes")))
 }
 
 /// Parses one record payload (without its header).
@@ -112,6 +137,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
         WRITE => Ok(Record::Write {
             offset,
             data: &bytes[9..],
+        }),
+        CHUNKS if bytes.len() > 9 && (bytes.len() - 9).is_multiple_of(ID_LEN) => Ok(Record::Chunks {
+            offset,
+            ids: &bytes[9..],
         }),
         ZERO if bytes.len() == 17 => Ok(Record::Zero {
             offset,
@@ -487,10 +516,15 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let data = vec![7u8; 8192];
+        let ids: Vec<u8> = (0..96u8).collect();
         for r in [
             Record::Write {
                 offset: 4096,
                 data: &data,
+            },
+            Record::Chunks {
+                offset: 1 << 20,
+                ids: &ids,
             },
             Record::Zero {
                 offset: 1 << 40,
@@ -509,6 +543,8 @@ mod tests {
         }
         assert!(decode(&[1, 2]).is_err());
         assert!(decode(&[9; 17]).is_err());
+        assert!(decode(&[CHUNKS; 9 + 31]).is_err(), "ids are whole");
+        assert!(decode(&[CHUNKS; 9]).is_err(), "at least one id");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct ObjectLayer {
     pub(crate) gate: crate::sweep_gate::SweepGate,
     /// Start times (unix seconds) of writes in progress: seals and direct
     /// imports, from their first upload to their root commit.
-    writers: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
+    writers: Arc<Writers>,
     next_writer: std::sync::atomic::AtomicU64,
     /// Objects written to a local store and not yet durable (`None` for
     /// stores whose puts are durable when they return).
@@ -100,15 +100,29 @@ pub struct ObjectLayer {
     pub faults: Arc<crate::wrap::Faults>,
 }
 
+/// Writes in progress: token → start (unix seconds).
+type Writers = parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>;
+
 /// A write in progress (see [`ObjectLayer::begin_write`]); ends on drop.
-pub struct WriteSession<'a> {
-    layer: &'a ObjectLayer,
+/// Owned, so a volume can keep one for as long as its dirty layers
+/// reference objects no root does.
+#[derive(Debug)]
+pub struct WriteSession {
+    writers: Arc<Writers>,
     token: u64,
+    started: u64,
 }
 
-impl Drop for WriteSession<'_> {
+impl WriteSession {
+    /// When the write started (unix seconds).
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+}
+
+impl Drop for WriteSession {
     fn drop(&mut self) {
-        self.layer.writers.lock().remove(&self.token);
+        self.writers.lock().remove(&self.token);
     }
 }
 
@@ -135,7 +149,7 @@ impl ObjectLayer {
             inflight: parking_lot::Mutex::default(),
             stats: ObjectStats::default(),
             gate: Default::default(),
-            writers: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+            writers: Arc::default(),
             next_writer: std::sync::atomic::AtomicU64::new(1),
             local: None,
             answered: crate::records::Stopwatch::default(),
@@ -229,12 +243,23 @@ impl ObjectLayer {
     /// Registers a write that uploads objects and later commits a root
     /// referencing them: until it ends, GC sweeps nothing newer than its
     /// start.
-    pub fn begin_write(&self) -> WriteSession<'_> {
+    pub fn begin_write(&self) -> WriteSession {
+        self.begin_write_at(unix_now())
+    }
+
+    /// [`ObjectLayer::begin_write`] for a write that started at `started`
+    /// (unix seconds; 0 when unknown: GC then sweeps nothing until it
+    /// ends).
+    pub fn begin_write_at(&self, started: u64) -> WriteSession {
         let token = self
             .next_writer
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.writers.lock().insert(token, unix_now());
-        WriteSession { layer: self, token }
+        self.writers.lock().insert(token, started);
+        WriteSession {
+            writers: self.writers.clone(),
+            token,
+            started,
+        }
     }
 
     /// Start (unix seconds) of the oldest write still in progress.

@@ -7,14 +7,15 @@
 //! in the journal's log files (page cache, then disk): memory holds about
 //! 24 bytes per dirty block (a sorted vector per chunk: a lone random 4 KiB
 //! block costs about 100 bytes with its chunk's entry), so the dirty set can
-//! be GiBs. Reads consult
+//! be GiBs. A whole chunk written straight to the object store is one
+//! entry naming its stored chunk: its bytes are in no log. Reads consult
 //! the overlay first and fall through to older layers only for the blocks
 //! it does not hold.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cairn_chunker::{ChunkGeometry, BLOCK_SIZE};
+use cairn_chunker::{ChunkGeometry, ChunkId, BLOCK_SIZE};
 
 use crate::error::Result;
 use crate::journal::LogFile;
@@ -41,14 +42,31 @@ pub enum Block {
 pub struct DirtyChunk {
     /// The whole chunk was zeroed; blocks not listed read as zeros.
     pub zero_base: bool,
+    /// The whole chunk was written as this stored chunk; blocks not listed
+    /// read from it (never set together with `zero_base`).
+    pub stored: Option<ChunkId>,
     /// Dirty blocks by index within the chunk, sorted, no index twice.
     blocks: Vec<(u16, Block)>,
 }
 
 impl DirtyChunk {
-    /// True when every block is known without reading the sealed chunk.
+    /// True when every block is known without reading any chunk.
     pub fn is_complete(&self, blocks_per_chunk: usize) -> bool {
         self.zero_base || self.blocks.len() == blocks_per_chunk
+    }
+
+    /// True when no block was written over the whole chunk's base.
+    pub fn has_blocks(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
+    /// A chunk that is wholly `base`: zeros or a stored chunk.
+    fn whole(base: Option<ChunkId>) -> Self {
+        Self {
+            zero_base: base.is_none(),
+            stored: base,
+            blocks: Vec::new(),
+        }
     }
 
     /// The dirty block at `index`, if any.
@@ -84,8 +102,8 @@ impl DirtyChunk {
             .count()
     }
 
-    /// Builds the chunk's full contents over `base` (the sealed chunk, or
-    /// None for zeros), reading dirty blocks from their logs (contiguous
+    /// Builds the chunk's full contents over `base` (the sealed or the
+    /// `stored` chunk, or None for zeros), reading dirty blocks from their logs (contiguous
     /// runs in one read).
     pub fn materialize(&self, chunk_size: usize, base: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut out = match (self.zero_base, base) {
@@ -147,6 +165,15 @@ pub fn read_logs(reads: &[LogRead], buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// A part of a read served from a stored chunk a layer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredRead {
+    /// The stored chunk.
+    pub id: ChunkId,
+    /// What of it goes where.
+    pub hole: Hole,
+}
+
 /// A part of a read the overlay could not serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hole {
@@ -180,6 +207,8 @@ impl Hole {
 pub struct Overlay {
     chunks: HashMap<u64, DirtyChunk>,
     data_blocks: usize,
+    /// Entries naming a stored chunk.
+    stored_chunks: usize,
 }
 
 impl Overlay {
@@ -196,6 +225,30 @@ impl Overlay {
     /// Number of dirty chunks.
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// Number of whole chunks written as stored chunks (their bytes are
+    /// in the object store, not in a log).
+    pub fn stored_chunks(&self) -> usize {
+        self.stored_chunks
+    }
+
+    /// Makes chunk `index` wholly `base` (zeros when `None`), dropping
+    /// what was dirty in it.
+    fn replace_whole(&mut self, index: u64, base: Option<ChunkId>) {
+        self.stored_chunks += usize::from(base.is_some());
+        if let Some(old) = self.chunks.insert(index, DirtyChunk::whole(base)) {
+            self.data_blocks -= old.data_blocks();
+            self.stored_chunks -= usize::from(old.stored.is_some());
+        }
+    }
+
+    /// Records that chunks `first, first + 1, …` are now the stored chunks
+    /// `ids` (the zero id reads as zeros).
+    pub fn store_chunks(&mut self, first: u64, ids: impl IntoIterator<Item = ChunkId>) {
+        for (i, id) in ids.into_iter().enumerate() {
+            self.replace_whole(first + i as u64, (!id.is_zero()).then_some(id));
+        }
     }
 
     /// Dirty chunks in index order.
@@ -241,15 +294,7 @@ impl Overlay {
         let range = cairn_chunker::ByteRange::new(offset, length);
         for span in geometry.spans(range) {
             if span.is_full(geometry) {
-                if let Some(old) = self.chunks.insert(
-                    span.index,
-                    DirtyChunk {
-                        zero_base: true,
-                        ..Default::default()
-                    },
-                ) {
-                    self.data_blocks -= old.data_blocks();
-                }
+                self.replace_whole(span.index, None);
             } else {
                 let first = span.offset_in_chunk / BLOCK;
                 for block in first..first + span.len / BLOCK {
@@ -261,8 +306,10 @@ impl Overlay {
 
     /// Serves what the overlay holds for `[offset_in_chunk, +out.len())` of
     /// `chunk`: zeros are filled into `out` at once, dirty data is listed
-    /// in `reads` (from the logs, done by the caller outside any lock), and
-    /// the rest is listed as holes.
+    /// in `reads` (from the logs, done by the caller outside any lock),
+    /// parts of a stored chunk in `stored`, and the rest is listed as
+    /// holes.
+    #[allow(clippy::too_many_arguments)]
     pub fn fill(
         &self,
         chunk: u64,
@@ -271,6 +318,7 @@ impl Overlay {
         buf_offset: usize,
         holes: &mut Vec<Hole>,
         reads: &mut Vec<LogRead>,
+        stored: &mut Vec<StoredRead>,
     ) {
         let Some(dirty) = self.chunks.get(&chunk) else {
             holes.push(Hole {
@@ -293,15 +341,31 @@ impl Overlay {
                 }
                 Some(Block::Zero) => out[pos..pos + n].fill(0),
                 None if dirty.zero_base => out[pos..pos + n].fill(0),
-                None => match holes.last_mut() {
-                    Some(h) if h.chunk == chunk && h.buf_offset + h.len == buf_offset + pos => h.len += n,
-                    _ => holes.push(Hole {
+                None => {
+                    let hole = Hole {
                         chunk,
                         offset_in_chunk: at,
                         len: n,
                         buf_offset: buf_offset + pos,
-                    }),
-                },
+                    };
+                    match dirty.stored {
+                        Some(id) => match stored.last_mut() {
+                            Some(s)
+                                if s.hole.chunk == chunk
+                                    && s.hole.buf_offset + s.hole.len == hole.buf_offset =>
+                            {
+                                s.hole.len += n
+                            }
+                            _ => stored.push(StoredRead { id, hole }),
+                        },
+                        None => match holes.last_mut() {
+                            Some(h) if h.chunk == chunk && h.buf_offset + h.len == hole.buf_offset => {
+                                h.len += n
+                            }
+                            _ => holes.push(hole),
+                        },
+                    }
+                }
             }
             pos += n;
         }
@@ -313,7 +377,7 @@ impl Overlay {
         self.chunks.get(&chunk).map(|c| {
             (
                 c.zero_base,
-                c.blocks.iter().any(|(_, b)| matches!(b, Block::Logged { .. })),
+                c.stored.is_some() || c.blocks.iter().any(|(_, b)| matches!(b, Block::Logged { .. })),
             )
         })
     }
@@ -322,17 +386,8 @@ impl Overlay {
     /// active one when a seal fails.
     pub fn absorb_newer(&mut self, newer: Overlay) {
         for (index, chunk) in newer.chunks {
-            if chunk.zero_base {
-                if let Some(old) = self.chunks.remove(&index) {
-                    self.data_blocks -= old.data_blocks();
-                }
-                self.chunks.insert(
-                    index,
-                    DirtyChunk {
-                        zero_base: true,
-                        ..Default::default()
-                    },
-                );
+            if chunk.zero_base || chunk.stored.is_some() {
+                self.replace_whole(index, chunk.stored);
             }
             for (block, value) in chunk.blocks {
                 self.set_block(index, block, value);
@@ -388,6 +443,7 @@ mod tests {
                 span.offset_in_range,
                 &mut holes,
                 &mut reads,
+                &mut Vec::new(),
             );
         }
         read_logs(&reads, &mut out).unwrap();
@@ -430,6 +486,7 @@ mod tests {
                 span.offset_in_range,
                 &mut holes,
                 &mut reads,
+                &mut Vec::new(),
             );
         }
         assert!(holes.is_empty());
@@ -464,6 +521,59 @@ mod tests {
         ));
         assert_eq!(c.data_blocks(), 4);
         assert!(c.get(4).is_none());
+    }
+
+    #[test]
+    fn a_stored_chunk_serves_what_no_later_block_covers() {
+        let log = Log::new();
+        let mut o = Overlay::default();
+        log.write(&mut o, 0, &[1u8; 4096]);
+        let id = ChunkId::of(&[5u8; 16384]);
+        o.store_chunks(0, [id, ChunkId::ZERO, id]);
+        assert_eq!(o.dirty_bytes(), 0, "the logged block was replaced");
+        assert_eq!(o.stored_chunks(), 2, "the zero id is no stored chunk");
+        log.write(&mut o, 8192, &[2u8; 4096]);
+        let mut out = vec![9u8; 49152];
+        let (mut holes, mut reads, mut stored) = (Vec::new(), Vec::new(), Vec::new());
+        for span in geo().spans(cairn_chunker::ByteRange::new(0, 49152)) {
+            let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
+            o.fill(
+                span.index,
+                span.offset_in_chunk,
+                buf,
+                span.offset_in_range,
+                &mut holes,
+                &mut reads,
+                &mut stored,
+            );
+        }
+        assert!(holes.is_empty(), "nothing left for the sealed tree");
+        assert_eq!(reads.len(), 1);
+        let part = |chunk, offset_in_chunk, len, buf_offset| StoredRead {
+            id,
+            hole: Hole {
+                chunk,
+                offset_in_chunk,
+                len,
+                buf_offset,
+            },
+        };
+        assert_eq!(
+            stored,
+            vec![
+                part(0, 0, 8192, 0),
+                part(0, 12288, 4096, 12288),
+                part(2, 0, 16384, 32768)
+            ],
+            "one part per chunk, even of the same content"
+        );
+        assert!(
+            out[16384..32768].iter().all(|&b| b == 0),
+            "chunk 1 reads as zeros"
+        );
+        assert_eq!(o.peek(0), Some((false, true)));
+        o.zero(geo(), 0, 16384);
+        assert_eq!(o.stored_chunks(), 1);
     }
 
     #[test]

@@ -274,6 +274,7 @@ impl Backend {
 }
 
 /// What [`Backend::ingest`] did.
+#[derive(Default)]
 pub(crate) struct Ingested {
     /// Manifest updates: chunk index → id.
     pub updates: Vec<(u64, ChunkId)>,

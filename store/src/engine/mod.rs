@@ -518,7 +518,7 @@ impl Engine {
                     tracing::warn!(volume = %volume.record().name, error = %e, "adopting a sealed base failed; will retry");
                 }
             }
-            let logged = volume.log_bytes();
+            let logged = volume.unsealed_bytes();
             if logged == 0 {
                 continue;
             }

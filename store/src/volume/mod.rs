@@ -22,7 +22,8 @@ use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
 use crate::journal::{self, LogFile, Record};
-use crate::overlay::{read_logs, Hole, LogRead, Overlay};
+use crate::objects::WriteSession;
+use crate::overlay::{read_logs, Hole, LogRead, Overlay, StoredRead};
 use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::sealed::{Backend, SealedTree};
 use crate::tree::NodeId;
@@ -33,6 +34,10 @@ mod seal;
 
 pub(crate) use base::PendingBase;
 pub(crate) use seal::Hold;
+
+/// Writes covering at least this many whole chunks store them directly
+/// (see [`Volume::write_whole_chunks`]).
+const DIRECT_MIN_CHUNKS: u64 = 1;
 
 /// How often a writer waiting for backlog room looks again without being
 /// woken.
@@ -52,6 +57,9 @@ struct State {
     older_logs: Vec<Arc<LogFile>>,
     /// When the active layer got its first write since it was last frozen.
     dirty_since: Option<Instant>,
+    /// Keeps GC from sweeping the stored chunks the active layer names
+    /// (see [`Volume::write_whole_chunks`]).
+    hold: Option<Arc<WriteSession>>,
     /// Snapshots waiting for the seal of a frozen generation, by that
     /// generation.
     pending: BTreeMap<u64, Vec<SnapshotRecord>>,
@@ -77,6 +85,9 @@ struct Frozen {
     layer: Arc<Overlay>,
     /// The newest journal generation it holds.
     through: u64,
+    /// Keeps GC from sweeping the stored chunks it names until its seal
+    /// commits them into a root.
+    _hold: Option<Arc<WriteSession>>,
 }
 
 /// What a read finds below a view's dirty layers.
@@ -126,6 +137,23 @@ impl std::fmt::Debug for Volume {
 }
 
 /// Checks that `[offset, +length)` lies within `size` bytes.
+/// What the dirty layers make of a read (see [`Volume::fill_dirty`]).
+struct Dirty {
+    /// Parts for what is below the layers.
+    holes: Vec<Hole>,
+    /// Parts in log files.
+    reads: Vec<LogRead>,
+    /// Parts of stored chunks the layers name.
+    stored: Vec<StoredRead>,
+}
+
+/// Copies a stored-chunk read's part of `chunk` into `buf`.
+fn copy_part(chunk: &[u8], s: &StoredRead, buf: &mut [u8]) {
+    let h = &s.hole;
+    buf[h.buf_offset..h.buf_offset + h.len]
+        .copy_from_slice(&chunk[h.offset_in_chunk..h.offset_in_chunk + h.len]);
+}
+
 pub(crate) fn check_bounds(offset: u64, length: u64, size: u64) -> Result<()> {
     match offset.checked_add(length) {
         Some(end) if end <= size => Ok(()),
@@ -166,6 +194,16 @@ impl Volume {
     /// until a seal retires their logs).
     pub fn log_bytes(&self) -> u64 {
         self.state.lock().live_logs().map(|l| l.len()).sum()
+    }
+
+    /// Bytes waiting for a seal: the live logs, and the whole chunks
+    /// written as stored chunks (in the object store already, but not yet
+    /// in a root).
+    pub fn unsealed_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        let stored =
+            st.active.stored_chunks() + st.frozen.iter().map(|f| f.layer.stored_chunks()).sum::<usize>();
+        st.live_logs().map(|l| l.len()).sum::<u64>() + (stored * self.geometry.chunk_size()) as u64
     }
 
     /// How long the oldest unfrozen write has waited for a seal.
@@ -212,11 +250,12 @@ impl Volume {
     }
 
     /// Serves what `layers` (newest first) hold of `[offset, +buf.len())`:
-    /// zeros into `buf`, dirty data as log reads; returns those and the
-    /// parts left for the sealed tree.
-    fn fill_dirty(&self, layers: &[&Overlay], offset: u64, buf: &mut [u8]) -> (Vec<Hole>, Vec<LogRead>) {
+    /// zeros into `buf`, dirty data as log reads and stored-chunk reads;
+    /// returns those and the parts left for the sealed tree.
+    fn fill_dirty(&self, layers: &[&Overlay], offset: u64, buf: &mut [u8]) -> Dirty {
         let mut holes = Hole::all(self.geometry, offset, buf.len());
         let mut reads = Vec::new();
+        let mut stored = Vec::new();
         for layer in layers {
             if holes.is_empty() {
                 break;
@@ -231,11 +270,12 @@ impl Volume {
                     h.buf_offset,
                     &mut deeper,
                     &mut reads,
+                    &mut stored,
                 );
             }
             holes = deeper;
         }
-        (holes, reads)
+        Dirty { holes, reads, stored }
     }
 
     /// What a view reads below its dirty layers, and those layers (newest
@@ -264,18 +304,40 @@ impl Volume {
 
     /// The dirty part of a read: located under the state lock, the log
     /// reads done after it (log files are append-only and stay open while
-    /// referenced, so the bytes cannot change). Returns the holes left for
-    /// what is below, and that.
-    fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Vec<Hole>, Below)> {
-        let (holes, reads, below) = {
+    /// referenced, so the bytes cannot change). Returns the stored-chunk
+    /// reads and the holes left for what is below, and that.
+    fn read_dirty(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<(Dirty, Below)> {
+        let (dirty, below) = {
             let st = self.state.lock();
             self.check_view(&st, view, offset, buf.len() as u64)?;
             let (below, layers) = self.view_of(&st, view)?;
-            let (holes, reads) = self.fill_dirty(&layers, offset, buf);
-            (holes, reads, below)
+            (self.fill_dirty(&layers, offset, buf), below)
         };
-        read_logs(&reads, buf)?;
-        Ok((holes, below))
+        read_logs(&dirty.reads, buf)?;
+        Ok((dirty, below))
+    }
+
+    /// Serves stored-chunk reads from the chunk cache only; false when one
+    /// is not cached.
+    fn read_stored_cached(&self, stored: &[StoredRead], buf: &mut [u8]) -> bool {
+        stored
+            .iter()
+            .all(|s| match self.backend.objects.chunk_cached(&s.id) {
+                Some(chunk) => {
+                    copy_part(&chunk, s, buf);
+                    true
+                }
+                None => false,
+            })
+    }
+
+    /// Serves stored-chunk reads.
+    async fn read_stored(&self, stored: &[StoredRead], buf: &mut [u8]) -> Result<()> {
+        for s in stored {
+            let chunk = self.backend.objects.chunk(s.id).await?;
+            copy_part(&chunk, s, buf);
+        }
+        Ok(())
     }
 
     fn tree_of(&self, st: &State) -> SealedTree {
@@ -296,10 +358,13 @@ impl Volume {
 
     /// [`Volume::try_read`] of a view.
     pub fn try_read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
-        let (holes, below) = match self.read_dirty(view, offset, buf) {
+        let (Dirty { holes, stored, .. }, below) = match self.read_dirty(view, offset, buf) {
             Ok(v) => v,
             Err(e) => return Some(Err(e)),
         };
+        if !self.read_stored_cached(&stored, buf) {
+            return None;
+        }
         if holes.is_empty() {
             return Some(Ok(()));
         }
@@ -319,7 +384,8 @@ impl Volume {
 
     /// [`Volume::read`] of a view.
     pub async fn read_view(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let (holes, below) = self.read_dirty(view, offset, buf)?;
+        let (Dirty { holes, stored, .. }, below) = self.read_dirty(view, offset, buf)?;
+        self.read_stored(&stored, buf).await?;
         if holes.is_empty() {
             return Ok(());
         }
@@ -368,24 +434,74 @@ impl Volume {
     }
 
     /// Writes `data` at `offset`; acknowledged once journaled (not yet
-    /// durable: see [`Volume::flush`]).
+    /// durable: see [`Volume::flush`]). The whole chunks it covers are
+    /// stored as chunk objects at once and only their ids journaled
+    /// ([`Volume::write_whole_chunks`]); the rest goes to the log.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(&self.state.lock(), offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
         }
+        let chunk = self.geometry.chunk_size() as u64;
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset.div_ceil(chunk) * chunk, end / chunk * chunk);
+        if last < first + DIRECT_MIN_CHUNKS * chunk {
+            return self.write_logged(offset, data).await;
+        }
+        let at = |x: u64| (x - offset) as usize;
+        if offset < first {
+            self.write_logged(offset, &data[..at(first)]).await?;
+        }
+        self.write_whole_chunks(first, &data[at(first)..at(last)]).await?;
+        if last < end {
+            self.write_logged(last, &data[at(last)..]).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores whole chunks (`offset` chunk-aligned, `data` whole chunks)
+    /// as chunk objects, makes them durable, then journals their ids: the
+    /// bytes are written once, and a replayed record never names an
+    /// object a crash lost. Until the generation holding the record is
+    /// sealed, a GC hold keeps its objects (a seal then commits them as
+    /// they are, without reading or uploading them again).
+    async fn write_whole_chunks(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let chunk = self.geometry.chunk_size();
+        let first = offset / chunk as u64;
+        let hold = self.backend.objects.begin_write();
+        let chunks = data
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, c)| (first + i as u64, c.to_vec()))
+            .collect();
+        let ingested = self.backend.ingest(chunks).await?;
+        self.backend.objects.make_durable().await?;
+        let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
+        let _shared = self.rmw_lock.read().await;
+        self.apply(Record::Chunks { offset, ids: &ids }, Some(hold))?;
+        self.backend
+            .sealed_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Journals block-aligned (or merged) data.
+    async fn write_logged(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.make_room(data.len()).await?;
         let end = offset + data.len() as u64;
         if is_aligned(offset) && is_aligned(end) {
             let _shared = self.rmw_lock.read().await;
-            self.apply(Record::Write { offset, data })?;
+            self.apply(Record::Write { offset, data }, None)?;
         } else {
             let _alone = self.rmw_lock.write().await;
             let merged = self.merge_partial_blocks(offset, data).await?;
-            self.apply(Record::Write {
-                offset: align_down(offset),
-                data: &merged,
-            })?;
+            self.apply(
+                Record::Write {
+                    offset: align_down(offset),
+                    data: &merged,
+                },
+                None,
+            )?;
         }
         Ok(())
     }
@@ -428,10 +544,13 @@ impl Volume {
         }
         {
             let _shared = self.rmw_lock.read().await;
-            self.apply(Record::Zero {
-                offset: inner_start,
-                length: inner_end - inner_start,
-            })?;
+            self.apply(
+                Record::Zero {
+                    offset: inner_start,
+                    length: inner_end - inner_start,
+                },
+                None,
+            )?;
         }
         if inner_end < end {
             self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
@@ -441,8 +560,10 @@ impl Volume {
     }
 
     /// Journals and applies one aligned record, atomically with respect to
-    /// other writers (journal order = overlay order).
-    fn apply(&self, record: Record<'_>) -> Result<()> {
+    /// other writers (journal order = overlay order). `hold` keeps the
+    /// stored chunks a record names from GC: the generation keeps the
+    /// oldest one it gets.
+    fn apply(&self, record: Record<'_>, hold: Option<WriteSession>) -> Result<()> {
         let mut st = self.state.lock();
         if st.deleted {
             return Err(StoreError::VolumeNotFound {
@@ -461,6 +582,9 @@ impl Volume {
         if st.active.is_empty() {
             st.dirty_since = Some(Instant::now());
         }
+        if let (None, Some(hold)) = (&st.hold, hold) {
+            st.hold = Some(Arc::new(hold));
+        }
         match record {
             Record::Write { offset, data } => {
                 st.active.write(
@@ -473,6 +597,10 @@ impl Volume {
                 self.backend
                     .written_bytes
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Record::Chunks { offset, ids } => {
+                let first = offset / self.geometry.chunk_size() as u64;
+                st.active.store_chunks(first, journal::chunk_ids(ids));
             }
             Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
         }

@@ -63,7 +63,12 @@ fn freeze(st: &mut State) -> Option<u64> {
             st.older_logs.push(log);
         }
         st.dirty_since = None;
-        st.frozen.push(Frozen { layer, through });
+        let hold = st.hold.take();
+        st.frozen.push(Frozen {
+            layer,
+            through,
+            _hold: hold,
+        });
     }
     st.frozen.last().map(|f| f.through)
 }
@@ -173,13 +178,21 @@ impl Volume {
     }
 
     /// Materialises one batch of dirty chunks (merging partial ones with
-    /// their sealed base) and ingests them.
+    /// their sealed or stored base) and ingests them. A chunk written
+    /// whole as a stored chunk, and not since, is committed as it is.
     async fn seal_batch(&self, batch: &[(u64, &DirtyChunk)], tree: SealedTree) -> Result<Ingested> {
         let chunk_size = self.geometry.chunk_size();
         let blocks = self.geometry.blocks_per_chunk();
         let mut work = Vec::with_capacity(batch.len());
+        let mut as_stored = Vec::new();
         for (index, dirty) in batch {
-            let base = if dirty.is_complete(blocks) {
+            let base = if let Some(id) = dirty.stored {
+                if !dirty.has_blocks() {
+                    as_stored.push((*index, id));
+                    continue;
+                }
+                Some(self.backend.objects.chunk(id).await?)
+            } else if dirty.is_complete(blocks) {
                 None
             } else {
                 let id = self.backend.trees.lookup(tree.root, tree.level, *index).await?;
@@ -202,7 +215,15 @@ impl Volume {
         self.backend
             .sealed_bytes
             .fetch_add((contents.len() * chunk_size) as u64, Ordering::Relaxed);
-        self.backend.ingest(contents).await
+        let mut ingested = match contents.is_empty() {
+            true => Ingested::default(),
+            false => self.backend.ingest(contents).await?,
+        };
+        if !as_stored.is_empty() {
+            ingested.updates.extend(as_stored);
+            ingested.updates.sort_unstable_by_key(|(index, _)| *index);
+        }
+        Ok(ingested)
     }
 
     /// Commits a new root (caller holds the commit lock). With `sealed`,
