@@ -479,9 +479,10 @@ impl Volume {
         let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
         let _shared = self.rmw_lock.read().await;
         self.apply(Record::Chunks { offset, ids: &ids }, Some(hold))?;
-        self.backend
-            .sealed_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // Written and stored in one step: one sealed byte per byte written.
+        for counter in [&self.backend.written_bytes, &self.backend.sealed_bytes] {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 
