@@ -10,6 +10,12 @@
 //! reports the real figure). Two objects sharing a fingerprint can only
 //! make GC *keep* an unreachable object, never delete a reachable one.
 //!
+//! Whole chunks written straight to the store ([`crate::volume`]) are in
+//! no root until a seal commits them: the stored chunks that open
+//! volumes' unsealed layers name are marked too, read *before* the roots
+//! (a seal commits the root before its layer goes, so a chunk moving
+//! between them is seen in one or the other).
+//!
 //! **Cutoff.** An unmarked object is deleted only if its time is before
 //! the cutoff: the earlier of (GC start − grace) and the start of the
 //! oldest write still in progress (seals and imports upload objects before
@@ -101,8 +107,17 @@ fn set_bytes(set: &HashSet<u64>) -> u64 {
     (buckets * (8 + 1)) as u64
 }
 
-/// Marks everything reachable from the catalog's roots.
+/// Marks everything reachable from the catalog's roots, and the stored
+/// chunks unsealed layers name.
 async fn mark(engine: &Engine, report: &mut GcReport, progress: &Progress) -> Result<(HashSet<u64>, bool)> {
+    // Unsealed layers first, then the roots: a seal that moves a stored
+    // chunk from its layer into a root commits the root before the layer
+    // goes, so the chunk is seen in one or the other.
+    let mut marked: HashSet<u64> = engine
+        .unsealed_stored_chunks()
+        .iter()
+        .map(|id| fingerprint(ObjectKind::Chunk, &id.0))
+        .collect();
     let mut roots = engine.live_roots().await?;
     report.roots = roots.len() as u64;
     progress.roots.store(report.roots, Ordering::Relaxed);
@@ -112,7 +127,6 @@ async fn mark(engine: &Engine, report: &mut GcReport, progress: &Progress) -> Re
     }
     report.foreign_roots = foreign.len() as u64;
     roots.extend(foreign);
-    let mut marked = HashSet::new();
     for (root, level) in roots {
         engine
             .trees()

@@ -186,6 +186,12 @@ impl ObjectLayer {
         }
     }
 
+    /// Whether the store is a local filesystem (a put costs a local write,
+    /// not a network round trip).
+    pub fn is_local_store(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// The pack store under this layer, when the store is local and packed.
     pub fn packs(&self) -> Option<&Arc<crate::pack::PackStore>> {
         self.local.as_ref().and_then(|l| l.packs())

@@ -233,6 +233,11 @@ impl Overlay {
         self.stored_chunks
     }
 
+    /// The stored chunks the layer names.
+    pub fn stored_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.chunks.values().filter_map(|c| c.stored)
+    }
+
     /// Makes chunk `index` wholly `base` (zeros when `None`), dropping
     /// what was dirty in it.
     fn replace_whole(&mut self, index: u64, base: Option<ChunkId>) {

@@ -19,12 +19,20 @@ use super::*;
 pub(super) struct Damage {
     pub(super) record: VolumeRecord,
     pub(super) reason: String,
+    /// A GC write session from time 0, so GC keeps every unreferenced
+    /// object until the volume is repaired or deleted.
+    _hold: Arc<crate::objects::WriteSession>,
 }
 
 pub use cairn_api_types::{DroppedRecord, RepairReport};
 
 /// Records the quarantine of `record` (an event) and says why.
-pub(super) fn quarantine(catalog: &Catalog, record: VolumeRecord, error: &StoreError) -> Result<Damage> {
+pub(super) fn quarantine(
+    catalog: &Catalog,
+    objects: &ObjectLayer,
+    record: VolumeRecord,
+    error: &StoreError,
+) -> Result<Damage> {
     let reason = error.to_string();
     tracing::error!(
         volume = %record.name,
@@ -42,7 +50,11 @@ pub(super) fn quarantine(catalog: &Catalog, record: VolumeRecord, error: &StoreE
         json!({"reason": reason}),
     ));
     batch.commit()?;
-    Ok(Damage { record, reason })
+    Ok(Damage {
+        record,
+        reason,
+        _hold: Arc::new(objects.begin_write_at(0)),
+    })
 }
 
 impl Engine {

@@ -328,7 +328,7 @@ impl Engine {
                     volumes.insert(key, volume);
                 }
                 Err(e @ StoreError::JournalDamaged { .. }) => {
-                    damaged.insert(key, damage::quarantine(&catalog, record, &e)?);
+                    damaged.insert(key, damage::quarantine(&catalog, &backend.objects, record, &e)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -342,7 +342,7 @@ impl Engine {
                 Ok(()) => {}
                 Err(e @ StoreError::VolumeDamaged { .. }) => {
                     volumes.remove(&key);
-                    damaged.insert(key, damage::quarantine(&catalog, fork, &e)?);
+                    damaged.insert(key, damage::quarantine(&catalog, &backend.objects, fork, &e)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -418,6 +418,13 @@ impl Engine {
     /// Every live root with its tree level, read at one moment: no fork,
     /// rollback or delete moves or drops a root meanwhile (they hold
     /// `names`). For GC's mark.
+    /// The stored chunks that open volumes' unsealed layers name (whole
+    /// chunks written straight to the store, in no root yet).
+    pub(crate) fn unsealed_stored_chunks(&self) -> Vec<cairn_chunker::ChunkId> {
+        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
+        open.iter().flat_map(|v| v.unsealed_stored_chunks()).collect()
+    }
+
     pub(crate) async fn live_roots(&self) -> Result<Vec<(NodeId, u8)>> {
         let _names = self.names.lock().await;
         self.live_roots_locked()

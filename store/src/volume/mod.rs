@@ -17,12 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_chunker::{ByteRange, ChunkGeometry, BLOCK_SIZE};
+use cairn_chunker::{ByteRange, ChunkGeometry, ChunkId, BLOCK_SIZE};
 use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
 use crate::journal::{self, LogFile, Record};
-use crate::objects::WriteSession;
 use crate::overlay::{read_logs, Hole, LogRead, Overlay, StoredRead};
 use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::sealed::{Backend, SealedTree};
@@ -57,9 +56,6 @@ struct State {
     older_logs: Vec<Arc<LogFile>>,
     /// When the active layer got its first write since it was last frozen.
     dirty_since: Option<Instant>,
-    /// Keeps GC from sweeping the stored chunks the active layer names
-    /// (see [`Volume::write_whole_chunks`]).
-    hold: Option<Arc<WriteSession>>,
     /// Snapshots waiting for the seal of a frozen generation, by that
     /// generation.
     pending: BTreeMap<u64, Vec<SnapshotRecord>>,
@@ -85,9 +81,6 @@ struct Frozen {
     layer: Arc<Overlay>,
     /// The newest journal generation it holds.
     through: u64,
-    /// Keeps GC from sweeping the stored chunks it names until its seal
-    /// commits them into a root.
-    _hold: Option<Arc<WriteSession>>,
 }
 
 /// What a read finds below a view's dirty layers.
@@ -194,6 +187,17 @@ impl Volume {
     /// until a seal retires their logs).
     pub fn log_bytes(&self) -> u64 {
         self.state.lock().live_logs().map(|l| l.len()).sum()
+    }
+
+    /// The stored chunks the unsealed layers name (GC marks them: no root
+    /// holds them yet).
+    pub(crate) fn unsealed_stored_chunks(&self) -> Vec<ChunkId> {
+        let st = self.state.lock();
+        let frozen = st.frozen.iter().map(|f| &*f.layer);
+        std::iter::once(&st.active)
+            .chain(frozen)
+            .flat_map(|layer| layer.stored_ids())
+            .collect()
     }
 
     /// Bytes waiting for a seal: the live logs, and the whole chunks
@@ -445,14 +449,27 @@ impl Volume {
         let chunk = self.geometry.chunk_size() as u64;
         let end = offset + data.len() as u64;
         let (first, last) = (offset.div_ceil(chunk) * chunk, end / chunk * chunk);
-        if last < first + DIRECT_MIN_CHUNKS * chunk {
+        // Only where a put is a local write: against a remote store the
+        // write would wait for the network, and for a store that is down.
+        let direct =
+            self.backend.objects.is_local_store() && !self.backend.store_down.load(Ordering::Relaxed);
+        if !direct || last < first + DIRECT_MIN_CHUNKS * chunk {
             return self.write_logged(offset, data).await;
         }
         let at = |x: u64| (x - offset) as usize;
         if offset < first {
             self.write_logged(offset, &data[..at(first)]).await?;
         }
-        self.write_whole_chunks(first, &data[at(first)..at(last)]).await?;
+        let whole = &data[at(first)..at(last)];
+        match self.write_whole_chunks(first, whole).await {
+            // A store that fails a put does not fail the write: it is
+            // journaled like any other and sealed when the store answers.
+            Err(StoreError::ObjectStore(e)) => {
+                tracing::debug!(error = %e, "storing whole chunks failed; journaling them instead");
+                self.write_logged(first, whole).await?;
+            }
+            other => other?,
+        }
         if last < end {
             self.write_logged(last, &data[at(last)..]).await?;
         }
@@ -462,13 +479,13 @@ impl Volume {
     /// Stores whole chunks (`offset` chunk-aligned, `data` whole chunks)
     /// as chunk objects, makes them durable, then journals their ids: the
     /// bytes are written once, and a replayed record never names an
-    /// object a crash lost. Until the generation holding the record is
-    /// sealed, a GC hold keeps its objects (a seal then commits them as
-    /// they are, without reading or uploading them again).
+    /// object a crash lost. GC keeps the objects: by time while this runs,
+    /// then because the overlay names them (see [`crate::gc`]) until a seal
+    /// commits them as they are, without reading or uploading them again.
     async fn write_whole_chunks(&self, offset: u64, data: &[u8]) -> Result<()> {
         let chunk = self.geometry.chunk_size();
         let first = offset / chunk as u64;
-        let hold = self.backend.objects.begin_write();
+        let _writing = self.backend.objects.begin_write();
         let chunks = data
             .chunks(chunk)
             .enumerate()
@@ -478,7 +495,7 @@ impl Volume {
         self.backend.objects.make_durable().await?;
         let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
         let _shared = self.rmw_lock.read().await;
-        self.apply(Record::Chunks { offset, ids: &ids }, Some(hold))?;
+        self.apply(Record::Chunks { offset, ids: &ids })?;
         // Written and stored in one step: one sealed byte per byte written.
         for counter in [&self.backend.written_bytes, &self.backend.sealed_bytes] {
             counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -492,17 +509,14 @@ impl Volume {
         let end = offset + data.len() as u64;
         if is_aligned(offset) && is_aligned(end) {
             let _shared = self.rmw_lock.read().await;
-            self.apply(Record::Write { offset, data }, None)?;
+            self.apply(Record::Write { offset, data })?;
         } else {
             let _alone = self.rmw_lock.write().await;
             let merged = self.merge_partial_blocks(offset, data).await?;
-            self.apply(
-                Record::Write {
-                    offset: align_down(offset),
-                    data: &merged,
-                },
-                None,
-            )?;
+            self.apply(Record::Write {
+                offset: align_down(offset),
+                data: &merged,
+            })?;
         }
         Ok(())
     }
@@ -545,13 +559,10 @@ impl Volume {
         }
         {
             let _shared = self.rmw_lock.read().await;
-            self.apply(
-                Record::Zero {
-                    offset: inner_start,
-                    length: inner_end - inner_start,
-                },
-                None,
-            )?;
+            self.apply(Record::Zero {
+                offset: inner_start,
+                length: inner_end - inner_start,
+            })?;
         }
         if inner_end < end {
             self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
@@ -561,10 +572,8 @@ impl Volume {
     }
 
     /// Journals and applies one aligned record, atomically with respect to
-    /// other writers (journal order = overlay order). `hold` keeps the
-    /// stored chunks a record names from GC: the generation keeps the
-    /// oldest one it gets.
-    fn apply(&self, record: Record<'_>, hold: Option<WriteSession>) -> Result<()> {
+    /// other writers (journal order = overlay order).
+    fn apply(&self, record: Record<'_>) -> Result<()> {
         let mut st = self.state.lock();
         if st.deleted {
             return Err(StoreError::VolumeNotFound {
@@ -582,9 +591,6 @@ impl Volume {
         let at = log.append(&record)?;
         if st.active.is_empty() {
             st.dirty_since = Some(Instant::now());
-        }
-        if let (None, Some(hold)) = (&st.hold, hold) {
-            st.hold = Some(Arc::new(hold));
         }
         match record {
             Record::Write { offset, data } => {

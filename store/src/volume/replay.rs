@@ -73,13 +73,9 @@ impl Volume {
             }
             generation = generation.max(log.generation + 1);
             if waiting.contains_key(&log.generation) || Some(log.generation) == last {
-                // When its stored chunks were written is not known here:
-                // GC sweeps nothing until they are sealed.
-                let hold = (layer.stored_chunks() > 0).then(|| Arc::new(backend.objects.begin_write_at(0)));
                 frozen.push(Frozen {
                     layer: Arc::new(std::mem::take(&mut layer)),
                     through: log.generation,
-                    _hold: hold,
                 });
             }
             older_logs.push(log);
@@ -101,7 +97,6 @@ impl Volume {
             state: Mutex::new(State {
                 record,
                 dirty_since: None,
-                hold: None,
                 active: Overlay::default(),
                 frozen,
                 generation,

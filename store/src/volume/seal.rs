@@ -63,12 +63,7 @@ fn freeze(st: &mut State) -> Option<u64> {
             st.older_logs.push(log);
         }
         st.dirty_since = None;
-        let hold = st.hold.take();
-        st.frozen.push(Frozen {
-            layer,
-            through,
-            _hold: hold,
-        });
+        st.frozen.push(Frozen { layer, through });
     }
     st.frozen.last().map(|f| f.through)
 }
