@@ -430,16 +430,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fill_serves_dirty_blocks_and_reports_holes() {
-        let log = Log::new();
-        let mut o = Overlay::default();
-        log.write(&mut o, 4096, &[1u8; 4096]);
-        o.zero(geo(), 16384, 16384); // whole chunk 1
-        let mut out = vec![9u8; 32768];
-        let mut holes = Vec::new();
-        let mut reads = Vec::new();
-        for span in geo().spans(cairn_chunker::ByteRange::new(0, 32768)) {
+    /// Runs `fill` over every chunk that `[offset, +out.len())` touches.
+    fn fill_range(o: &Overlay, offset: u64, out: &mut [u8]) -> (Vec<Hole>, Vec<LogRead>, Vec<StoredRead>) {
+        let (mut holes, mut reads, mut stored) = (Vec::new(), Vec::new(), Vec::new());
+        for span in geo().spans(cairn_chunker::ByteRange::new(offset, out.len() as u64)) {
             let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
             o.fill(
                 span.index,
@@ -448,9 +442,20 @@ mod tests {
                 span.offset_in_range,
                 &mut holes,
                 &mut reads,
-                &mut Vec::new(),
+                &mut stored,
             );
         }
+        (holes, reads, stored)
+    }
+
+    #[test]
+    fn fill_serves_dirty_blocks_and_reports_holes() {
+        let log = Log::new();
+        let mut o = Overlay::default();
+        log.write(&mut o, 4096, &[1u8; 4096]);
+        o.zero(geo(), 16384, 16384); // whole chunk 1
+        let mut out = vec![9u8; 32768];
+        let (holes, reads, _) = fill_range(&o, 0, &mut out);
         read_logs(&reads, &mut out).unwrap();
         assert_eq!(&out[4096..8192], &[1u8; 4096][..]);
         assert!(out[16384..].iter().all(|&b| b == 0));
@@ -481,19 +486,7 @@ mod tests {
         let data: Vec<u8> = (0..32768u32).map(|i| (i / 7) as u8).collect();
         log.write(&mut o, 0, &data);
         let mut out = vec![0u8; 30000];
-        let (mut holes, mut reads) = (Vec::new(), Vec::new());
-        for span in geo().spans(cairn_chunker::ByteRange::new(1000, 30000)) {
-            let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
-            o.fill(
-                span.index,
-                span.offset_in_chunk,
-                buf,
-                span.offset_in_range,
-                &mut holes,
-                &mut reads,
-                &mut Vec::new(),
-            );
-        }
+        let (holes, reads, _) = fill_range(&o, 1000, &mut out);
         assert!(holes.is_empty());
         assert_eq!(reads.len(), 1, "one log read for one contiguous write");
         read_logs(&reads, &mut out).unwrap();
@@ -539,19 +532,7 @@ mod tests {
         assert_eq!(o.stored_chunks(), 2, "the zero id is no stored chunk");
         log.write(&mut o, 8192, &[2u8; 4096]);
         let mut out = vec![9u8; 49152];
-        let (mut holes, mut reads, mut stored) = (Vec::new(), Vec::new(), Vec::new());
-        for span in geo().spans(cairn_chunker::ByteRange::new(0, 49152)) {
-            let buf = &mut out[span.offset_in_range..span.offset_in_range + span.len];
-            o.fill(
-                span.index,
-                span.offset_in_chunk,
-                buf,
-                span.offset_in_range,
-                &mut holes,
-                &mut reads,
-                &mut stored,
-            );
-        }
+        let (holes, reads, stored) = fill_range(&o, 0, &mut out);
         assert!(holes.is_empty(), "nothing left for the sealed tree");
         assert_eq!(reads.len(), 1);
         let part = |chunk, offset_in_chunk, len, buf_offset| StoredRead {
