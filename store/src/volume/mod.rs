@@ -30,17 +30,10 @@ use crate::tree::NodeId;
 mod base;
 mod replay;
 mod seal;
+mod write;
 
 pub(crate) use base::PendingBase;
 pub(crate) use seal::Hold;
-
-/// Writes covering at least this many whole chunks store them directly
-/// (see [`Volume::write_whole_chunks`]).
-const DIRECT_MIN_CHUNKS: u64 = 1;
-
-/// How often a writer waiting for backlog room looks again without being
-/// woken.
-const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct State {
     record: VolumeRecord,
@@ -129,7 +122,6 @@ impl std::fmt::Debug for Volume {
     }
 }
 
-/// Checks that `[offset, +length)` lies within `size` bytes.
 /// What the dirty layers make of a read (see [`Volume::fill_dirty`]).
 struct Dirty {
     /// Parts for what is below the layers.
@@ -147,6 +139,7 @@ fn copy_part(chunk: &[u8], s: &StoredRead, buf: &mut [u8]) {
         .copy_from_slice(&chunk[h.offset_in_chunk..h.offset_in_chunk + h.len]);
 }
 
+/// Checks that `[offset, +length)` lies within `size` bytes.
 pub(crate) fn check_bounds(offset: u64, length: u64, size: u64) -> Result<()> {
     match offset.checked_add(length) {
         Some(end) if end <= size => Ok(()),
@@ -435,240 +428,5 @@ impl Volume {
             Below::Tree(tree) => self.backend.allocation(tree, offset, length, &known).await,
             Below::Base(base) => base.allocation(self.geometry, offset, length, &known).await,
         }
-    }
-
-    /// Writes `data` at `offset`; acknowledged once journaled (not yet
-    /// durable: see [`Volume::flush`]). The whole chunks it covers are
-    /// stored as chunk objects at once and only their ids journaled
-    /// ([`Volume::write_whole_chunks`]); the rest goes to the log.
-    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(&self.state.lock(), offset, data.len() as u64)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.geometry.chunk_size() as u64;
-        let end = offset + data.len() as u64;
-        let (first, last) = (offset.div_ceil(chunk) * chunk, end / chunk * chunk);
-        // Only where a put is a local write: against a remote store the
-        // write would wait for the network, and for a store that is down.
-        let direct =
-            self.backend.objects.is_local_store() && !self.backend.store_down.load(Ordering::Relaxed);
-        if !direct || last < first + DIRECT_MIN_CHUNKS * chunk {
-            return self.write_logged(offset, data).await;
-        }
-        let at = |x: u64| (x - offset) as usize;
-        if offset < first {
-            self.write_logged(offset, &data[..at(first)]).await?;
-        }
-        let whole = &data[at(first)..at(last)];
-        match self.write_whole_chunks(first, whole).await {
-            // A store that fails a put does not fail the write: it is
-            // journaled like any other and sealed when the store answers.
-            Err(StoreError::ObjectStore(e)) => {
-                tracing::debug!(error = %e, "storing whole chunks failed; journaling them instead");
-                self.write_logged(first, whole).await?;
-            }
-            other => other?,
-        }
-        if last < end {
-            self.write_logged(last, &data[at(last)..]).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores whole chunks (`offset` chunk-aligned, `data` whole chunks)
-    /// as chunk objects, makes them durable, then journals their ids: the
-    /// bytes are written once, and a replayed record never names an
-    /// object a crash lost. GC keeps the objects: by time while this runs,
-    /// then because the overlay names them (see [`crate::gc`]) until a seal
-    /// commits them as they are, without reading or uploading them again.
-    async fn write_whole_chunks(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let chunk = self.geometry.chunk_size();
-        let first = offset / chunk as u64;
-        let _writing = self.backend.objects.begin_write();
-        let chunks = data
-            .chunks(chunk)
-            .enumerate()
-            .map(|(i, c)| (first + i as u64, c.to_vec()))
-            .collect();
-        let ingested = self.backend.ingest(chunks).await?;
-        self.backend.objects.make_durable().await?;
-        let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
-        let _shared = self.rmw_lock.read().await;
-        self.apply(Record::Chunks { offset, ids: &ids })?;
-        // Written and stored in one step: one sealed byte per byte written.
-        for counter in [&self.backend.written_bytes, &self.backend.sealed_bytes] {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Journals block-aligned (or merged) data.
-    async fn write_logged(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.make_room(data.len()).await?;
-        let end = offset + data.len() as u64;
-        if is_aligned(offset) && is_aligned(end) {
-            let _shared = self.rmw_lock.read().await;
-            self.apply(Record::Write { offset, data })?;
-        } else {
-            let _alone = self.rmw_lock.write().await;
-            let merged = self.merge_partial_blocks(offset, data).await?;
-            self.apply(Record::Write {
-                offset: align_down(offset),
-                data: &merged,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Reads the partial head and tail blocks around `[offset, +data.len())`
-    /// and lays `data` over them. Caller holds the rmw lock exclusively.
-    async fn merge_partial_blocks(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>> {
-        let start = align_down(offset);
-        let end = align_up(offset + data.len() as u64);
-        let mut merged = vec![0u8; (end - start) as usize];
-        let block = BLOCK_SIZE as usize;
-        if !is_aligned(offset) {
-            self.read(start, &mut merged[..block]).await?;
-        }
-        if !is_aligned(offset + data.len() as u64) {
-            let at = merged.len() - block;
-            self.read(end - BLOCK_SIZE, &mut merged[at..]).await?;
-        }
-        let at = (offset - start) as usize;
-        merged[at..at + data.len()].copy_from_slice(data);
-        Ok(merged)
-    }
-
-    /// Makes `[offset, +length)` read as zeros (WRITE_ZEROES and TRIM).
-    pub async fn write_zeroes(&self, offset: u64, length: u64) -> Result<()> {
-        self.check_range(&self.state.lock(), offset, length)?;
-        if length == 0 {
-            return Ok(());
-        }
-        self.make_room(0).await?;
-        let end = offset + length;
-        let (inner_start, inner_end) = (align_up(offset), align_down(end));
-        if inner_start >= inner_end {
-            // Within one or two blocks: a plain write of zeros.
-            return self.write(offset, &vec![0u8; length as usize]).await;
-        }
-        if offset < inner_start {
-            self.write(offset, &vec![0u8; (inner_start - offset) as usize])
-                .await?;
-        }
-        {
-            let _shared = self.rmw_lock.read().await;
-            self.apply(Record::Zero {
-                offset: inner_start,
-                length: inner_end - inner_start,
-            })?;
-        }
-        if inner_end < end {
-            self.write(inner_end, &vec![0u8; (end - inner_end) as usize])
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Journals and applies one aligned record, atomically with respect to
-    /// other writers (journal order = overlay order).
-    fn apply(&self, record: Record<'_>) -> Result<()> {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return Err(StoreError::VolumeNotFound {
-                name: st.record.name.to_string(),
-            });
-        }
-        let log = match &st.log {
-            Some(log) => log.clone(),
-            None => {
-                let log = self.backend.journal.create(self.id, st.generation)?;
-                st.log = Some(log.clone());
-                log
-            }
-        };
-        let at = log.append(&record)?;
-        if st.active.is_empty() {
-            st.dirty_since = Some(Instant::now());
-        }
-        match record {
-            Record::Write { offset, data } => {
-                st.active.write(
-                    self.geometry,
-                    offset,
-                    data.len(),
-                    &log,
-                    at + journal::WRITE_DATA_AT,
-                );
-                self.backend
-                    .written_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            Record::Chunks { offset, ids } => {
-                let first = offset / self.geometry.chunk_size() as u64;
-                st.active.store_chunks(first, journal::chunk_ids(ids));
-            }
-            Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
-        }
-        self.last_write_ms
-            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Waits until the write-back backlog (unsealed bytes) has room for
-    /// `incoming` more bytes, asking for a seal in the background: while
-    /// the object store answers, a writer is slowed down, never refused.
-    /// Refuses the write with [`StoreError::BacklogFull`] while the store
-    /// does not take the backlog: the last seal failed on it, or this
-    /// writer waited the store timeout without the store answering any
-    /// request (a hung store; then it is marked down until a seal succeeds).
-    async fn make_room(&self, incoming: usize) -> Result<()> {
-        let limit = self.backend.dirty_hard_limit;
-        let timeout = self.backend.store_timeout;
-        let started = Instant::now();
-        loop {
-            let held = self.log_bytes() as usize;
-            if held == 0 || held + incoming <= limit {
-                return Ok(());
-            }
-            let stalled = started.elapsed() >= timeout && self.backend.objects.silent_for() >= timeout;
-            if stalled && !self.backend.store_down.swap(true, Ordering::Relaxed) {
-                tracing::warn!(volume = %self.state.lock().record.name, silent_ms = self.backend.objects.silent_for().as_millis() as u64, "the object store does not answer: refusing writes past the backlog until a seal succeeds");
-            }
-            if self.backend.store_down.load(Ordering::Relaxed) {
-                return Err(StoreError::BacklogFull { held, limit });
-            }
-            let room = self.backend.room.notified();
-            self.seal_in_background();
-            // Woken by every seal attempt; the timeout only re-checks.
-            let _ = tokio::time::timeout(BACKLOG_RECHECK, room).await;
-        }
-    }
-
-    /// Starts a seal on its own task unless one is queued already.
-    fn seal_in_background(&self) {
-        if self.seal_queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            if let Err(e) = me.seal().await {
-                tracing::warn!(volume = %me.record().name, error = %e, "seal for backpressure failed");
-            }
-            me.seal_queued.store(false, Ordering::Release);
-            me.backend.room.notify_waiters();
-        });
-    }
-
-    /// Makes every acknowledged write durable on local disk.
-    pub fn flush(&self) -> Result<()> {
-        let logs: Vec<Arc<LogFile>> = self.state.lock().live_logs().cloned().collect();
-        for log in &logs {
-            log.sync()?;
-        }
-        self.backend.journal.sync_dir()
     }
 }
