@@ -104,20 +104,12 @@ pub struct ObjectLayer {
 type Writers = parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>;
 
 /// A write in progress (see [`ObjectLayer::begin_write`]); ends on drop.
-/// Owned, so a volume can keep one for as long as its dirty layers
-/// reference objects no root does.
+/// Owned, so it can outlive a borrow of the layer (a quarantined volume
+/// keeps one).
 #[derive(Debug)]
 pub struct WriteSession {
     writers: Arc<Writers>,
     token: u64,
-    started: u64,
-}
-
-impl WriteSession {
-    /// When the write started (unix seconds).
-    pub fn started(&self) -> u64 {
-        self.started
-    }
 }
 
 impl Drop for WriteSession {
@@ -264,7 +256,6 @@ impl ObjectLayer {
         WriteSession {
             writers: self.writers.clone(),
             token,
-            started,
         }
     }
 

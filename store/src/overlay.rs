@@ -18,7 +18,7 @@ use std::sync::Arc;
 use cairn_chunker::{ChunkGeometry, ChunkId, BLOCK_SIZE};
 
 use crate::error::Result;
-use crate::journal::LogFile;
+use crate::journal::{self, LogFile, Record};
 
 const BLOCK: usize = BLOCK_SIZE as usize;
 
@@ -272,6 +272,20 @@ impl Overlay {
         }
         if is_data {
             self.data_blocks += 1;
+        }
+    }
+
+    /// Applies a journal record appended to `log` at `at` (its first
+    /// byte): how writes and replay build a layer alike.
+    pub fn apply(&mut self, geometry: ChunkGeometry, record: &Record<'_>, log: &Arc<LogFile>, at: u64) {
+        match *record {
+            Record::Write { offset, data } => {
+                self.write(geometry, offset, data.len(), log, at + journal::WRITE_DATA_AT)
+            }
+            Record::Chunks { offset, ids } => {
+                self.store_chunks(offset / geometry.chunk_size() as u64, journal::chunk_ids(ids))
+            }
+            Record::Zero { offset, length } => self.zero(geometry, offset, length),
         }
     }
 

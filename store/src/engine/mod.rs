@@ -415,9 +415,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Every live root with its tree level, read at one moment: no fork,
-    /// rollback or delete moves or drops a root meanwhile (they hold
-    /// `names`). For GC's mark.
     /// The stored chunks that open volumes' unsealed layers name (whole
     /// chunks written straight to the store, in no root yet).
     pub(crate) fn unsealed_stored_chunks(&self) -> Vec<cairn_chunker::ChunkId> {
@@ -425,6 +422,9 @@ impl Engine {
         open.iter().flat_map(|v| v.unsealed_stored_chunks()).collect()
     }
 
+    /// Every live root with its tree level, read at one moment: no fork,
+    /// rollback or delete moves or drops a root meanwhile (they hold
+    /// `names`). For GC's mark.
     pub(crate) async fn live_roots(&self) -> Result<Vec<(NodeId, u8)>> {
         let _names = self.names.lock().await;
         self.live_roots_locked()

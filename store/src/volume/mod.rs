@@ -66,6 +66,11 @@ impl State {
     fn live_logs(&self) -> impl Iterator<Item = &Arc<LogFile>> {
         self.older_logs.iter().chain(self.log.as_ref())
     }
+
+    /// Bytes of those log files.
+    fn log_bytes(&self) -> u64 {
+        self.live_logs().map(|l| l.len()).sum()
+    }
 }
 
 /// A frozen generation: immutable, readable, waiting to be sealed.
@@ -179,7 +184,7 @@ impl Volume {
     /// local disk (dirty data, plus older versions of rewritten blocks
     /// until a seal retires their logs).
     pub fn log_bytes(&self) -> u64 {
-        self.state.lock().live_logs().map(|l| l.len()).sum()
+        self.state.lock().log_bytes()
     }
 
     /// The stored chunks the unsealed layers name (GC marks them: no root
@@ -200,7 +205,7 @@ impl Volume {
         let st = self.state.lock();
         let stored =
             st.active.stored_chunks() + st.frozen.iter().map(|f| f.layer.stored_chunks()).sum::<usize>();
-        st.live_logs().map(|l| l.len()).sum::<u64>() + (stored * self.geometry.chunk_size()) as u64
+        st.log_bytes() + (stored * self.geometry.chunk_size()) as u64
     }
 
     /// How long the oldest unfrozen write has waited for a seal.

@@ -52,15 +52,7 @@ impl Volume {
         let last = logs.last().map(|l| l.generation);
         for log in logs {
             let replay = |at: u64, r: Record<'_>| {
-                match r {
-                    Record::Write { offset, data } => {
-                        layer.write(geometry, offset, data.len(), &log, at + journal::WRITE_DATA_AT)
-                    }
-                    Record::Chunks { offset, ids } => {
-                        layer.store_chunks(offset / geometry.chunk_size() as u64, journal::chunk_ids(ids))
-                    }
-                    Record::Zero { offset, length } => layer.zero(geometry, offset, length),
-                }
+                layer.apply(geometry, &r, &log, at);
                 Ok(())
             };
             match salvage.as_deref_mut() {

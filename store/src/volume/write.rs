@@ -167,24 +167,11 @@ impl Volume {
         if st.active.is_empty() {
             st.dirty_since = Some(Instant::now());
         }
-        match record {
-            Record::Write { offset, data } => {
-                st.active.write(
-                    self.geometry,
-                    offset,
-                    data.len(),
-                    &log,
-                    at + journal::WRITE_DATA_AT,
-                );
-                self.backend
-                    .written_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            Record::Chunks { offset, ids } => {
-                let first = offset / self.geometry.chunk_size() as u64;
-                st.active.store_chunks(first, journal::chunk_ids(ids));
-            }
-            Record::Zero { offset, length } => st.active.zero(self.geometry, offset, length),
+        st.active.apply(self.geometry, &record, &log, at);
+        if let Record::Write { data, .. } = record {
+            self.backend
+                .written_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         self.last_write_ms
             .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
