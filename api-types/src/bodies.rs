@@ -169,6 +169,18 @@ pub struct Extent {
     pub length: u64,
 }
 
+/// A run of a volume's or snapshot's address space: data, or a hole that
+/// reads as zeros (`GET …/map`).
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct MapExtent {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// True when the run reads as zeros without stored data behind it.
+    pub zero: bool,
+}
+
 /// An audit event.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventBody {

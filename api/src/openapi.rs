@@ -30,6 +30,8 @@ use crate::handlers;
         handlers::snapshot_ref,
         handlers::import_snapshot_ref,
         handlers::get_snapshot_data,
+        handlers::get_map,
+        handlers::get_snapshot_map,
         handlers::fork,
         handlers::clone_volume,
         handlers::rollback,

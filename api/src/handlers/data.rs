@@ -88,6 +88,82 @@ fn data_response(
         .into_response())
 }
 
+/// Runs one map answer holds at most: a longer map ends early, and the
+/// client asks again from where it ends.
+const MAP_MAX_RUNS: usize = 65_536;
+/// Bytes mapped per step, so the runs held at once stay bounded.
+const MAP_STEP: u64 = 1 << 30;
+
+/// Data and zero runs of `[offset, +length)` of `source`, adjacent runs of
+/// one kind merged, in order and without gaps from `offset`; it ends early
+/// after [`MAP_MAX_RUNS`] runs.
+async fn map_of(
+    state: &AppState,
+    source: &cairn_store::Readable,
+    size: u64,
+    q: GetDataQuery,
+) -> ApiResult<Vec<MapExtent>> {
+    let offset = q.offset.unwrap_or(0);
+    let length = q.length.unwrap_or(size.saturating_sub(offset));
+    let end = match offset.checked_add(length) {
+        Some(end) if end <= size => end,
+        _ => return Err(StoreError::OutOfRange { offset, length, size }.into()),
+    };
+    let mut runs: Vec<MapExtent> = Vec::new();
+    let mut pos = offset;
+    'steps: while pos < end {
+        let step = (end - pos).min(MAP_STEP);
+        for (length, zero) in state.engine.allocation(source, pos, step).await? {
+            let full = runs.len() == MAP_MAX_RUNS;
+            match runs.last_mut() {
+                Some(last) if last.zero == zero => last.length += length,
+                _ if full => break 'steps,
+                _ => runs.push(MapExtent {
+                    offset: pos,
+                    length,
+                    zero,
+                }),
+            }
+            pos += length;
+        }
+    }
+    Ok(runs)
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/map", params(("name" = String, Path), GetDataQuery),
+    responses((status = 200, body = Vec<MapExtent>), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+/// Which runs of a volume hold data and which read as zeros (chunk
+/// granularity; dirty data counts as data). Exports skip the zero runs.
+pub async fn get_map(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Json<Vec<MapExtent>>> {
+    let source = state.engine.readable(&ns, &volume_name(&name)?, None)?;
+    let size = match &source {
+        cairn_store::Readable::Volume(v) => v.size(),
+        cairn_store::Readable::Snapshot { size, .. } => *size,
+    };
+    Ok(Json(map_of(&state, &source, size, q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/map", params(("name" = String, Path), ("tag" = String, Path), GetDataQuery),
+    responses((status = 200, body = Vec<MapExtent>), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+/// [`get_map`] of a snapshot.
+pub async fn get_snapshot_map(
+    State(state): State<AppState>,
+    Caller(ns): Caller,
+    Path((name, tag)): Path<(String, String)>,
+    Query(q): Query<GetDataQuery>,
+) -> ApiResult<Json<Vec<MapExtent>>> {
+    let name = volume_name(&name)?;
+    let tag = tag_name(&tag)?;
+    let size = state.engine.snapshot_record(&ns, &name, &tag)?.size;
+    let source = state.engine.readable(&ns, &name, Some(&tag))?;
+    Ok(Json(map_of(&state, &source, size, q).await?))
+}
+
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), GetDataQuery),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_data(

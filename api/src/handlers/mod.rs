@@ -86,6 +86,7 @@ pub fn routes(state: AppState) -> Router {
             get(show_volume).patch(resize_volume).delete(delete_volume),
         )
         .route("/volumes/{name}/data", get(get_data).put(put_data))
+        .route("/volumes/{name}/map", get(get_map))
         .route(
             "/volumes/{name}/snapshots",
             post(create_snapshot).get(list_volume_snapshots),
@@ -98,6 +99,7 @@ pub fn routes(state: AppState) -> Router {
             get(show_snapshot).delete(delete_snapshot),
         )
         .route("/volumes/{name}/snapshots/{tag}/data", get(get_snapshot_data))
+        .route("/volumes/{name}/snapshots/{tag}/map", get(get_snapshot_map))
         .route("/volumes/{name}/snapshots/{tag}/fork", post(fork))
         .route("/volumes/{name}/snapshots/{tag}/diff", get(diff))
         .route("/volumes/{name}/clone", post(clone_volume))
