@@ -281,3 +281,11 @@ pub(crate) struct Ingested {
     /// The chunks it uploaded, with their stored lengths.
     pub stored: Vec<(ChunkId, u64)>,
 }
+
+impl Ingested {
+    /// Adds what a later ingest did (its updates win over this one's).
+    pub fn extend(&mut self, later: Ingested) {
+        self.updates.extend(later.updates);
+        self.stored.extend(later.stored);
+    }
+}

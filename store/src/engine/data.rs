@@ -1,7 +1,18 @@
 //! Reading volumes and snapshots (NBD, HTTP) and streaming whole images
 //! in and out.
 
+use futures::StreamExt;
+use tokio_util::task::AbortOnDropHandle;
+
 use super::*;
+use crate::sealed::Ingested;
+
+/// Bytes of whole chunks read from an import stream per step.
+const IMPORT_STEP: usize = 8 << 20;
+/// Import steps stored at once, each on its own task.
+const IMPORT_STEPS_IN_FLIGHT: usize = 2;
+/// Bytes of stored import steps committed at once (one barrier each).
+const IMPORT_COMMIT_BYTES: usize = 64 << 20;
 
 impl Engine {
     /// A volume, or a snapshot with `tag`, to read from.
@@ -144,6 +155,11 @@ impl Engine {
         }
     }
 
+    /// Streams the input into the volume as a pipeline: the input is read
+    /// in steps of whole chunks while earlier steps are stored (hashed,
+    /// compressed and put, each step on its own task) and stored steps are
+    /// committed in order, a batch at a time, one barrier per commit. A
+    /// partial chunk at either end goes through the journal.
     async fn import_into<R: AsyncRead + Unpin>(
         &self,
         volume: &Volume,
@@ -151,56 +167,123 @@ impl Engine {
         offset: u64,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64> {
-        let geometry = volume.geometry();
-        let chunk = geometry.chunk_size();
-        let size = volume.size();
-        let step = STREAM_STEP.max(chunk);
-        let mut pos = offset;
-        let mut buf = vec![0u8; step];
-        loop {
-            // Align the first step to a chunk boundary so later steps are whole chunks.
-            let want = if !pos.is_multiple_of(chunk as u64) {
-                chunk - (pos % chunk as u64) as usize
-            } else {
-                step
-            };
-            let filled = read_full(input, &mut buf[..want]).await?;
-            if filled == 0 {
-                break;
-            }
-            if pos + filled as u64 > size {
-                return Err(StoreError::ImportTooLarge {
-                    offset,
-                    length: pos + filled as u64 - offset,
-                    size,
-                });
-            }
-            let data = &buf[..filled];
-            let whole = if pos.is_multiple_of(chunk as u64) {
-                filled / chunk
-            } else {
-                0
-            };
-            if whole > 0 {
-                let chunks = data[..whole * chunk]
-                    .chunks_exact(chunk)
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                volume.write_chunks_direct(geometry.chunk_of(pos), chunks).await?;
-            }
-            let rest = &data[whole * chunk..];
-            if !rest.is_empty() {
-                volume.write(pos + (whole * chunk) as u64, rest).await?;
-            }
-            pos += filled as u64;
-            progress(pos - offset);
-            if filled < want {
-                break;
-            }
-        }
+        let (steps, received) = tokio::sync::mpsc::channel(1);
+        let read = read_import(volume, input, offset, steps, progress);
+        let store = self.store_import(volume, received);
+        let (read, ()) = tokio::try_join!(read, store)?;
         volume.seal().await?;
         self.backend.catalog.sync()?;
-        Ok(pos - offset)
+        Ok(read)
+    }
+
+    /// The storing and committing side of [`Engine::import_into`].
+    async fn store_import(
+        &self,
+        volume: &Volume,
+        steps: tokio::sync::mpsc::Receiver<ImportStep>,
+    ) -> Result<()> {
+        let steps = futures::stream::unfold(steps, |mut rx| async { rx.recv().await.map(|s| (s, rx)) });
+        let stored = steps
+            .map(|(first, chunks): ImportStep| {
+                let backend = self.backend.clone();
+                // Held from before the puts until their commit: GC keeps
+                // what this step stores.
+                let session = backend.objects.begin_write();
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    let chunks = (first..).zip(chunks).collect();
+                    backend.ingest(chunks).await.map(|i| (i, session))
+                }))
+            })
+            .buffered(IMPORT_STEPS_IN_FLIGHT);
+        let mut stored = std::pin::pin!(stored);
+        let chunk = volume.geometry().chunk_size();
+        let (mut batch, mut sessions) = (Ingested::default(), Vec::new());
+        while let Some(step) = stored.next().await {
+            let (ingested, session) = step.expect("storing an import step does not panic")?;
+            batch.extend(ingested);
+            sessions.push(session);
+            if batch.updates.len() * chunk >= IMPORT_COMMIT_BYTES {
+                volume.commit_direct(&batch).await?;
+                (batch, sessions) = (Ingested::default(), Vec::new());
+            }
+        }
+        volume.commit_direct(&batch).await?;
+        drop(sessions);
+        Ok(())
+    }
+}
+
+/// The first chunk of a step of an import and its whole chunks.
+type ImportStep = (u64, Vec<Vec<u8>>);
+
+/// The reading side of [`Engine::import_into`]: whole chunks go to `steps`
+/// (read straight into one buffer per chunk), a partial chunk at either
+/// end is written through the journal. Returns the bytes read.
+async fn read_import<R: AsyncRead + Unpin>(
+    volume: &Volume,
+    input: &mut R,
+    offset: u64,
+    steps: tokio::sync::mpsc::Sender<ImportStep>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64> {
+    let geometry = volume.geometry();
+    let chunk = geometry.chunk_size();
+    let size = volume.size();
+    let too_large = |end: u64| StoreError::ImportTooLarge {
+        offset,
+        length: end - offset,
+        size,
+    };
+    let mut pos = offset;
+    if !pos.is_multiple_of(chunk as u64) {
+        let mut head = vec![0u8; chunk - (pos % chunk as u64) as usize];
+        let filled = read_full(input, &mut head).await?;
+        if pos + filled as u64 > size {
+            return Err(too_large(pos + filled as u64));
+        }
+        volume.write(pos, &head[..filled]).await?;
+        pos += filled as u64;
+        progress(pos - offset);
+        if filled < head.len() {
+            return Ok(pos - offset);
+        }
+    }
+    loop {
+        let mut chunks = Vec::with_capacity(IMPORT_STEP / chunk);
+        let mut tail = None;
+        while chunks.len() < (IMPORT_STEP / chunk).max(1) {
+            let mut buf = vec![0u8; chunk];
+            let filled = read_full(input, &mut buf).await?;
+            let end = pos + ((chunks.len() * chunk) + filled) as u64;
+            if end > size {
+                return Err(too_large(end));
+            }
+            if filled < chunk {
+                buf.truncate(filled);
+                tail = Some(buf);
+                break;
+            }
+            chunks.push(buf);
+        }
+        let whole = (chunks.len() * chunk) as u64;
+        if !chunks.is_empty() {
+            volume.check_store().await?;
+            let step = (geometry.chunk_of(pos), chunks);
+            if steps.send(step).await.is_err() {
+                // The storing side stopped; its error is the one returned.
+                return Ok(pos - offset);
+            }
+        }
+        pos += whole;
+        if let Some(tail) = tail {
+            if !tail.is_empty() {
+                volume.write(pos, &tail).await?;
+                pos += tail.len() as u64;
+            }
+            progress(pos - offset);
+            return Ok(pos - offset);
+        }
+        progress(pos - offset);
     }
 }
 

@@ -282,40 +282,41 @@ impl Volume {
         Ok(())
     }
 
-    /// Writes whole, chunk-aligned chunks straight into the object store and
-    /// the tree, bypassing the journal (bulk import). Durable on return.
-    pub(crate) async fn write_chunks_direct(&self, first_chunk: u64, data: Vec<Vec<u8>>) -> Result<()> {
+    /// Fails at once while the object store is marked down and does not
+    /// answer a probe: an import should not queue behind a seal that may
+    /// hang on the store.
+    pub(crate) async fn check_store(&self) -> Result<()> {
         if self.backend.store_down.load(Ordering::Relaxed) {
-            // Do not queue behind a seal that may hang on the store: ask the
-            // store once (with retries) whether it answers again.
             if !self.backend.objects.probe().await {
                 return Err(StoreError::StoreDown);
             }
             self.backend.store_down.store(false, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Commits whole chunks an import stored ([`Backend::ingest`]) straight
+    /// into the tree, bypassing the journal. Durable on return. The caller
+    /// holds a GC write session from before the ingest until this returns.
+    pub(crate) async fn commit_direct(&self, ingested: &Ingested) -> Result<()> {
+        let (Some(first), Some(last)) = (
+            ingested.updates.iter().map(|u| u.0).min(),
+            ingested.updates.iter().map(|u| u.0).max(),
+        ) else {
+            return Ok(());
+        };
         let _seal = self.seal_lock.lock().await;
         // Older dirty data in these chunks must not be sealed over the
         // import later, and no snapshot may freeze in between.
         let _commit = self.commit_lock.lock().await;
         freeze(&mut self.state.lock());
         self.seal_frozen_locked(CommitLock::Held).await?;
-        let _writing = self.backend.objects.begin_write();
-        let end = self.geometry.chunk_start(first_chunk + data.len() as u64);
+        let start = self.geometry.chunk_start(first);
         let tree = {
             let st = self.state.lock();
-            self.check_range(
-                &st,
-                self.geometry.chunk_start(first_chunk),
-                end - self.geometry.chunk_start(first_chunk),
-            )?;
+            self.check_range(&st, start, self.geometry.chunk_start(last + 1) - start)?;
             self.tree_of(&st)
         };
-        let chunks = data
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| (first_chunk + i as u64, c))
-            .collect();
-        let ingested = self.backend.ingest(chunks).await?;
         let new_root = self
             .backend
             .trees
@@ -324,7 +325,7 @@ impl Volume {
         self.backend.objects.make_durable().await?;
         self.commit_root(new_root, None)?;
         // Committed: the next step of an import need not wait for this.
-        drop((_writing, _commit, _seal));
+        drop((_commit, _seal));
         self.remember_commit(tree, new_root, &ingested.stored).await;
         Ok(())
     }
