@@ -178,3 +178,104 @@ fn acknowledged_api_writes_survive_kill9() {
     server.ok(&["export", "vol", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == want);
 }
+
+/// A sparse image: its data runs travel, its holes do not, and the bytes
+/// come back the same through both export paths; imported over an existing
+/// volume, its holes become zeros there.
+#[test]
+fn sparse_images_round_trip_and_their_holes_stay_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let len = 6 * MIB + 8192;
+    let runs = [
+        (100_000, noise(20, 200_000)),
+        (3 * MIB, noise(21, 70_000)),
+        (len - 5000, noise(22, 5000)),
+    ];
+    let mut image = vec![0u8; len];
+    let path = dir.path().join("sparse.raw");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(len as u64).unwrap();
+    for (at, data) in &runs {
+        f.write_all_at(data, *at as u64).unwrap();
+        image[*at..*at + data.len()].copy_from_slice(data);
+    }
+    drop(f);
+
+    let imported = server.json(&["import", "sp", path.to_str().unwrap()]);
+    assert_eq!(imported["bytes"], len as u64);
+    assert_eq!(imported["volume"]["size"], len as u64);
+
+    // The map covers the volume without gaps; holes far from data are zero.
+    let (status, body) = server.http("GET", "/api/v1/volumes/sp/map", None, None);
+    assert_eq!(status, 200, "{body}");
+    let map: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let mut pos = 0;
+    for run in &map {
+        assert_eq!(run["offset"], pos, "{body}");
+        let (offset, length) = (pos as usize, run["length"].as_u64().unwrap() as usize);
+        if run["zero"] == true {
+            assert!(image[offset..offset + length].iter().all(|&b| b == 0), "{body}");
+        }
+        pos += length as u64;
+    }
+    assert_eq!(pos, len as u64);
+    let zero: u64 = map
+        .iter()
+        .filter(|r| r["zero"] == true)
+        .map(|r| r["length"].as_u64().unwrap())
+        .sum();
+    assert!(zero >= 4 * MIB as u64, "the holes are mapped as zeros: {body}");
+    let (status, body) = server.http(
+        "GET",
+        &format!("/api/v1/volumes/sp/map?offset=4096&length={len}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("out_of_range"), "{body}");
+
+    // Export to a file (which stays sparse) and to standard output.
+    let out = dir.path().join("out.raw");
+    server.ok(&["export", "sp", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "export to a file equals the image"
+    );
+    let allocated = std::fs::metadata(&out).unwrap().blocks() * 512;
+    assert!(
+        allocated < 3 * MIB as u64,
+        "holes are skipped in the file: {allocated} bytes allocated"
+    );
+    let piped = server.cli(&["export", "sp", "-"]);
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        piped.stdout == image,
+        "export to standard output equals the image"
+    );
+
+    // Snapshots have a map too.
+    server.json(&["snapshot", "create", "sp", "--tag", "t"]);
+    let (status, body) = server.http("GET", "/api/v1/volumes/sp/snapshots/t/map", None, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap(),
+        map
+    );
+
+    // Over an existing volume full of data, the holes become zeros.
+    let full = dir.path().join("full.raw");
+    std::fs::write(&full, noise(23, len)).unwrap();
+    server.json(&["import", "over", full.to_str().unwrap()]);
+    server.json(&["import", "over", path.to_str().unwrap()]);
+    server.ok(&["export", "over", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "holes read as zeros after the import"
+    );
+}

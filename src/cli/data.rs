@@ -1,12 +1,16 @@
-//! `cairn import` and `cairn export`: raw images streamed to and from
-//! the server, with progress on stderr.
+//! `cairn import`: a raw image streamed to the server, with progress on
+//! stderr.
 
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
-use cairn_api_types::{ImportResult, Volume};
+use anyhow::{bail, Context};
+use std::sync::Arc;
+
+use cairn_api_types::{CreateVolume, ImportResult, Volume};
 use clap::Args;
+use futures::StreamExt;
 use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::output::{print_json, volume_table, Progress};
 use crate::client::Client;
@@ -26,14 +30,6 @@ pub(super) struct ImportArgs {
     offset: u64,
 }
 
-#[derive(Debug, Args)]
-pub(super) struct ExportArgs {
-    /// NAME or NAME@TAG.
-    source: String,
-    /// Output file, or - for standard output.
-    file: String,
-}
-
 pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> anyhow::Result<()> {
     let ImportArgs {
         name,
@@ -42,7 +38,6 @@ pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> 
         offset,
     } = args;
     let (name, file) = (name.as_str(), file.as_str());
-    use futures::StreamExt;
     let (reader, length): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) = if file == "-" {
         (Box::new(tokio::io::stdin()), None)
     } else {
@@ -52,20 +47,117 @@ pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> 
         let len = f.metadata().await?.len();
         (Box::new(f), Some(len))
     };
-    // Check the fit first: the server refuses an oversized upload before
-    // reading it, which a streaming client would only see as a broken pipe.
-    if let Some(len) = length {
-        let probe = client.request(Method::GET, &format!("/volumes/{name}"));
-        if let Ok((existing, _)) = client.json::<Volume>(probe).await {
-            if offset.saturating_add(len) > existing.size {
-                bail!(
-                    "import of {len} bytes at offset {offset} exceeds volume size {} (import_too_large)",
-                    existing.size
-                );
+    let progress = Arc::new(byte_counter::Counter::default());
+    let started = Instant::now();
+    let reporter = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut p = Progress::new("import", length);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                p.update(progress.get(), true);
             }
-        }
+        })
+    };
+    let result = match length {
+        None => upload(client, name, reader, offset, size, None, &progress).await,
+        Some(len) => import_file(client, name, file, reader, len, offset, size, &progress).await,
+    };
+    reporter.abort();
+    let (done, raw) = result?;
+    if as_json {
+        print_json(&raw);
+    } else {
+        let mut p = Progress::new("import", length);
+        p.started = started;
+        p.update(done.bytes, true);
+        volume_table(&[done.volume]);
     }
-    let progress = std::sync::Arc::new(byte_counter::Counter::default());
+    Ok(())
+}
+
+/// Imports a file of `len` bytes. Into a new volume, a sparse file is sent
+/// as its data runs only (the new volume reads zeros elsewhere); otherwise,
+/// and into an existing volume (whose bytes under the file's holes must
+/// become zeros), the whole file in one upload.
+#[allow(clippy::too_many_arguments)]
+async fn import_file(
+    client: &Client,
+    name: &str,
+    file: &str,
+    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    len: u64,
+    offset: u64,
+    size: Option<u64>,
+    progress: &Arc<byte_counter::Counter>,
+) -> anyhow::Result<(ImportResult, serde_json::Value)> {
+    let probe = client.request(Method::GET, &format!("/volumes/{name}"));
+    match client.json::<Volume>(probe).await {
+        // Check the fit first: the server refuses an oversized upload before
+        // reading it, which a streaming client would only see as a broken pipe.
+        Ok((existing, _)) if offset.saturating_add(len) > existing.size => bail!(
+            "import of {len} bytes at offset {offset} exceeds volume size {} (import_too_large)",
+            existing.size
+        ),
+        Ok(_) => return upload(client, name, reader, offset, size, Some(len), progress).await,
+        Err(_) => {}
+    }
+    let runs = super::sparse::data_runs(file, len).with_context(|| format!("mapping the data of {file}"))?;
+    if runs.iter().map(|r| r.1).sum::<u64>() == len {
+        return upload(client, name, reader, offset, size, Some(len), progress).await;
+    }
+    let size = size.unwrap_or_else(|| (offset + len).div_ceil(4096).max(1) * 4096);
+    let create = CreateVolume {
+        name: name.to_string(),
+        size,
+        chunk_size: None,
+        labels: None,
+    };
+    client
+        .send(client.request(Method::POST, "/volumes").json(&create))
+        .await?;
+    let sent = async {
+        let mut at = 0;
+        for (start, n) in runs {
+            progress.add(start - at);
+            let mut f = tokio::fs::File::open(file).await?;
+            f.seek(std::io::SeekFrom::Start(start)).await?;
+            let part = Box::new(f.take(n));
+            upload(client, name, part, offset + start, None, Some(n), progress).await?;
+            at = start + n;
+        }
+        progress.add(len - at);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = sent {
+        // The volume holds part of the image: remove it, as a failed
+        // one-request import would.
+        let _ = client
+            .send(client.request(Method::DELETE, &format!("/volumes/{name}")))
+            .await;
+        return Err(e);
+    }
+    let (volume, _) = client
+        .json::<Volume>(client.request(Method::GET, &format!("/volumes/{name}")))
+        .await?;
+    let done = ImportResult { volume, bytes: len };
+    let raw = serde_json::to_value(&done)?;
+    Ok((done, raw))
+}
+
+/// One upload of `reader` to the volume at `offset` (`len` bytes when
+/// known); creates the volume (of `size`, or the length rounded up) when
+/// it does not exist.
+async fn upload(
+    client: &Client,
+    name: &str,
+    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    offset: u64,
+    size: Option<u64>,
+    len: Option<u64>,
+    progress: &Arc<byte_counter::Counter>,
+) -> anyhow::Result<(ImportResult, serde_json::Value)> {
     let counter = progress.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |chunk| {
         if let Ok(bytes) = &chunk {
@@ -81,77 +173,10 @@ pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> 
     if let Some(size) = size {
         req = req.query(&[("size", size)]);
     }
-    if let Some(len) = length {
+    if let Some(len) = len {
         req = req.header(reqwest::header::CONTENT_LENGTH, len);
     }
-    let started = Instant::now();
-    let reporter = {
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            let mut p = Progress::new("import", length);
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                p.update(progress.get(), true);
-            }
-        })
-    };
-    let result = client.json::<ImportResult>(req).await;
-    reporter.abort();
-    let (done, raw) = result?;
-    if as_json {
-        print_json(&raw);
-    } else {
-        let mut p = Progress::new("import", length);
-        p.started = started;
-        p.update(done.bytes, true);
-        volume_table(&[done.volume]);
-    }
-    Ok(())
-}
-
-pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<()> {
-    let (source, file) = (args.source.as_str(), args.file.as_str());
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
-    let path = match source.split_once('@') {
-        Some((v, t)) => format!("/volumes/{v}/snapshots/{t}/data"),
-        None => format!("/volumes/{source}/data"),
-    };
-    let response = client.send(client.request(Method::GET, &path)).await?;
-    let total = response.content_length();
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = if file == "-" {
-        Box::new(tokio::io::stdout())
-    } else {
-        Box::new(
-            tokio::fs::File::create(file)
-                .await
-                .with_context(|| format!("creating {file}"))?,
-        )
-    };
-    let mut progress = Progress::new("export", total);
-    let mut done = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            anyhow!(
-                "export interrupted after {done} bytes ({e}): the server stopped the stream, usually because \
-                 an object of {source} is missing or corrupt; `cairn verify {source}` shows which ranges"
-            )
-        })?;
-        out.write_all(&chunk).await?;
-        done += chunk.len() as u64;
-        if file != "-" {
-            progress.update(done, false);
-        }
-    }
-    out.flush().await?;
-    if total.is_some_and(|t| t != done) {
-        bail!("export truncated: got {done} of {} bytes", total.unwrap_or(0));
-    }
-    if file != "-" {
-        progress.update(done, true);
-    }
-    Ok(())
+    client.json::<ImportResult>(req).await
 }
 
 mod byte_counter {

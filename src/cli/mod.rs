@@ -3,11 +3,13 @@
 //! the wire types of `cairn-api-types`; none of them links the store.
 
 mod data;
+mod export;
 mod lineage;
 mod maintenance;
 mod output;
 mod serve;
 mod snapshots;
+mod sparse;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -57,7 +59,7 @@ enum Command {
     /// Write a raw image into a new volume, or into an existing one at --offset.
     Import(data::ImportArgs),
     /// Read a volume or snapshot (NAME or NAME@TAG) into a raw image.
-    Export(data::ExportArgs),
+    Export(export::ExportArgs),
     /// Take, list and delete snapshots.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCmd),
@@ -101,7 +103,7 @@ async fn run_client(client: &Client, as_json: bool, command: Command) -> anyhow:
         Command::Serve(_) => unreachable!("handled by run"),
         Command::Volume(cmd) => volumes::run(client, as_json, cmd).await,
         Command::Import(args) => data::import(client, as_json, args).await,
-        Command::Export(args) => data::export(client, args).await,
+        Command::Export(args) => export::export(client, args).await,
         Command::Snapshot(cmd) => snapshots::run(client, as_json, cmd).await,
         Command::Fork(args) => lineage::fork(client, as_json, args).await,
         Command::Clone(args) => lineage::clone(client, as_json, args).await,
