@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cairn_chunker::{frame, ChunkId};
+use futures::stream::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -67,6 +68,9 @@ pub struct ObjectStats {
     /// Chunk reads that waited for another reader's fetch of the same chunk.
     pub fetch_joins: std::sync::atomic::AtomicU64,
 }
+
+/// Object uploads in flight at once, where each is its own request.
+const UPLOAD_CONCURRENCY: usize = 16;
 
 /// Content-addressed access to chunk and node objects.
 #[derive(Debug)]
@@ -391,6 +395,85 @@ impl ObjectLayer {
         bump(&self.stats.puts, 1);
         bump(&self.stats.put_bytes, len);
         Ok(true)
+    }
+
+    /// [`ObjectLayer::put_if_absent`] for many objects. On a local pack
+    /// store (and no injected faults) the uploads are one batch: one
+    /// blocking task, one run of records in the active pack, one index
+    /// write ([`crate::pack::PackStore::put_many`]), instead of one of
+    /// each per object. Returns, per object, whether it was uploaded.
+    pub async fn put_all_if_absent(
+        &self,
+        kind: ObjectKind,
+        objects: Vec<([u8; 32], Bytes)>,
+    ) -> Result<Vec<bool>> {
+        let Some(packs) = self.packs().filter(|_| self.faults.is_quiet()).cloned() else {
+            return futures::stream::iter(objects)
+                .map(|(id, framed)| self.put_if_absent(kind, id, framed))
+                .buffered(UPLOAD_CONCURRENCY)
+                .try_collect()
+                .await;
+        };
+        let mut uploaded = vec![false; objects.len()];
+        // Claimed and registered one by one under the sweep gate, as
+        // put_if_absent does; registrations held until recorded.
+        let mut uploads = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, (id, framed)) in objects.into_iter().enumerate() {
+            if !seen.insert(id) {
+                bump(&self.stats.dedup_hits, 1);
+                continue;
+            }
+            let path = self.path(kind, &id);
+            let registered = self
+                .gate
+                .unless_deleting(path.as_ref(), |keys| {
+                    let claimed = self.claim_locked(keys, &path)?;
+                    Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
+                })
+                .await?;
+            match registered {
+                None => bump(&self.stats.dedup_hits, 1),
+                Some(registration) => uploads.push((i, path.to_string(), framed, registration)),
+            }
+        }
+        let batch: Vec<(String, Bytes)> = uploads
+            .iter()
+            .map(|(_, key, framed, _)| (key.clone(), framed.clone()))
+            .collect();
+        let started = std::time::Instant::now();
+        let written = tokio::task::spawn_blocking(move || {
+            let parts: Vec<[&[u8]; 1]> = batch.iter().map(|(_, framed)| [&framed[..]]).collect();
+            let objects: Vec<(&str, &[&[u8]])> = batch
+                .iter()
+                .zip(&parts)
+                .map(|((key, _), part)| (key.as_str(), &part[..]))
+                .collect();
+            packs.put_many(&objects)
+        })
+        .await
+        .expect("pack writes do not panic");
+        self.store_stats
+            .count_puts(started, uploads.len() as u64, written.is_ok());
+        // A failed local write is an object store failure to the callers
+        // (a direct write then journals its chunks instead).
+        written.map_err(|e| {
+            StoreError::ObjectStore(object_store::Error::Generic {
+                store: "packs",
+                source: Box::new(e),
+            })
+        })?;
+        self.answered.mark();
+        for (i, key, framed, _registration) in uploads {
+            let len = framed.len() as u64;
+            if let Some(local) = &self.local {
+                local.note(&key, len);
+            }
+            bump(&self.stats.puts, 1);
+            bump(&self.stats.put_bytes, len);
+            uploaded[i] = true;
+        }
+        Ok(uploaded)
     }
 
     /// Writes a frame into the disk cache in the background.

@@ -13,14 +13,12 @@ use cairn_chunker::{ByteRange, ChunkGeometry, ChunkId};
 use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::catalog::Catalog;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::journal::JournalDir;
 use crate::objects::{ObjectKind, ObjectLayer};
 use crate::overlay::Hole;
 use crate::tree::{levels_for, NodeId, TreeStore};
 
-/// Object uploads in flight at once.
-const UPLOAD_CONCURRENCY: usize = 16;
 /// Chunk fetches in flight at once for one read or one read-ahead.
 const FETCH_CONCURRENCY: usize = 16;
 
@@ -240,27 +238,19 @@ impl Backend {
         let frames = tokio::task::spawn_blocking(move || encode_all(&to_encode))
             .await
             .expect("encoding does not panic");
-        let objects = &self.objects;
-        let uploads: Vec<_> = fresh
+        let framed: Vec<([u8; 32], Bytes)> = fresh
             .iter()
             .zip(frames)
-            .map(|(&i, framed)| {
-                let id = classes[i].id();
-                async move {
-                    let len = framed.len() as u64;
-                    let uploaded = objects
-                        .put_if_absent(ObjectKind::Chunk, id.0, Bytes::from(framed))
-                        .await?;
-                    Ok::<_, StoreError>(uploaded.then_some((id, len)))
-                }
-            })
+            .map(|(&i, framed)| (classes[i].id().0, Bytes::from(framed)))
             .collect();
-        let stored = futures::stream::iter(uploads)
-            .buffer_unordered(UPLOAD_CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .flatten()
+        let lens: Vec<u64> = framed.iter().map(|(_, f)| f.len() as u64).collect();
+        let uploaded = self.objects.put_all_if_absent(ObjectKind::Chunk, framed).await?;
+        let stored = fresh
+            .iter()
+            .zip(lens)
+            .zip(uploaded)
+            .filter(|(_, up)| *up)
+            .map(|((&i, len), _)| (classes[i].id(), len))
             .collect();
         for &i in &fresh {
             self.objects.cache_chunk(classes[i].id(), contents[i].clone());

@@ -142,6 +142,14 @@ impl Faults {
         Arc::new(faults)
     }
 
+    /// Whether no fault is switched on.
+    pub fn is_quiet(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+            && self.fail_one_in.load(Ordering::Relaxed) == 0
+            && self.latency_ms.load(Ordering::Relaxed) == 0
+            && !self.hang_puts.load(Ordering::Relaxed)
+    }
+
     async fn before(&self, op: &'static str) -> Result<()> {
         let latency = self.latency_ms.load(Ordering::Relaxed);
         if latency > 0 {
@@ -392,6 +400,15 @@ impl fmt::Display for Metered {
 impl fmt::Debug for Metered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")
+    }
+}
+
+impl StoreStats {
+    /// Counts `n` puts done as one request that took since `started`.
+    pub fn count_puts(&self, started: std::time::Instant, n: u64, ok: bool) {
+        self.request_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if ok { &self.puts_ok } else { &self.puts_failed }.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -57,3 +57,58 @@ fn hundred_forks_writing_one_percent_store_only_new_chunks() {
         assert!(buf == image);
     });
 }
+
+/// One write's whole chunks are stored as one batch: a chunk repeated in
+/// the batch and one stored before are stored once, the pack index counts
+/// each object once, and with a fault switched on the same write takes
+/// the one-request-per-object path to the same result.
+#[test]
+fn a_batch_of_chunks_stores_each_distinct_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        const CHUNK: usize = 64 * 1024;
+        let v = vol("v");
+        engine
+            .create_volume(&ns(), &actor(), &v, 64 * CHUNK as u64, None, Labels::new())
+            .await
+            .unwrap();
+        let v = engine.volume(&ns(), &v).unwrap();
+        let (a, b, c) = (noise(1, CHUNK), noise(2, CHUNK), noise(3, CHUNK));
+        v.write(0, &a).await.unwrap();
+        assert_eq!(count_objects(&engine, "chunks").await.0, 1);
+        // a (stored before), b twice, c: two new chunks.
+        let write: Vec<u8> = [&a, &b, &b, &c].into_iter().flatten().copied().collect();
+        v.write(CHUNK as u64, &write).await.unwrap();
+        assert_eq!(count_objects(&engine, "chunks").await.0, 3);
+        let objects =
+            |e: &cairn_store::Engine| e.objects().packs().expect("a packed local store").usage().objects;
+        let nodes = count_objects(&engine, "nodes").await.0;
+        assert_eq!(objects(&engine), 3 + nodes, "the index counts each object once");
+
+        // The same shape with a fault on: one put per object.
+        engine
+            .objects()
+            .faults
+            .latency_ms
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        let (d, e) = (noise(4, CHUNK), noise(5, CHUNK));
+        let write: Vec<u8> = [&d, &e, &e, &a].into_iter().flatten().copied().collect();
+        v.write(10 * CHUNK as u64, &write).await.unwrap();
+        engine
+            .objects()
+            .faults
+            .latency_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(count_objects(&engine, "chunks").await.0, 5);
+        v.seal().await.unwrap();
+        let mut buf = vec![0u8; 14 * CHUNK];
+        v.read(0, &mut buf).await.unwrap();
+        let want: Vec<u8> = [&a, &a, &b, &b, &c, &vec![0; 5 * CHUNK], &d, &e, &e, &a]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        assert!(buf == want, "every chunk reads back");
+    });
+}

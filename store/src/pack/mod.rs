@@ -258,63 +258,99 @@ impl PackStore {
     /// Appends an object (blocking). It is readable when this returns and
     /// durable after the next [`PackStore::sync`].
     fn put(&self, key: &str, parts: &[&[u8]]) -> Result<()> {
-        let (reserved, written) = self.append(key, parts)?;
+        self.put_many(&[(key, parts)])
+    }
+
+    /// Appends objects (blocking) as one run of records in the active pack
+    /// and indexes them in one batch: one reservation and one index write
+    /// for all. They are readable when this returns and durable after the
+    /// next [`PackStore::sync`].
+    pub(crate) fn put_many(&self, objects: &[(&str, &[&[u8]])]) -> Result<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let (pack, locations, written) = self.append_many(objects)?;
         let mut st = self.state.lock();
-        Self::finish(&mut st, reserved.pack);
+        Self::finish(&mut st, pack);
         written?;
-        let old = self.head(key)?;
-        self.index.put(key, reserved.encode())?;
-        st.objects += u64::from(old.is_none());
-        Self::repoint(&mut st, old, reserved);
+        let old = self.index.multi_get(objects.iter().map(|(key, _)| *key));
+        let mut batch = rocksdb::WriteBatch::default();
+        for ((key, _), loc) in objects.iter().zip(&locations) {
+            batch.put(key, loc.encode());
+        }
+        self.index.write(batch)?;
+        for (old, new) in old.into_iter().zip(locations) {
+            let old = old?.and_then(|v| Location::decode(&v));
+            st.objects += u64::from(old.is_none());
+            Self::repoint(&mut st, old, new);
+        }
         Ok(())
     }
 
     /// Reserves room for a record in the active pack and writes it. The
     /// pack counts the write as in flight until [`PackStore::finish`].
     fn append(&self, key: &str, parts: &[&[u8]]) -> Result<(Location, std::io::Result<()>)> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let data_len = u32::try_from(len).map_err(|_| std::io::Error::other("object over 4 GiB"))?;
-        let key_len = u16::try_from(key.len()).map_err(|_| std::io::Error::other("object key too long"))?;
-        let record = (HEADER + key.len() + len) as u64;
+        let (_, mut locations, written) = self.append_many(&[(key, parts)])?;
+        Ok((locations.pop().expect("one record"), written))
+    }
+
+    /// Reserves room for one record per object, one after the other in the
+    /// active pack, and writes them. The pack counts the write as in
+    /// flight until [`PackStore::finish`].
+    #[allow(clippy::type_complexity)]
+    fn append_many(&self, objects: &[(&str, &[&[u8]])]) -> Result<(u32, Vec<Location>, std::io::Result<()>)> {
+        let mut heads = Vec::with_capacity(objects.len());
+        let mut total = 0u64;
+        for (key, parts) in objects {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            let data_len = u32::try_from(len).map_err(|_| std::io::Error::other("object over 4 GiB"))?;
+            let key_len =
+                u16::try_from(key.len()).map_err(|_| std::io::Error::other("object key too long"))?;
+            let mut head = [0u8; HEADER];
+            head[..4].copy_from_slice(&MAGIC);
+            head[4..6].copy_from_slice(&key_len.to_le_bytes());
+            head[6..].copy_from_slice(&data_len.to_le_bytes());
+            heads.push((head, data_len));
+            total += (HEADER + key.len() + len) as u64;
+        }
         let (pack, start, file) = {
             let mut st = self.state.lock();
-            if st.packs[&st.active].size + record > PACK_BYTES && st.packs[&st.active].size > 0 {
+            if st.packs[&st.active].size + total > PACK_BYTES && st.packs[&st.active].size > 0 {
                 self.roll(&mut st)?;
             }
             let active = st.active;
             let pack = st.packs.get_mut(&active).expect("the active pack is open");
             let start = pack.size;
-            pack.size += record;
+            pack.size += total;
             pack.writers += 1;
             (active, start, pack.file.clone())
         };
-        let mut head = [0u8; HEADER];
-        head[..4].copy_from_slice(&MAGIC);
-        head[4..6].copy_from_slice(&key_len.to_le_bytes());
-        head[6..].copy_from_slice(&data_len.to_le_bytes());
+        let put_at = unix_now();
         let mut at = start;
         let mut written = Ok(());
-        for part in [&head[..], key.as_bytes()]
-            .into_iter()
-            .chain(parts.iter().copied())
-        {
-            written = file.write_all_at(part, at);
-            if written.is_err() {
-                break;
+        let mut locations = Vec::with_capacity(objects.len());
+        for ((key, parts), (head, len)) in objects.iter().zip(&heads) {
+            locations.push(Location {
+                pack,
+                offset: at + (HEADER + key.len()) as u64,
+                len: *len,
+                put_at,
+            });
+            for part in [&head[..], key.as_bytes()]
+                .into_iter()
+                .chain(parts.iter().copied())
+            {
+                if written.is_ok() {
+                    written = file.write_all_at(part, at);
+                }
+                at += part.len() as u64;
             }
-            at += part.len() as u64;
         }
         // Noted for the next sync only now that the bytes are written: a
         // sync that took the set while they were in flight did not cover
         // them.
         self.state.lock().unsynced.insert(pack);
-        let loc = Location {
-            pack,
-            offset: start + (HEADER + key.len()) as u64,
-            len: data_len,
-            put_at: unix_now(),
-        };
-        Ok((loc, written))
+        Ok((pack, locations, written))
     }
 
     /// Starts a new active pack.

@@ -157,3 +157,31 @@ fn a_small_active_pack_is_compacted_only_when_nothing_in_it_is_live() {
         "an empty active pack is no candidate"
     );
 }
+
+#[test]
+fn a_batch_of_puts_reads_back_counts_once_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    store.put("chunks/a", &[b"old"]).unwrap();
+    let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| body(i, 700 + usize::from(i))).collect();
+    let keys = ["chunks/a", "chunks/b", "chunks/c", "chunks/d", "chunks/e"];
+    let parts: Vec<[&[u8]; 1]> = bodies.iter().map(|b| [&b[..]]).collect();
+    let batch: Vec<(&str, &[&[u8]])> = keys.iter().zip(&parts).map(|(k, p)| (*k, &p[..])).collect();
+    store.put_many(&batch).unwrap();
+    for (key, data) in keys.iter().zip(&bodies) {
+        assert_eq!(read(&store, key).as_ref(), Some(data), "{key}");
+    }
+    let usage = store.usage();
+    assert_eq!(usage.objects, 5, "the rewritten key counts once");
+    assert_eq!(
+        usage.live_bytes,
+        (700..705).sum::<u64>(),
+        "the old record of chunks/a is dead"
+    );
+    store.sync().unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, "chunks/a"), Some(bodies[0].clone()));
+    assert_eq!(read(&store, "chunks/e"), Some(bodies[4].clone()));
+    assert_eq!(store.usage().objects, 5);
+}
