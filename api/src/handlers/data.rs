@@ -66,12 +66,8 @@ pub async fn put_data(
     ))
 }
 
-fn data_response(
-    state: &AppState,
-    source: cairn_store::Readable,
-    size: u64,
-    q: GetDataQuery,
-) -> ApiResult<Response> {
+fn data_response(state: &AppState, source: cairn_store::Readable, q: GetDataQuery) -> ApiResult<Response> {
+    let size = source.size();
     let offset = q.offset.unwrap_or(0);
     let length = q.length.unwrap_or(size.saturating_sub(offset));
     if offset.checked_add(length).is_none_or(|end| end > size) {
@@ -100,9 +96,9 @@ const MAP_STEP: u64 = 1 << 30;
 async fn map_of(
     state: &AppState,
     source: &cairn_store::Readable,
-    size: u64,
     q: GetDataQuery,
 ) -> ApiResult<Vec<MapExtent>> {
+    let size = source.size();
     let offset = q.offset.unwrap_or(0);
     let length = q.length.unwrap_or(size.saturating_sub(offset));
     let end = match offset.checked_add(length) {
@@ -141,11 +137,7 @@ pub async fn get_map(
     Query(q): Query<GetDataQuery>,
 ) -> ApiResult<Json<Vec<MapExtent>>> {
     let source = state.engine.readable(&ns, &volume_name(&name)?, None)?;
-    let size = match &source {
-        cairn_store::Readable::Volume(v) => v.size(),
-        cairn_store::Readable::Snapshot { size, .. } => *size,
-    };
-    Ok(Json(map_of(&state, &source, size, q).await?))
+    Ok(Json(map_of(&state, &source, q).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/map", params(("name" = String, Path), ("tag" = String, Path), GetDataQuery),
@@ -159,9 +151,8 @@ pub async fn get_snapshot_map(
 ) -> ApiResult<Json<Vec<MapExtent>>> {
     let name = volume_name(&name)?;
     let tag = tag_name(&tag)?;
-    let size = state.engine.snapshot_record(&ns, &name, &tag)?.size;
     let source = state.engine.readable(&ns, &name, Some(&tag))?;
-    Ok(Json(map_of(&state, &source, size, q).await?))
+    Ok(Json(map_of(&state, &source, q).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/data", params(("name" = String, Path), GetDataQuery),
@@ -173,11 +164,7 @@ pub async fn get_data(
     Query(q): Query<GetDataQuery>,
 ) -> ApiResult<Response> {
     let source = state.engine.readable(&ns, &volume_name(&name)?, None)?;
-    let size = match &source {
-        cairn_store::Readable::Volume(v) => v.size(),
-        cairn_store::Readable::Snapshot { size, .. } => *size,
-    };
-    data_response(&state, source, size, q)
+    data_response(&state, source, q)
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/snapshots/{tag}/data", params(("name" = String, Path), ("tag" = String, Path), GetDataQuery),
@@ -190,7 +177,6 @@ pub async fn get_snapshot_data(
 ) -> ApiResult<Response> {
     let name = volume_name(&name)?;
     let tag = tag_name(&tag)?;
-    let size = state.engine.snapshot_record(&ns, &name, &tag)?.size;
     let source = state.engine.readable(&ns, &name, Some(&tag))?;
-    data_response(&state, source, size, q)
+    data_response(&state, source, q)
 }

@@ -157,6 +157,16 @@ pub enum Readable {
     },
 }
 
+impl Readable {
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Readable::Volume(v) => v.size(),
+            Readable::Snapshot { size, .. } => *size,
+        }
+    }
+}
+
 /// A pending snapshot's data: its volume's sealed root and frozen
 /// generations up to `through`.
 #[derive(Clone, Debug)]
