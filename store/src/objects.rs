@@ -362,6 +362,18 @@ impl ObjectLayer {
         Ok(claimed)
     }
 
+    /// Claims `path` and registers its upload, as one step under the sweep
+    /// gate; None when it is stored already. While GC deletes the key this
+    /// waits: the upload comes after the delete, not before.
+    async fn register_upload(&self, path: &Path) -> Result<Option<crate::sweep_gate::Upload<'_>>> {
+        self.gate
+            .unless_deleting(path.as_ref(), |keys| {
+                let claimed = self.claim_locked(keys, path)?;
+                Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
+            })
+            .await
+    }
+
     /// Stores a framed object unless it is known to be stored already.
     /// Returns whether it was uploaded. The claim and the upload's
     /// registration are one step under the sweep gate, and the key stays
@@ -369,15 +381,7 @@ impl ObjectLayer {
     /// the upload itself holds no lock ([`crate::sweep_gate`]).
     pub async fn put_if_absent(&self, kind: ObjectKind, id: [u8; 32], framed: Bytes) -> Result<bool> {
         let path = self.path(kind, &id);
-        // While GC deletes this key, wait: upload after the delete, not before.
-        let claimed = self
-            .gate
-            .unless_deleting(path.as_ref(), |keys| {
-                let claimed = self.claim_locked(keys, &path)?;
-                Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
-            })
-            .await?;
-        let Some(_upload) = claimed else {
+        let Some(_upload) = self.register_upload(&path).await? else {
             bump(&self.stats.dedup_hits, 1);
             return Ok(false);
         };
@@ -425,14 +429,7 @@ impl ObjectLayer {
                 continue;
             }
             let path = self.path(kind, &id);
-            let registered = self
-                .gate
-                .unless_deleting(path.as_ref(), |keys| {
-                    let claimed = self.claim_locked(keys, &path)?;
-                    Ok::<_, StoreError>((!claimed).then(|| self.gate.begin_upload(keys, path.as_ref())))
-                })
-                .await?;
-            match registered {
+            match self.register_upload(&path).await? {
                 None => bump(&self.stats.dedup_hits, 1),
                 Some(registration) => uploads.push((i, path.to_string(), framed, registration)),
             }
