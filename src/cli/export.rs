@@ -9,6 +9,7 @@ use reqwest::Method;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::output::Progress;
+use super::sparse::SMALL_HOLE;
 use crate::client::Client;
 
 #[derive(Debug, Args)]
@@ -19,9 +20,6 @@ pub(super) struct ExportArgs {
     file: String,
 }
 
-/// Zero runs shorter than this are fetched with the data around them: one
-/// request instead of three.
-const SMALL_HOLE: u64 = 1 << 20;
 /// Zeros written per call where the output cannot skip a hole.
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 

@@ -2,9 +2,10 @@
 
 use std::os::fd::AsRawFd;
 
-/// Holes shorter than this are sent with the data around them: one
-/// request instead of two.
-const SMALL_HOLE: u64 = 1 << 20;
+/// Holes shorter than this travel with the data around them, both ways:
+/// an import sends them, an export fetches them (one request instead of
+/// two or three).
+pub(super) const SMALL_HOLE: u64 = 1 << 20;
 
 /// `(offset, length)` of the runs of `path` (of `len` bytes) that may hold
 /// data, in order; holes shorter than [`SMALL_HOLE`] are folded into the
