@@ -209,6 +209,14 @@ impl TreeStore {
         self.cache.lock().bytes
     }
 
+    /// Empties the node cache, so the next loads read the store.
+    #[cfg(test)]
+    pub(crate) fn forget_cached(&self) {
+        let mut cache = self.cache.lock();
+        cache.nodes.clear();
+        cache.bytes = 0;
+    }
+
     /// Loads a node (from the cache or the store) and checks its level.
     pub async fn load(&self, id: NodeId, level: u8) -> Result<Arc<Node>> {
         if id.is_zero() {

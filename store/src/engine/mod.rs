@@ -195,6 +195,8 @@ pub struct Engine {
     warming: Mutex<HashMap<u64, Arc<crate::hydrate::WarmProgress>>>,
     /// The last space accounting and the owners it was computed for.
     usage_memo: Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>>,
+    /// Reference counts behind space accounting.
+    ledger: tokio::sync::Mutex<crate::usage::Ledger>,
     /// Snapshots kept from deletion by their readers.
     leases: leases::Leases,
     /// Volumes whose write-back log is damaged (see [`damage`]).
@@ -373,6 +375,7 @@ impl Engine {
             warming: Mutex::new(HashMap::new()),
             shared,
             usage_memo: Mutex::new(None),
+            ledger: tokio::sync::Mutex::default(),
             leases: Default::default(),
         }))
     }
@@ -456,6 +459,10 @@ impl Engine {
 
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    pub(crate) fn ledger(&self) -> &tokio::sync::Mutex<crate::usage::Ledger> {
+        &self.ledger
     }
 
     pub(crate) fn usage_memo(&self) -> &Mutex<Option<(crate::usage::OwnersKey, crate::usage::Usage)>> {

@@ -45,6 +45,11 @@ impl RootMemo {
         }
     }
 
+    /// Records the stored bytes of `root`.
+    pub(crate) fn remember_stored(&self, root: NodeId, stored: u64) {
+        self.stored.lock().put(root, stored);
+    }
+
     /// The stored bytes of `root`, if known.
     pub(crate) fn stored(&self, root: NodeId) -> Option<u64> {
         if root.is_zero() {
@@ -64,7 +69,7 @@ impl std::fmt::Debug for RootMemo {
 }
 
 /// The leaves under a root of `level` as (position, id), in order.
-async fn leaves_of(backend: &Backend, root: NodeId, level: u8) -> Result<Vec<(u64, NodeId)>> {
+pub(super) async fn leaves_of(backend: &Backend, root: NodeId, level: u8) -> Result<Vec<(u64, NodeId)>> {
     let mut leaves = Vec::new();
     let mut stack = vec![(root, level, 0u64)];
     while let Some((id, level, position)) = stack.pop() {
