@@ -209,6 +209,29 @@ impl TreeStore {
         self.cache.lock().bytes
     }
 
+    /// The leaves under a root of `level` as (position, id), in order.
+    pub(crate) async fn leaves(&self, root: NodeId, level: u8) -> Result<Vec<(u64, NodeId)>> {
+        let mut leaves = Vec::new();
+        let mut stack = vec![(root, level, 0u64)];
+        while let Some((id, level, position)) = stack.pop() {
+            if id.is_zero() {
+                continue;
+            }
+            if level == 0 {
+                leaves.push((position, id));
+                continue;
+            }
+            let node = self.load(id, level).await?;
+            stack.extend(
+                node.entries
+                    .iter()
+                    .rev()
+                    .map(|(slot, child)| (NodeId(*child), level - 1, position * FANOUT + u64::from(*slot))),
+            );
+        }
+        Ok(leaves)
+    }
+
     /// Empties the node cache, so the next loads read the store.
     #[cfg(test)]
     pub(crate) fn forget_cached(&self) {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use cairn_chunker::ChunkId;
 use smallvec::SmallVec;
 
-use super::{level_of, roots, Owner, Usage, VolumeUsage};
+use super::{level_of, Owner, Usage, VolumeUsage};
 use crate::error::Result;
 use crate::names::{Namespace, SnapshotTag, VolumeName};
 use crate::objects::ObjectKind;
@@ -199,10 +199,8 @@ impl Ledger {
             if held.is_some_and(|h| h.root == o.root && h.level == level) {
                 continue;
             }
-            let leaves: HashMap<u64, NodeId> = roots::leaves_of(backend, o.root, level)
-                .await?
-                .into_iter()
-                .collect();
+            let leaves: HashMap<u64, NodeId> =
+                backend.trees.leaves(o.root, level).await?.into_iter().collect();
             let fresh_root = !self.roots.contains_key(&o.root);
             for (position, leaf) in &leaves {
                 if fresh_root || held.is_none_or(|h| h.leaves.get(position) != Some(leaf)) {

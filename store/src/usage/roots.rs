@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use crate::error::Result;
 use crate::objects::ObjectKind;
 use crate::sealed::Backend;
-use crate::tree::{NodeId, FANOUT};
+use crate::tree::NodeId;
 
 /// The chunks of one leaf node with their stored lengths.
 pub(crate) type LeafChunks = std::sync::Arc<[(ChunkId, u64)]>;
@@ -66,29 +66,6 @@ impl std::fmt::Debug for RootMemo {
             .field("leaves", &self.leaves.lock().len())
             .finish()
     }
-}
-
-/// The leaves under a root of `level` as (position, id), in order.
-pub(super) async fn leaves_of(backend: &Backend, root: NodeId, level: u8) -> Result<Vec<(u64, NodeId)>> {
-    let mut leaves = Vec::new();
-    let mut stack = vec![(root, level, 0u64)];
-    while let Some((id, level, position)) = stack.pop() {
-        if id.is_zero() {
-            continue;
-        }
-        if level == 0 {
-            leaves.push((position, id));
-            continue;
-        }
-        let node = backend.trees.load(id, level).await?;
-        stack.extend(
-            node.entries
-                .iter()
-                .rev()
-                .map(|(slot, child)| (NodeId(*child), level - 1, position * FANOUT + u64::from(*slot))),
-        );
-    }
-    Ok(leaves)
 }
 
 /// One leaf's chunks and lengths: memoised, else from `known` where it
@@ -139,7 +116,7 @@ pub(crate) async fn sized_chunks_of(
     level: u8,
 ) -> Result<HashMap<ChunkId, u64>> {
     let mut chunks = HashMap::new();
-    for (_, leaf) in leaves_of(backend, root, level).await? {
+    for (_, leaf) in backend.trees.leaves(root, level).await? {
         chunks.extend(leaf_chunks(backend, leaf, |_| None).await?.iter().copied());
     }
     Ok(chunks)
@@ -174,8 +151,8 @@ pub(crate) async fn remember_commit(
         return Ok(());
     }
     let fresh: HashMap<ChunkId, u64> = stored.iter().copied().collect();
-    let before: HashMap<u64, NodeId> = leaves_of(backend, old, level).await?.into_iter().collect();
-    for (position, leaf) in leaves_of(backend, new, level).await? {
+    let before: HashMap<u64, NodeId> = backend.trees.leaves(old, level).await?.into_iter().collect();
+    for (position, leaf) in backend.trees.leaves(new, level).await? {
         let replaced: HashMap<ChunkId, u64> = match before.get(&position) {
             Some(old_leaf) if *old_leaf == leaf => continue,
             Some(old_leaf) => match memo.leaves.lock().peek(old_leaf) {
