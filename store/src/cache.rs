@@ -7,11 +7,15 @@ use cairn_chunker::ChunkId;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::hydrate::ChangeFeed;
+
 /// Decompressed chunks by id, evicted least-recently-used past `capacity` bytes.
 #[derive(Debug)]
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Told of every chunk taken in or let go (hydration counts).
+    feed: Option<Arc<ChangeFeed>>,
 }
 
 #[derive(Debug)]
@@ -29,6 +33,18 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity,
+            feed: None,
+        }
+    }
+
+    /// Notes every chunk taken in or let go in `feed` from now on.
+    pub fn set_feed(&mut self, feed: Arc<ChangeFeed>) {
+        self.feed = Some(feed);
+    }
+
+    fn noted(&self, id: ChunkId) {
+        if let Some(feed) = &self.feed {
+            feed.note(id);
         }
     }
 
@@ -53,9 +69,13 @@ impl ChunkCache {
             inner.bytes -= old.len();
         }
         inner.bytes += len;
+        self.noted(id);
         while inner.bytes > self.capacity {
             match inner.map.pop_lru() {
-                Some((_, old)) => inner.bytes -= old.len(),
+                Some((old_id, old)) => {
+                    inner.bytes -= old.len();
+                    self.noted(old_id);
+                }
                 None => break,
             }
         }

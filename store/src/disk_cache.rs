@@ -31,6 +31,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use cairn_chunker::ChunkId;
+
+use crate::hydrate::ChangeFeed;
 use crate::objects::ObjectKind;
 
 /// Largest segment file.
@@ -86,6 +89,8 @@ pub struct DiskCache {
     inner: Mutex<Inner>,
     /// Counters for metrics.
     pub stats: DiskCacheStats,
+    /// Told of every chunk taken in or let go (hydration counts).
+    feed: Option<Arc<ChangeFeed>>,
 }
 
 fn kind_byte(kind: ObjectKind) -> u8 {
@@ -155,11 +160,24 @@ impl DiskCache {
             segment_bytes,
             inner: Mutex::new(inner),
             stats: DiskCacheStats::default(),
+            feed: None,
         };
         let mut inner = cache.inner.lock();
         cache.trim(&mut inner);
         drop(inner);
         Ok(cache)
+    }
+
+    /// Notes every chunk taken in or let go in `feed` from now on.
+    pub fn with_feed(mut self, feed: Arc<ChangeFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn noted(&self, key: &Key) {
+        if let (Some(feed), ObjectKind::Chunk) = (&self.feed, key.0) {
+            feed.note(ChunkId(key.1));
+        }
     }
 
     fn segment_path(&self, number: u64) -> PathBuf {
@@ -234,6 +252,7 @@ impl DiskCache {
     pub fn forget(&self, kind: ObjectKind, id: &[u8; 32]) {
         if self.inner.lock().index.remove(&(kind, *id)).is_some() {
             self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+            self.noted(&(kind, *id));
         }
     }
 
@@ -306,6 +325,7 @@ impl DiskCache {
                 len: framed.len() as u32,
             },
         );
+        self.noted(&key);
         self.trim(&mut inner);
         true
     }
@@ -320,6 +340,7 @@ impl DiskCache {
             for key in segment.keys {
                 if inner.index.get(&key).is_some_and(|loc| loc.segment == number) {
                     inner.index.remove(&key);
+                    self.noted(&key);
                     evicted += 1;
                 }
             }

@@ -81,6 +81,9 @@ pub struct ObjectLayer {
     cache: ChunkCache,
     /// Framed objects on local disk (stores that are not local only).
     disk: Option<Arc<DiskCache>>,
+    /// What the caches took in or let go, for hydration (fed only when
+    /// there is a disk cache: on a local store every chunk is local).
+    feed: Arc<crate::hydrate::ChangeFeed>,
     /// Chunk fetches in progress, shared by concurrent readers.
     inflight: parking_lot::Mutex<std::collections::HashMap<ChunkId, Arc<Fetch>>>,
     /// Traffic counters.
@@ -142,6 +145,7 @@ impl ObjectLayer {
             catalog,
             cache: ChunkCache::new(cache_bytes),
             disk: None,
+            feed: Arc::default(),
             inflight: parking_lot::Mutex::default(),
             stats: ObjectStats::default(),
             gate: Default::default(),
@@ -206,7 +210,14 @@ impl ObjectLayer {
     /// Adds an on-disk cache of framed objects.
     pub fn with_disk_cache(mut self, disk: Arc<DiskCache>) -> Self {
         self.disk = Some(disk);
+        self.cache.set_feed(self.feed.clone());
         self
+    }
+
+    /// Where the caches note what they take in or let go (give it to the
+    /// disk cache before [`ObjectLayer::with_disk_cache`]).
+    pub fn change_feed(&self) -> Arc<crate::hydrate::ChangeFeed> {
+        self.feed.clone()
     }
 
     /// The on-disk cache, when the store is not local.

@@ -59,6 +59,9 @@ pub(crate) struct Backend {
     /// Stored bytes of roots and lengths of leaves' chunks, for space
     /// accounting (seeded by commits).
     pub accounting: crate::usage::RootMemo,
+    /// Local and total chunk occurrences of the trees asked about, for
+    /// hydration.
+    pub local_counts: crate::hydrate::LocalCounts,
 }
 
 /// A sealed tree to read from: a snapshot, or a volume's committed state.

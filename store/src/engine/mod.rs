@@ -273,7 +273,8 @@ impl Engine {
             let capacity = config
                 .disk_cache_bytes
                 .unwrap_or_else(|| default_disk_cache_bytes(&config.data_dir));
-            let disk = DiskCache::open(&config.data_dir.join("cache"), capacity)?;
+            let disk =
+                DiskCache::open(&config.data_dir.join("cache"), capacity)?.with_feed(objects.change_feed());
             tracing::info!(
                 capacity,
                 objects = disk.len(),
@@ -298,6 +299,7 @@ impl Engine {
             readahead: remote.then(Default::default),
             runtime: tokio::runtime::Handle::current(),
             accounting: crate::usage::RootMemo::new(),
+            local_counts: Default::default(),
         });
         let mut volumes = HashMap::new();
         let mut damaged = HashMap::new();

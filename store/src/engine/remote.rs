@@ -8,7 +8,7 @@ impl Engine {
     /// How much of a volume's sealed data is local (see [`crate::hydrate`]).
     pub async fn hydration(&self, ns: &Namespace, name: &VolumeName) -> Result<Hydration> {
         let volume = self.volume(ns, name)?;
-        let (measured, _) = crate::hydrate::measure(&self.backend, volume.sealed_tree()).await?;
+        let measured = crate::hydrate::hydration_of(&self.backend, volume.sealed_tree()).await?;
         Ok(match self.warming.lock().get(&volume.record().id) {
             Some(progress) => progress.annotate(measured),
             None => measured,
@@ -131,8 +131,8 @@ impl Engine {
             let record = volume.record();
             let fraction = match self.backend.objects.disk_cache() {
                 None => 1.0,
-                Some(_) => match crate::hydrate::measure(&self.backend, volume.sealed_tree()).await {
-                    Ok((h, _)) => h.fraction,
+                Some(_) => match crate::hydrate::hydration_of(&self.backend, volume.sealed_tree()).await {
+                    Ok(h) => h.fraction,
                     Err(_) => continue,
                 },
             };

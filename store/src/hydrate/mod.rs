@@ -12,6 +12,10 @@ use parking_lot::Mutex;
 
 pub use cairn_api_types::Hydration;
 
+mod counts;
+
+pub use counts::{ChangeFeed, LocalCounts};
+
 use crate::error::Result;
 use crate::objects::ObjectKind;
 use crate::sealed::{Backend, SealedTree};
@@ -50,8 +54,25 @@ impl WarmProgress {
     }
 }
 
-/// Measures a tree: total and local bytes, and the distinct chunks that
-/// are not local.
+/// How much of a tree is local, from the kept counts ([`LocalCounts`]).
+pub(crate) async fn hydration_of(backend: &Backend, tree: SealedTree) -> Result<Hydration> {
+    let objects = &backend.objects;
+    let (total, local) = backend
+        .local_counts
+        .counts(
+            &backend.trees,
+            &objects.change_feed(),
+            |id| objects.is_local(id),
+            tree.root,
+            tree.level,
+        )
+        .await?;
+    let chunk = tree.geometry.chunk_size() as u64;
+    Ok(Hydration::from_counts(total * chunk, local * chunk))
+}
+
+/// Measures a tree by walking it: total and local bytes, and the distinct
+/// chunks that are not local (what a warm fetches).
 pub(crate) async fn measure(backend: &Backend, tree: SealedTree) -> Result<(Hydration, Vec<ChunkId>)> {
     let chunk = tree.geometry.chunk_size() as u64;
     let (mut total, mut local) = (0u64, 0u64);
