@@ -11,9 +11,13 @@
 #   - C: a parallel read while hydrating, nbdcopy defaults (4 connections x
 #     64 requests), then the same read again from C's local disk cache;
 #   - D: `cairn volume warm` (background hydration, 16 fetches in flight).
+#   - C again: what asking for hydration costs once the fork is local:
+#     `GET /api/v1/volumes/f` (carries the hydration field) and `GET
+#     /metrics` (a hydration ratio per volume), first and median of 20.
 #
 #   benches/cold_fork.sh                   # 1 GiB, s3s-fs if installed, else moto
 #   SIZE=256M S3=moto benches/cold_fork.sh
+#   CAIRN_BIN=path benches/cold_fork.sh    # another build (A/B against a commit)
 #
 # S3=s3s uses s3s-fs (`cargo install s3s-fs@0.14.1 --features binary`, a
 # Rust S3 server over a directory); S3=moto the Python server the tests
@@ -24,7 +28,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-1G}"
 bash scripts/setup.sh >/dev/null
-cargo build --release --bin cairn -q
+if [ -z "${CAIRN_BIN:-}" ]; then cargo build --release --bin cairn -q; fi
+CAIRN_BIN="${CAIRN_BIN:-./target/release/cairn}"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -56,7 +61,7 @@ echo "S3 server: $S3; volume size: $SIZE"
 serve() { # name -> sets <name>_api, <name>_nbd
   local api nbd
   api=$(port); nbd=$(port)
-  RUST_LOG=warn ./target/release/cairn serve --data-dir "$work/$1" --object-store s3://bench/objects \
+  RUST_LOG=warn "$CAIRN_BIN" serve --data-dir "$work/$1" --object-store s3://bench/objects \
     --listen "127.0.0.1:$api" --nbd-listen "127.0.0.1:$nbd" & pids+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
   printf -v "${1}_api" '%s' "http://127.0.0.1:$api"
@@ -66,13 +71,13 @@ serve() { # name -> sets <name>_api, <name>_nbd
 cold() { # name: a fresh server over the bucket, the snapshot imported and forked as "f"
   serve "$1"
   local api="${1}_api"
-  ./target/release/cairn --server "${!api}" snapshot import-ref "$work/base.ref" >/dev/null
-  ./target/release/cairn --server "${!api}" fork vm@base f >/dev/null
+  "$CAIRN_BIN" --server "${!api}" snapshot import-ref "$work/base.ref" >/dev/null
+  "$CAIRN_BIN" --server "${!api}" fork vm@base f >/dev/null
 }
 ttfb() { local t; t=$(now); qemu-io -r -f raw "$1" -c "read 0 4k" >/dev/null; since "$t"; }
 
 serve a
-A() { ./target/release/cairn --server "$a_api" "$@"; }
+A() { "$CAIRN_BIN" --server "$a_api" "$@"; }
 head -c "$bytes" /dev/urandom > "$work/image"
 t=$(now); A import vm "$work/image" >/dev/null 2>&1; s=$(since "$t")
 echo "A: import of $SIZE into S3: $s s, $(mibs "$bytes" "$s") MiB/s"
@@ -97,9 +102,15 @@ warm=$(mibs "$bytes" "$s")
 echo "C: parallel read again (local disk cache): $s s, $warm MiB/s"
 nbdcopy "$c_nbd/f" - | cmp - "$work/image" && echo "C: content matches the image"
 python3 -c "print(f'cold/warm parallel read throughput: {float($cold)/float($warm):.2f}')"
+ms() { curl -s -o /dev/null -w '%{time_total}' "$1" | python3 -c 'import sys; print(f"{float(sys.stdin.read())*1000:.1f}")'; }
+for p in /api/v1/volumes/f /metrics; do
+  first=$(ms "$c_api$p")
+  med=$(for _ in $(seq 20); do ms "$c_api$p"; done | sort -n | sed -n 10p)
+  echo "C: GET $p with the fork local: first $first ms, median $med ms"
+done
 echo "C metrics:"
 curl -s "$c_api/metrics" | grep -E '^cairn_(object_gets_total|chunk_fetch_joins_total|disk_cache_(hits|misses|inserts|evictions)_total|disk_cache_bytes) '
 
 cold d
-t=$(now); ./target/release/cairn --server "$d_api" volume warm f 2>/dev/null; s=$(since "$t")
+t=$(now); "$CAIRN_BIN" --server "$d_api" volume warm f 2>/dev/null; s=$(since "$t")
 echo "D: cairn volume warm of $SIZE on a cold server: $s s, $(mibs "$bytes" "$s") MiB/s"
