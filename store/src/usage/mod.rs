@@ -429,6 +429,16 @@ mod tests {
                             let _ = engine.gc(&nss[0], &actor, GcOptions { dry_run: false, grace: std::time::Duration::ZERO }).await;
                         }
                     }
+                    // A fresh fork's or clone's answer: the stored bytes of
+                    // one root, kept by the seals that made it
+                    // (asked before the ledger, which also keeps them).
+                    for o in engine.owners().unwrap() {
+                        let stored = engine.stored_bytes_of(o.root, o.size, o.chunk_size).await.unwrap();
+                        let mut walked_root = HashSet::new();
+                        walked_root.extend(chunks_of(&engine, o.root, o.size, o.chunk_size).await.unwrap());
+                        let len = |id: &ChunkId| engine.objects().stored_lens(ObjectKind::Chunk, &[id.0]).unwrap()[0];
+                        assert_eq!(stored, walked_root.iter().map(len).sum::<u64>());
+                    }
                     // Asked after some steps only, so one reconcile also
                     // takes several changes at once (a deleted owner whose
                     // tree GC removed since, among them).

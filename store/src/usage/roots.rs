@@ -7,8 +7,9 @@
 //! 2 µs each: 16 Ki of them for a GiB of changed data) and a hash-set
 //! insert per chunk. A commit that knows the root it changed and the
 //! lengths of the chunks it stored hands them on ([`remember_commit`]), so
-//! the leaves of the new root are known before anyone asks: a fork or
-//! clone of a volume under random writes answers without index lookups.
+//! the leaves of the new root are known before anyone asks, and with all
+//! of them known its stored bytes too: a fork or clone of a volume under
+//! random writes answers without a walk.
 
 use std::collections::HashMap;
 
@@ -110,11 +111,7 @@ async fn leaf_chunks(
 }
 
 /// The distinct chunks under a root of `level` with their stored lengths.
-pub(crate) async fn sized_chunks_of(
-    backend: &Backend,
-    root: NodeId,
-    level: u8,
-) -> Result<HashMap<ChunkId, u64>> {
+async fn sized_chunks_of(backend: &Backend, root: NodeId, level: u8) -> Result<HashMap<ChunkId, u64>> {
     let mut chunks = HashMap::new();
     for (_, leaf) in backend.trees.leaves(root, level).await? {
         chunks.extend(leaf_chunks(backend, leaf, |_| None).await?.iter().copied());
@@ -152,7 +149,8 @@ pub(crate) async fn remember_commit(
     }
     let fresh: HashMap<ChunkId, u64> = stored.iter().copied().collect();
     let before: HashMap<u64, NodeId> = backend.trees.leaves(old, level).await?.into_iter().collect();
-    for (position, leaf) in backend.trees.leaves(new, level).await? {
+    let leaves = backend.trees.leaves(new, level).await?;
+    for &(position, leaf) in &leaves {
         let replaced: HashMap<ChunkId, u64> = match before.get(&position) {
             Some(old_leaf) if *old_leaf == leaf => continue,
             Some(old_leaf) => match memo.leaves.lock().peek(old_leaf) {
@@ -163,6 +161,23 @@ pub(crate) async fn remember_commit(
         };
         let known = |id: &ChunkId| fresh.get(id).or_else(|| replaced.get(id)).copied();
         leaf_chunks(backend, leaf, known).await?;
+    }
+    // With every leaf known, the root's stored bytes cost a hash set here
+    // (in the seal, in the background) rather than in the answer of the
+    // next fork or clone of it.
+    let known: Option<Vec<LeafChunks>> = {
+        let mut memo_leaves = memo.leaves.lock();
+        leaves
+            .iter()
+            .map(|(_, leaf)| memo_leaves.get(leaf).cloned())
+            .collect()
+    };
+    if let Some(known) = known {
+        let mut distinct: HashMap<ChunkId, u64> = HashMap::new();
+        for chunks in &known {
+            distinct.extend(chunks.iter().copied());
+        }
+        memo.remember_stored(new, distinct.values().sum());
     }
     Ok(())
 }
