@@ -132,11 +132,12 @@ impl Volume {
         let _writing = self.backend.objects.begin_write();
         let (new_root, stored) = self.seal_layer(&generation.layer, tree).await?;
         self.backend.objects.make_durable().await?;
-        {
-            let _commit = self.commit_guard(commit_lock).await;
-            self.commit_root(new_root, Some(generation.through))?;
-        }
+        // Learnt before the root is visible, so that a fork or clone of it
+        // right after the commit finds its stored bytes known (facts about
+        // an immutable root: harmless if the commit then fails).
         self.remember_commit(tree, new_root, &stored).await;
+        let _commit = self.commit_guard(commit_lock).await;
+        self.commit_root(new_root, Some(generation.through))?;
         Ok(new_root)
     }
 
