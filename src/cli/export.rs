@@ -21,7 +21,10 @@ pub(super) struct ExportArgs {
 }
 
 /// Zeros written per call where the output cannot skip a hole.
-static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+/// Bytes gathered before each write to a stream output (standard output
+/// or a device): one write per MiB, not one per network frame.
+const STREAM_BUFFER: usize = 1 << 20;
 
 /// Exports an image: the map of the source first, then each data run
 /// fetched and written in order, zero runs written locally (skipped in a
@@ -40,7 +43,10 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<
         .ok_or_else(|| anyhow!("the server's answer for {source} has no size"))?;
     let runs = map(client, &base, size).await?;
     let mut out = if file == "-" {
-        Output::Stream(Box::new(tokio::io::stdout()))
+        Output::Stream(Box::new(tokio::io::BufWriter::with_capacity(
+            STREAM_BUFFER,
+            tokio::io::stdout(),
+        )))
     } else {
         let f = tokio::fs::File::create(file)
             .await
@@ -48,7 +54,7 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<
         // A device or pipe keeps what a skipped hole would leave behind.
         match f.metadata().await?.is_file() {
             true => Output::File(f),
-            false => Output::Stream(Box::new(f)),
+            false => Output::Stream(Box::new(tokio::io::BufWriter::with_capacity(STREAM_BUFFER, f))),
         }
     };
     let mut progress = Progress::new("export", Some(size));
