@@ -5,11 +5,14 @@ use std::fmt;
 
 use crate::error::{Result, StoreError};
 
+/// The longest valid name.
+pub(crate) const MAX_NAME_LEN: usize = 63;
+
 const RULE: &str = "must be an RFC 1123 label: 1-63 characters of lowercase a-z, 0-9 and '-', starting and ending with a letter or digit";
 
 fn check(kind: &'static str, name: &str) -> Result<()> {
     let bytes = name.as_bytes();
-    let ok = (1..=63).contains(&bytes.len())
+    let ok = (1..=MAX_NAME_LEN).contains(&bytes.len())
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')

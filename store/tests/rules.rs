@@ -1,6 +1,7 @@
 //! The engine's state rules: transitional volumes cannot be cloned, forked
 //! from, rolled back or deleted; attached volumes cannot be rolled back;
-//! volumes only grow; labels required by a fork must match.
+//! volumes only grow; labels required by a fork must match; a clone's
+//! default name is valid however long its source's name.
 
 mod common;
 
@@ -200,5 +201,41 @@ fn event_queries_filter_while_scanning() {
             )
             .unwrap();
         assert!(none.is_empty());
+    });
+}
+
+/// A clone of a clone of a clone of a long name: the default names the
+/// server picks stay valid (63 characters at most), keep the start of the
+/// source's name, and do not collide.
+#[test]
+fn default_clone_names_stay_valid_down_a_chain_of_clones() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        let (ns, a) = (ns(), actor());
+        let long = "a".repeat(60);
+        engine
+            .create_volume(&ns, &a, &vol(&long), 1 << 20, None, Labels::new())
+            .await
+            .unwrap();
+        let mut source = long.clone();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let clone = engine
+                .clone_volume(&ns, &a, &vol(&source), None, None)
+                .await
+                .unwrap();
+            let name = clone.name.to_string();
+            assert!(name.len() <= 63, "{name}");
+            assert!(name.starts_with("aaaa") && name.contains("-clone-"), "{name}");
+            assert!(seen.insert(name.clone()), "{name} picked twice");
+            source = name;
+        }
+        // Twice from one source within a second: the second gets a suffix.
+        let first = engine
+            .clone_volume(&ns, &a, &vol(&long), None, None)
+            .await
+            .unwrap();
+        assert!(!seen.contains(first.name.as_str()), "{}", first.name);
     });
 }

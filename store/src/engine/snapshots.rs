@@ -332,17 +332,29 @@ impl Engine {
             .await
     }
 
+    /// `<name>-clone-<unix seconds>` (then `-2`, `-3`, … while taken),
+    /// with `name` shortened as needed so the result is a valid name: a
+    /// clone of a clone of a clone stays clonable.
     fn default_clone_name(&self, ns: &Namespace, name: &VolumeName) -> Result<VolumeName> {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let base = format!("{name}-clone-{ts}");
-        let mut candidate = VolumeName::new(base.clone())?;
-        let mut n = 2;
+        let named = |n: u32| {
+            let suffix = match n {
+                0 | 1 => format!("-clone-{ts}"),
+                n => format!("-clone-{ts}-{n}"),
+            };
+            // Names are ASCII; the prefix keeps at least the first one.
+            let keep = crate::names::MAX_NAME_LEN.saturating_sub(suffix.len()).max(1);
+            let prefix = name.as_str()[..name.as_str().len().min(keep)].trim_end_matches('-');
+            VolumeName::new(format!("{prefix}{suffix}"))
+        };
+        let mut n = 1;
+        let mut candidate = named(n)?;
         while self.volumes.lock().contains_key(&(ns.clone(), candidate.clone())) {
-            candidate = VolumeName::new(format!("{base}-{n}"))?;
             n += 1;
+            candidate = named(n)?;
         }
         Ok(candidate)
     }
