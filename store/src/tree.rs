@@ -177,6 +177,9 @@ impl NodeCache {
     }
 }
 
+/// A leaf's distinct chunks with their occurrences in it.
+pub(crate) type Occurrences = Arc<[(ChunkId, u32)]>;
+
 /// Reads and writes manifest trees, with a cache of decoded nodes.
 #[derive(Debug)]
 pub struct TreeStore {
@@ -230,6 +233,17 @@ impl TreeStore {
             );
         }
         Ok(leaves)
+    }
+
+    /// The distinct chunks of a leaf with their occurrences in it.
+    pub(crate) async fn occurrences(&self, leaf: NodeId) -> Result<Occurrences> {
+        let node = self.load(leaf, 0).await?;
+        let mut counts: std::collections::HashMap<ChunkId, u32> =
+            std::collections::HashMap::with_capacity(node.entries.len());
+        for (_, id) in &node.entries {
+            *counts.entry(ChunkId(*id)).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect::<Vec<_>>().into())
     }
 
     /// Empties the node cache, so the next loads read the store.

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use crate::error::Result;
-use crate::tree::{NodeId, TreeStore};
+use crate::tree::{NodeId, Occurrences, TreeStore};
 
 /// Roots whose leaves are tracked.
 const ROOTS: usize = 4096;
@@ -86,7 +86,7 @@ struct Leaf {
     /// Tracked roots listing it (once per position).
     holders: u32,
     /// Its distinct chunks with their occurrences.
-    chunks: Arc<[(ChunkId, u32)]>,
+    chunks: Occurrences,
     total: u64,
     local: u64,
 }
@@ -144,17 +144,12 @@ impl LocalCounts {
         let key = (root, level);
         if !index.roots.contains(&key) {
             let leaves = trees.leaves(root, level).await?;
-            let mut loaded: HashMap<NodeId, Arc<[(ChunkId, u32)]>> = HashMap::new();
+            let mut loaded: HashMap<NodeId, Occurrences> = HashMap::new();
             for (_, leaf) in &leaves {
                 if index.leaves.contains_key(leaf) || loaded.contains_key(leaf) {
                     continue;
                 }
-                let node = trees.load(*leaf, 0).await?;
-                let mut counts: HashMap<ChunkId, u32> = HashMap::with_capacity(node.entries.len());
-                for (_, id) in &node.entries {
-                    *counts.entry(ChunkId(*id)).or_default() += 1;
-                }
-                loaded.insert(*leaf, counts.into_iter().collect::<Vec<_>>().into());
+                loaded.insert(*leaf, trees.occurrences(*leaf).await?);
             }
             let leaves: Arc<[NodeId]> = leaves.into_iter().map(|(_, leaf)| leaf).collect();
             index.track(key, leaves, loaded, &is_local);
@@ -175,7 +170,7 @@ impl Index {
         &mut self,
         key: (NodeId, u8),
         leaves: Arc<[NodeId]>,
-        mut loaded: HashMap<NodeId, Arc<[(ChunkId, u32)]>>,
+        mut loaded: HashMap<NodeId, Occurrences>,
         is_local: &impl Fn(&ChunkId) -> bool,
     ) {
         for leaf in leaves.iter() {

@@ -33,7 +33,6 @@
 //! GiB).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use cairn_chunker::ChunkId;
 use smallvec::SmallVec;
@@ -43,7 +42,7 @@ use crate::error::Result;
 use crate::names::{Namespace, SnapshotTag, VolumeName};
 use crate::objects::ObjectKind;
 use crate::sealed::Backend;
-use crate::tree::NodeId;
+use crate::tree::{NodeId, Occurrences};
 
 /// Who holds a root: a volume, or a volume's snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -139,9 +138,6 @@ impl LeafDelta {
     }
 }
 
-/// A leaf's distinct chunks with their occurrences in it.
-type LeafChunks = Arc<[(ChunkId, u32)]>;
-
 /// Reference counts of every chunk under the owners' roots (module doc).
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
@@ -176,7 +172,7 @@ struct Plan {
     gone: Vec<OwnerKey>,
     /// Chunk lists of every leaf that changes hands or belongs to a new
     /// root.
-    leaves: HashMap<NodeId, LeafChunks>,
+    leaves: HashMap<NodeId, Occurrences>,
     /// Stored lengths of chunks the ledger does not hold yet.
     lens: HashMap<ChunkId, u64>,
 }
@@ -236,13 +232,14 @@ impl Ledger {
         let mut leaves = HashMap::with_capacity(needed.len());
         let mut absent = HashSet::new();
         for leaf in needed {
-            let node = backend.trees.load(leaf, 0).await?;
-            let mut counts: HashMap<ChunkId, u32> = HashMap::with_capacity(node.entries.len());
-            for (_, id) in &node.entries {
-                *counts.entry(ChunkId(*id)).or_default() += 1;
-            }
-            absent.extend(counts.keys().filter(|id| !self.chunks.contains_key(*id)).copied());
-            leaves.insert(leaf, counts.into_iter().collect::<Vec<_>>().into());
+            let chunks = backend.trees.occurrences(leaf).await?;
+            absent.extend(
+                chunks
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !self.chunks.contains_key(id)),
+            );
+            leaves.insert(leaf, chunks);
         }
         let absent: Vec<ChunkId> = absent.into_iter().collect();
         let ids: Vec<[u8; 32]> = absent.iter().map(|id| id.0).collect();
