@@ -110,13 +110,13 @@ async fn leaf_chunks(
     Ok(chunks)
 }
 
-/// The distinct chunks under a root of `level` with their stored lengths.
-async fn sized_chunks_of(backend: &Backend, root: NodeId, level: u8) -> Result<HashMap<ChunkId, u64>> {
-    let mut chunks = HashMap::new();
-    for (_, leaf) in backend.trees.leaves(root, level).await? {
-        chunks.extend(leaf_chunks(backend, leaf, |_| None).await?.iter().copied());
+/// Stored bytes of the distinct chunks of some leaves.
+fn distinct_stored<'a>(leaves: impl IntoIterator<Item = &'a LeafChunks>) -> u64 {
+    let mut chunks: HashMap<ChunkId, u64> = HashMap::new();
+    for leaf in leaves {
+        chunks.extend(leaf.iter().copied());
     }
-    Ok(chunks)
+    chunks.values().sum()
 }
 
 /// Stored bytes of the distinct chunks under a root of `level`.
@@ -124,8 +124,12 @@ pub(crate) async fn stored_bytes_of(backend: &Backend, root: NodeId, level: u8) 
     if let Some(hit) = backend.accounting.stored(root) {
         return Ok(hit);
     }
-    let total = sized_chunks_of(backend, root, level).await?.values().sum();
-    backend.accounting.stored.lock().put(root, total);
+    let mut leaves = Vec::new();
+    for (_, leaf) in backend.trees.leaves(root, level).await? {
+        leaves.push(leaf_chunks(backend, leaf, |_| None).await?);
+    }
+    let total = distinct_stored(&leaves);
+    backend.accounting.remember_stored(root, total);
     Ok(total)
 }
 
@@ -173,11 +177,7 @@ pub(crate) async fn remember_commit(
             .collect()
     };
     if let Some(known) = known {
-        let mut distinct: HashMap<ChunkId, u64> = HashMap::new();
-        for chunks in &known {
-            distinct.extend(chunks.iter().copied());
-        }
-        memo.remember_stored(new, distinct.values().sum());
+        memo.remember_stored(new, distinct_stored(&known));
     }
     Ok(())
 }
