@@ -231,7 +231,8 @@ fn default_clone_names_stay_valid_down_a_chain_of_clones() {
             assert!(seen.insert(name.clone()), "{name} picked twice");
             source = name;
         }
-        // Twice from one source within a second: the second gets a suffix.
+        // Another clone of the first source: a name not picked before
+        // (with a -2 suffix when it comes within the same second).
         let first = engine
             .clone_volume(&ns, &a, &vol(&long), None, None)
             .await
