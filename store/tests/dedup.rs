@@ -1,5 +1,6 @@
 //! Dedup and structural sharing: 100 forks of a volume, each writing 1%
-//! new data, add only the new chunks and a few tree nodes each.
+//! new data, add only the new chunks and a few tree nodes each; on a local
+//! store all of their mapped data counts as hydrated.
 
 mod common;
 
@@ -55,6 +56,21 @@ fn hundred_forks_writing_one_percent_store_only_new_chunks() {
         let mut buf = vec![0u8; image.len()];
         engine.read(&src, 0, &mut buf).await.unwrap();
         assert!(buf == image);
+
+        // On a local store every mapped chunk is local: hydration counts the
+        // forks' mapped chunks, and a volume with holes counts only its data.
+        let h = engine.hydration(&ns(), &vol("fork-7")).await.unwrap();
+        assert_eq!(h.total_bytes, image.len() as u64, "{h:?}");
+        assert_eq!((h.local_bytes, h.fraction), (h.total_bytes, 1.0), "{h:?}");
+        let sparse = vol("sparse");
+        engine.create_volume(&ns(), &actor(), &sparse, 1 << 30, None, Labels::new()).await.unwrap();
+        let v = engine.volume(&ns(), &sparse).unwrap();
+        for at in [0u64, 3 << 20, 1 << 29] {
+            v.write(at, &noise(at, CHUNK)).await.unwrap();
+        }
+        v.seal().await.unwrap();
+        let h = engine.hydration(&ns(), &sparse).await.unwrap();
+        assert_eq!((h.total_bytes, h.local_bytes), (3 * CHUNK as u64, 3 * CHUNK as u64), "{h:?}");
     });
 }
 

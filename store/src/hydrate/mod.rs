@@ -54,9 +54,19 @@ impl WarmProgress {
     }
 }
 
-/// How much of a tree is local, from the kept counts ([`LocalCounts`]).
+/// How much of a tree is local: on a local store all of it (its mapped
+/// chunks counted from its leaves, nothing kept); with a disk cache from
+/// the kept counts ([`LocalCounts`]).
 pub(crate) async fn hydration_of(backend: &Backend, tree: SealedTree) -> Result<Hydration> {
     let objects = &backend.objects;
+    let chunk = tree.geometry.chunk_size() as u64;
+    if objects.disk_cache().is_none() {
+        let mut total = 0u64;
+        for (_, leaf) in backend.trees.leaves(tree.root, tree.level).await? {
+            total += backend.trees.load(leaf, 0).await?.entries.len() as u64;
+        }
+        return Ok(Hydration::from_counts(total * chunk, total * chunk));
+    }
     let (total, local) = backend
         .local_counts
         .counts(
@@ -67,7 +77,6 @@ pub(crate) async fn hydration_of(backend: &Backend, tree: SealedTree) -> Result<
             tree.level,
         )
         .await?;
-    let chunk = tree.geometry.chunk_size() as u64;
     Ok(Hydration::from_counts(total * chunk, local * chunk))
 }
 
