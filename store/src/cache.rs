@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_chunker::ChunkId;
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -20,7 +21,7 @@ pub struct ChunkCache {
 
 #[derive(Debug)]
 struct Inner {
-    map: LruCache<ChunkId, Arc<[u8]>>,
+    map: LruCache<ChunkId, Bytes>,
     bytes: usize,
 }
 
@@ -49,7 +50,7 @@ impl ChunkCache {
     }
 
     /// A cached chunk, marking it recently used.
-    pub fn get(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+    pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
         self.inner.lock().map.get(id).cloned()
     }
 
@@ -59,7 +60,7 @@ impl ChunkCache {
     }
 
     /// Caches a chunk, evicting old ones past the budget.
-    pub fn insert(&self, id: ChunkId, data: Arc<[u8]>) {
+    pub fn insert(&self, id: ChunkId, data: Bytes) {
         if data.len() > self.capacity {
             return;
         }

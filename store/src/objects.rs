@@ -29,7 +29,7 @@ use crate::error::{Result, StoreError};
 const INLINE_DECODE_MAX: usize = 256 << 10;
 
 /// One chunk fetch, shared by the readers waiting for it.
-type Fetch = tokio::sync::OnceCell<Arc<[u8]>>;
+type Fetch = tokio::sync::OnceCell<Bytes>;
 
 /// What kind of object a key names.
 
@@ -557,7 +557,7 @@ impl ObjectLayer {
 
     /// A chunk's plaintext, from the caches or the store. Concurrent
     /// callers for one chunk share a single fetch.
-    pub async fn chunk(&self, id: ChunkId) -> Result<Arc<[u8]>> {
+    pub async fn chunk(&self, id: ChunkId) -> Result<Bytes> {
         if let Some(hit) = self.cache.get(&id) {
             bump(&self.stats.cache_hits, 1);
             return Ok(hit);
@@ -569,7 +569,7 @@ impl ObjectLayer {
             .get_or_try_init(|| {
                 fetched = true;
                 async {
-                    let data: Arc<[u8]> = self.fetch(ObjectKind::Chunk, &id.0).await?.into();
+                    let data: Bytes = self.fetch(ObjectKind::Chunk, &id.0).await?.into();
                     self.cache.insert(id, data.clone());
                     Ok::<_, StoreError>(data)
                 }
@@ -587,19 +587,19 @@ impl ObjectLayer {
     }
 
     /// A chunk's plaintext if it is cached.
-    pub fn chunk_cached(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+    pub fn chunk_cached(&self, id: &ChunkId) -> Option<Bytes> {
         let hit = self.cache.get(id)?;
         bump(&self.stats.cache_hits, 1);
         Some(hit)
     }
 
     /// A chunk's plaintext if it is cached, not counted as a read.
-    pub fn chunk_cached_quiet(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+    pub fn chunk_cached_quiet(&self, id: &ChunkId) -> Option<Bytes> {
         self.cache.get(id)
     }
 
     /// Puts a chunk's plaintext straight into the cache (it was just written).
-    pub fn cache_chunk(&self, id: ChunkId, data: Arc<[u8]>) {
+    pub fn cache_chunk(&self, id: ChunkId, data: Bytes) {
         self.cache.insert(id, data);
     }
 

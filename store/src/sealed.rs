@@ -98,7 +98,7 @@ impl Backend {
         for hole in holes {
             ids.push(self.trees.lookup(tree.root, tree.level, hole.chunk).await?);
         }
-        let chunks: Vec<Option<Arc<[u8]>>> = futures::stream::iter(ids.into_iter().map(|id| {
+        let chunks: Vec<Option<Bytes>> = futures::stream::iter(ids.into_iter().map(|id| {
             let objects = self.objects.clone();
             async move {
                 match id.is_zero() {
@@ -236,8 +236,8 @@ impl Backend {
                 }
             }
         }
-        let contents: Vec<Arc<[u8]>> = contents.into_iter().map(Arc::from).collect();
-        let to_encode: Vec<Arc<[u8]>> = fresh.iter().map(|&i| contents[i].clone()).collect();
+        let contents: Vec<Bytes> = contents.into_iter().map(Bytes::from).collect();
+        let to_encode: Vec<Bytes> = fresh.iter().map(|&i| contents[i].clone()).collect();
         let frames = tokio::task::spawn_blocking(move || encode_all(&to_encode))
             .await
             .expect("encoding does not panic");

@@ -1,6 +1,7 @@
 //! Reading volumes and snapshots (NBD, HTTP) and streaming whole images
 //! in and out.
 
+use bytes::BufMut;
 use futures::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -236,15 +237,16 @@ async fn read_import<R: AsyncRead + Unpin>(
     };
     let mut pos = offset;
     if !pos.is_multiple_of(chunk as u64) {
-        let mut head = vec![0u8; chunk - (pos % chunk as u64) as usize];
-        let filled = read_full(input, &mut head).await?;
+        let want = chunk - (pos % chunk as u64) as usize;
+        let mut head = Vec::with_capacity(want);
+        let filled = read_full(input, &mut head, want).await?;
         if pos + filled as u64 > size {
             return Err(too_large(pos + filled as u64));
         }
         volume.write(pos, &head[..filled]).await?;
         pos += filled as u64;
         progress(pos - offset);
-        if filled < head.len() {
+        if filled < want {
             return Ok(pos - offset);
         }
     }
@@ -252,14 +254,13 @@ async fn read_import<R: AsyncRead + Unpin>(
         let mut chunks = Vec::with_capacity(IMPORT_STEP / chunk);
         let mut tail = None;
         while chunks.len() < (IMPORT_STEP / chunk).max(1) {
-            let mut buf = vec![0u8; chunk];
-            let filled = read_full(input, &mut buf).await?;
+            let mut buf = Vec::with_capacity(chunk);
+            let filled = read_full(input, &mut buf, chunk).await?;
             let end = pos + ((chunks.len() * chunk) + filled) as u64;
             if end > size {
                 return Err(too_large(end));
             }
             if filled < chunk {
-                buf.truncate(filled);
                 tail = Some(buf);
                 break;
             }
@@ -287,18 +288,19 @@ async fn read_import<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads until `buf` is full or the input ends.
-async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut [u8]) -> Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
+/// Reads into an empty `buf` (with room for `want` bytes) until it holds
+/// `want` bytes or the input ends; returns the bytes read. Nothing is
+/// zeroed first: reads fill the spare capacity.
+async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut Vec<u8>, want: usize) -> Result<usize> {
+    while buf.len() < want {
+        let room = want - buf.len();
         let n = input
-            .read(&mut buf[filled..])
+            .read_buf(&mut (&mut *buf).limit(room))
             .await
             .map_err(|e| StoreError::ImportStream(e.to_string()))?;
         if n == 0 {
             break;
         }
-        filled += n;
     }
-    Ok(filled)
+    Ok(buf.len())
 }
