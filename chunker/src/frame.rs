@@ -102,18 +102,34 @@ pub enum FrameError {
     },
 }
 
+/// A zstd context and its output buffer, kept per thread: a chunk is
+/// compressed into the same warm buffer every time and only the frame is
+/// allocated.
+struct Compression {
+    compressor: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+}
+
 thread_local! {
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static COMPRESSION: RefCell<Option<Compression>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn compress(data: &[u8]) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
+/// Compresses `data` and hands the compressed bytes to `use_them`.
+fn with_compressed<R>(data: &[u8], use_them: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    COMPRESSION.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            *slot = Some(Compression {
+                compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?,
+                out: Vec::new(),
+            });
         }
-        slot.as_mut()?.compress(data).ok()
+        let Compression { compressor, out } = slot.as_mut()?;
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        compressor.compress_to_buffer(data, out).ok()?;
+        Some(use_them(out))
     })
 }
 
@@ -125,12 +141,16 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
 pub fn encode(data: &[u8]) -> Vec<u8> {
     let probe = &data[..data.len().min(PROBE_LEN)];
     let worth_trying =
-        data.len() > PROBE_LEN / 4 && compress(probe).is_some_and(|c| pays(c.len(), probe.len()));
-    let compressed = if worth_trying { compress(data) } else { None };
-    match compressed {
-        Some(payload) if pays(payload.len(), data.len()) => build(Codec::Zstd, data.len(), &payload),
-        _ => build(Codec::Raw, data.len(), data),
-    }
+        data.len() > PROBE_LEN / 4 && with_compressed(probe, |c| pays(c.len(), probe.len())).unwrap_or(false);
+    let framed = if worth_trying {
+        with_compressed(data, |payload| {
+            pays(payload.len(), data.len()).then(|| build(Codec::Zstd, data.len(), payload))
+        })
+        .flatten()
+    } else {
+        None
+    };
+    framed.unwrap_or_else(|| build(Codec::Raw, data.len(), data))
 }
 
 fn build(codec: Codec, uncompressed_len: usize, payload: &[u8]) -> Vec<u8> {
