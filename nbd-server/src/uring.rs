@@ -38,6 +38,9 @@ const WAKE: u64 = 2;
 const SEND: u64 = 3;
 /// Receive buffer to start with; grows for large WRITE payloads.
 const RECV_BUF: usize = 256 << 10;
+/// A receive buffer grown for large WRITEs is kept up to this size (a
+/// 4 MiB payload and its header), shrunk back past it once drained.
+const KEEP_BUF: usize = (4 << 20) + 4096;
 /// Free space below which the buffer is compacted before a RECV.
 const MIN_FREE: usize = 16 << 10;
 /// Replies gathered into one SENDMSG at most.
@@ -321,8 +324,10 @@ impl RingLoop {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > RECV_BUF {
-                // A large payload is done: give the memory back.
+            if self.buf.len() > KEEP_BUF {
+                // A very large payload is done: give the memory back. Up
+                // to KEEP_BUF stays: regrowing it for every large write
+                // cost page faults and zeroing on each.
                 self.buf.truncate(RECV_BUF);
                 self.buf.shrink_to(RECV_BUF);
             }
