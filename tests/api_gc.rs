@@ -19,7 +19,7 @@ fn damage_a_chunk(objects_dir: &std::path::Path) -> String {
     use object_store::{ObjectStore, ObjectStoreExt};
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let packs = cairn_store::pack::PackStore::open(objects_dir).unwrap();
-        let store = cairn_store::pack::PackObjects(packs.clone());
+        let store = cairn_store::pack::PackObjects::new(packs.clone());
         let mut chunks: Vec<String> = store
             .list(Some(&"chunks".into()))
             .map(|m| m.unwrap().location.to_string())

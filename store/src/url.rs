@@ -67,7 +67,7 @@ pub fn open_object_store(url: Option<&str>, data_dir: &Path) -> Result<OpenedSto
             }
             let packs = PackStore::open(&root)?;
             Ok(OpenedStore {
-                store: Arc::new(PackObjects(packs.clone())),
+                store: Arc::new(PackObjects::new(packs.clone())),
                 prefix: ObjectPath::default(),
                 local: Some(LocalDurability::Packs(packs)),
             })

@@ -1,32 +1,72 @@
 //! The pack store seen as an [`ObjectStore`], so the layers above it
 //! (limits, faults, retries, metering, GC, verify) treat it as any other.
 //! File I/O runs on the blocking pool, as `object_store`'s local backend
-//! does.
+//! does. Reads are queued and served by one blocking task while any are
+//! waiting: an export or a read-ahead asks for many chunks at once, and a
+//! hop to the pool per chunk cost more than the read of a cached page.
 
 use std::fmt;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-use super::{Location, PackStore};
+use super::{Got, Location, PackStore};
 
 /// Keys listed per index read.
 const LIST_PAGE: usize = 1024;
 
 /// [`PackStore`] behind the [`ObjectStore`] interface.
 #[derive(Debug, Clone)]
-pub struct PackObjects(pub Arc<PackStore>);
+pub struct PackObjects {
+    packs: Arc<PackStore>,
+    reads: Arc<Mutex<Reads>>,
+}
+
+/// A read waiting for the blocking task, and where its answer goes.
+type Read = (
+    String,
+    Option<GetRange>,
+    oneshot::Sender<crate::error::Result<Option<Got>>>,
+);
+
+/// Reads waiting, and whether a blocking task is serving them.
+#[derive(Debug, Default)]
+struct Reads {
+    waiting: Vec<Read>,
+    serving: bool,
+}
+
+/// Clears the queue if the serving task ends without emptying it (it
+/// panicked, or the pool dropped it at shutdown): the waiting reads fail
+/// instead of waiting for a task that will never come.
+struct Serving {
+    reads: Arc<Mutex<Reads>>,
+    done: bool,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut reads = self.reads.lock();
+            reads.waiting.clear();
+            reads.serving = false;
+        }
+    }
+}
 
 impl fmt::Display for PackObjects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PackObjects({})", self.0.dir.display())
+        write!(f, "PackObjects({})", self.packs.dir.display())
     }
 }
 
@@ -62,11 +102,57 @@ fn meta(location: Path, loc: &Location) -> ObjectMeta {
 }
 
 impl PackObjects {
+    /// The pack store as an object store.
+    pub fn new(packs: Arc<PackStore>) -> Self {
+        Self {
+            packs,
+            reads: Arc::default(),
+        }
+    }
+
+    /// Reads through the queue (module doc).
+    async fn read(&self, key: String, range: Option<GetRange>) -> Result<Option<Got>> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut reads = self.reads.lock();
+            reads.waiting.push((key, range, tx));
+            !std::mem::replace(&mut reads.serving, true)
+        };
+        if start {
+            let (packs, reads) = (self.packs.clone(), self.reads.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut serving = Serving { reads, done: false };
+                loop {
+                    let batch = {
+                        let mut reads = serving.reads.lock();
+                        if reads.waiting.is_empty() {
+                            reads.serving = false;
+                            serving.done = true;
+                            return;
+                        }
+                        std::mem::take(&mut reads.waiting)
+                    };
+                    for (key, range, tx) in batch {
+                        // A reader that gave up dropped its receiver.
+                        let _ = tx.send(packs.get(&key, range.as_ref()));
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| {
+                failed(crate::error::StoreError::Io(std::io::Error::other(
+                    "pack read abandoned",
+                )))
+            })?
+            .map_err(failed)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&PackStore) -> crate::error::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let packs = self.0.clone();
+        let packs = self.packs.clone();
         tokio::task::spawn_blocking(move || f(&packs))
             .await
             .map_err(|e| object_store::Error::JoinError { source: e })?
@@ -120,9 +206,7 @@ impl ObjectStore for PackObjects {
             });
         }
         let range = options.range.clone();
-        let got = self
-            .blocking(move |packs| packs.get(&key, range.as_ref()))
-            .await?;
+        let got = self.read(key, range).await?;
         let super::Got { loc, range, data } = got.ok_or_else(|| not_found(location))?;
         Ok(GetResult {
             payload: GetResultPayload::Stream(stream::once(async move { Ok(Bytes::from(data)) }).boxed()),
@@ -143,7 +227,7 @@ impl ObjectStore for PackObjects {
                     let key = location.to_string();
                     let worth_compacting = me.blocking(move |packs| packs.delete(&key)).await?;
                     if worth_compacting {
-                        me.0.maybe_compact();
+                        me.packs.maybe_compact();
                     }
                     Ok(location)
                 }

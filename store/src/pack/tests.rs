@@ -185,3 +185,49 @@ fn a_batch_of_puts_reads_back_counts_once_and_survives_a_reopen() {
     assert_eq!(read(&store, "chunks/e"), Some(bodies[4].clone()));
     assert_eq!(store.usage().objects, 5);
 }
+
+#[test]
+fn queued_reads_answer_every_reader_and_survive_abandoned_ones() {
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let dir = tempfile::tempdir().unwrap();
+    let packs = PackStore::open(dir.path()).unwrap();
+    for i in 0..64u8 {
+        packs.put(&format!("chunks/{i:02}"), &[&body(i, 4000)]).unwrap();
+    }
+    let objects = std::sync::Arc::new(store_impl::PackObjects::new(packs));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for round in 0..20u64 {
+            // Many readers at once, some of them given up at once.
+            let tasks: Vec<_> = (0..64u8)
+                .map(|i| {
+                    let objects = objects.clone();
+                    tokio::spawn(async move {
+                        let path = object_store::path::Path::from(format!("chunks/{i:02}"));
+                        (i, objects.get(&path).await.unwrap().bytes().await.unwrap())
+                    })
+                })
+                .collect();
+            for (i, task) in tasks.into_iter().enumerate() {
+                if (i as u64 + round) % 3 == 0 {
+                    task.abort();
+                    continue;
+                }
+                let (i, data) = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                    .await
+                    .expect("a queued read is answered")
+                    .unwrap();
+                assert_eq!(data, body(i, 4000), "object {i} in round {round}");
+            }
+        }
+        let missing = objects.get(&object_store::path::Path::from("chunks/none")).await;
+        assert!(
+            matches!(missing, Err(object_store::Error::NotFound { .. })),
+            "{missing:?}"
+        );
+    });
+}
