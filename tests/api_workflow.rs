@@ -181,7 +181,8 @@ fn acknowledged_api_writes_survive_kill9() {
 
 /// A sparse image: its data runs travel, its holes do not, and the bytes
 /// come back the same through both export paths; imported over an existing
-/// volume, its holes become zeros there.
+/// volume, its holes become zeros there; piped through standard input, the
+/// same bytes arrive.
 #[test]
 fn sparse_images_round_trip_and_their_holes_stay_holes() {
     use std::os::unix::fs::{FileExt, MetadataExt};
@@ -277,5 +278,21 @@ fn sparse_images_round_trip_and_their_holes_stay_holes() {
     assert!(
         std::fs::read(&out).unwrap() == image,
         "holes read as zeros after the import"
+    );
+
+    // From standard input (length unknown, read as it comes).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--server", &server.url, "import", "piped", "-", "--size"])
+        .arg(len.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &image).unwrap();
+    assert!(child.wait().unwrap().success(), "import from standard input");
+    server.ok(&["export", "piped", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "an import from standard input equals the image"
     );
 }

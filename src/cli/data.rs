@@ -6,11 +6,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_api_types::{CreateVolume, ImportResult, Volume};
 use clap::Args;
-use futures::StreamExt;
+use futures::stream::{BoxStream, StreamExt};
 use reqwest::Method;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::{Read, Seek};
 
 use super::output::{print_json, volume_table, Progress};
 use crate::client::Client;
@@ -38,14 +39,11 @@ pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> 
         offset,
     } = args;
     let (name, file) = (name.as_str(), file.as_str());
-    let (reader, length): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) = if file == "-" {
-        (Box::new(tokio::io::stdin()), None)
+    let length = if file == "-" {
+        None
     } else {
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {file}"))?;
-        let len = f.metadata().await?.len();
-        (Box::new(f), Some(len))
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        Some(f.metadata()?.len())
     };
     let progress = Arc::new(byte_counter::Counter::default());
     let started = Instant::now();
@@ -60,8 +58,11 @@ pub(super) async fn import(client: &Client, as_json: bool, args: ImportArgs) -> 
         })
     };
     let result = match length {
-        None => upload(client, name, reader, offset, size, None, &progress).await,
-        Some(len) => import_file(client, name, file, reader, len, offset, size, &progress).await,
+        None => {
+            let stdin = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), BLOCK).boxed();
+            upload(client, name, stdin, offset, size, None, &progress).await
+        }
+        Some(len) => import_file(client, name, file, len, offset, size, &progress).await,
     };
     reporter.abort();
     let (done, raw) = result?;
@@ -85,7 +86,6 @@ async fn import_file(
     client: &Client,
     name: &str,
     file: &str,
-    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     len: u64,
     offset: u64,
     size: Option<u64>,
@@ -99,12 +99,16 @@ async fn import_file(
             "import of {len} bytes at offset {offset} exceeds volume size {} (import_too_large)",
             existing.size
         ),
-        Ok(_) => return upload(client, name, reader, offset, size, Some(len), progress).await,
+        Ok(_) => {
+            let body = file_blocks(file, 0, len)?;
+            return upload(client, name, body, offset, size, Some(len), progress).await;
+        }
         Err(_) => {}
     }
     let runs = super::sparse::data_runs(file, len).with_context(|| format!("mapping the data of {file}"))?;
     if runs.iter().map(|r| r.1).sum::<u64>() == len {
-        return upload(client, name, reader, offset, size, Some(len), progress).await;
+        let body = file_blocks(file, 0, len)?;
+        return upload(client, name, body, offset, size, Some(len), progress).await;
     }
     let size = size.unwrap_or_else(|| (offset + len).div_ceil(4096).max(1) * 4096);
     let create = CreateVolume {
@@ -120,9 +124,7 @@ async fn import_file(
         let mut at = 0;
         for (start, n) in runs {
             progress.add(start - at);
-            let mut f = tokio::fs::File::open(file).await?;
-            f.seek(std::io::SeekFrom::Start(start)).await?;
-            let part = Box::new(f.take(n));
+            let part = file_blocks(file, start, n)?;
             upload(client, name, part, offset + start, None, Some(n), progress).await?;
             at = start + n;
         }
@@ -146,20 +148,62 @@ async fn import_file(
     Ok((done, raw))
 }
 
-/// One upload of `reader` to the volume at `offset` (`len` bytes when
+/// Bytes read and sent at a time.
+const BLOCK: usize = 1 << 20;
+
+/// `len` bytes of `path` from `start`, read a block at a time on one
+/// blocking thread (a few blocks ahead of the upload): one copy out of the
+/// page cache, no hop to the blocking pool per read.
+fn file_blocks(
+    path: &str,
+    start: u64,
+    len: u64,
+) -> anyhow::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(BLOCK as u64);
+            let mut block = Vec::with_capacity(want as usize);
+            let read = match (&mut file).take(want).read_to_end(&mut block) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file ended early (truncated while importing?)",
+                )),
+                Ok(n) => Ok(n),
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            left -= *read.as_ref().unwrap_or(&0) as u64;
+            // The upload stopped (the request failed): nothing left to do.
+            if tx.blocking_send(read.map(|_| Bytes::from(block))).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|block| (block, rx)) },
+    )
+    .boxed())
+}
+
+/// One upload of `body` to the volume at `offset` (`len` bytes when
 /// known); creates the volume (of `size`, or the length rounded up) when
 /// it does not exist.
 async fn upload(
     client: &Client,
     name: &str,
-    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    body: BoxStream<'static, std::io::Result<Bytes>>,
     offset: u64,
     size: Option<u64>,
     len: Option<u64>,
     progress: &Arc<byte_counter::Counter>,
 ) -> anyhow::Result<(ImportResult, serde_json::Value)> {
     let counter = progress.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |chunk| {
+    let stream = body.map(move |chunk| {
         if let Ok(bytes) = &chunk {
             counter.add(bytes.len() as u64);
         }
