@@ -166,6 +166,16 @@ fn invalid_requests_get_documented_statuses() {
     let out = dir.path().join("out");
     server.ok(&["export", "base", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap().iter().all(|&b| b == 0));
+    // An output that refuses the bytes: the export fails and says why.
+    if std::path::Path::new("/dev/full").exists() {
+        let err = server.fails(&["export", "base", "/dev/full"]);
+        assert!(
+            err.contains("writing /dev/full") && err.contains("No space left"),
+            "{err}"
+        );
+    } else {
+        println!("skipped the /dev/full export: this system has no /dev/full");
+    }
 
     // CLI errors are one line naming the rule.
     assert!(server

@@ -4,9 +4,12 @@
 use anyhow::{anyhow, bail, Context};
 use cairn_api_types::MapExtent;
 use clap::Args;
+use std::io::{BufWriter, Seek, Write};
+use std::os::fd::AsFd;
+
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::Method;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::output::Progress;
 use super::sparse::SMALL_HOLE;
@@ -42,26 +45,15 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<
         .as_u64()
         .ok_or_else(|| anyhow!("the server's answer for {source} has no size"))?;
     let runs = map(client, &base, size).await?;
-    let mut out = if file == "-" {
-        Output::Stream(Box::new(tokio::io::BufWriter::with_capacity(
-            STREAM_BUFFER,
-            tokio::io::stdout(),
-        )))
-    } else {
-        let f = tokio::fs::File::create(file)
-            .await
-            .with_context(|| format!("creating {file}"))?;
-        // A device or pipe keeps what a skipped hole would leave behind.
-        match f.metadata().await?.is_file() {
-            true => Output::File(f),
-            false => Output::Stream(Box::new(tokio::io::BufWriter::with_capacity(STREAM_BUFFER, f))),
-        }
-    };
+    let mut out = Output::open(file, size)?;
     let mut progress = Progress::new("export", Some(size));
     let mut done = 0u64;
     for (offset, length, zero) in runs {
+        if !out.is_writing() {
+            break;
+        }
         if zero {
-            out.zeros(length).await?;
+            out.send(Op::Zeros(length)).await;
             done += length;
         } else {
             let req = client
@@ -76,18 +68,22 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<
                          an object of {source} is missing or corrupt; `cairn verify {source}` shows which ranges"
                     )
                 })?;
-                out.write(&chunk).await?;
-                done += chunk.len() as u64;
+                let n = chunk.len() as u64;
+                if !out.send(Op::Data(chunk)).await {
+                    break;
+                }
+                done += n;
                 if file != "-" {
                     progress.update(done, false);
                 }
             }
-            if done != end {
+            if done != end && out.is_writing() {
                 bail!("export truncated: got {done} of {size} bytes");
             }
         }
     }
-    out.finish(size).await?;
+    let target = if file == "-" { "standard output" } else { file };
+    out.finish().await.with_context(|| format!("writing {target}"))?;
     if file != "-" {
         progress.update(done, true);
     }
@@ -123,28 +119,92 @@ async fn map(client: &Client, base: &str, size: u64) -> anyhow::Result<Vec<(u64,
     Ok(runs)
 }
 
-/// Where an export goes: a regular file (holes skipped, so it stays
-/// sparse) or anything else (holes written as zeros).
-enum Output {
-    File(tokio::fs::File),
-    Stream(Box<dyn tokio::io::AsyncWrite + Unpin>),
+/// What the writer is asked to do.
+enum Op {
+    Data(Bytes),
+    Zeros(u64),
+}
+
+/// Where an export goes, written on one blocking thread fed through a
+/// short queue: the received blocks are written as they are, with no hop
+/// to the blocking pool and no copy per write.
+struct Output {
+    ops: Option<tokio::sync::mpsc::Sender<Op>>,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Output {
-    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Output::File(f) => f.write_all(data).await,
-            Output::Stream(s) => s.write_all(data).await,
+    /// Starts writing to `file` (`-`: standard output), `size` bytes in all.
+    fn open(file: &str, size: u64) -> anyhow::Result<Self> {
+        let sink = if file == "-" {
+            let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
+            Sink::Stream(BufWriter::with_capacity(
+                STREAM_BUFFER,
+                std::fs::File::from(stdout),
+            ))
+        } else {
+            let f = std::fs::File::create(file).with_context(|| format!("creating {file}"))?;
+            // A device or pipe keeps what a skipped hole would leave behind.
+            match f.metadata()?.is_file() {
+                true => Sink::File(f),
+                false => Sink::Stream(BufWriter::with_capacity(STREAM_BUFFER, f)),
+            }
+        };
+        let (ops, mut queue) = tokio::sync::mpsc::channel(8);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            while let Some(op) = queue.blocking_recv() {
+                sink.apply(op)?;
+            }
+            sink.finish(size)
+        });
+        Ok(Self {
+            ops: Some(ops),
+            writer,
+        })
+    }
+
+    /// Queues `op`; false once the writer has stopped (on an error, which
+    /// [`Output::finish`] returns).
+    async fn send(&mut self, op: Op) -> bool {
+        match &self.ops {
+            Some(ops) if ops.send(op).await.is_ok() => true,
+            _ => {
+                self.ops = None;
+                false
+            }
         }
     }
 
-    async fn zeros(&mut self, mut length: u64) -> std::io::Result<()> {
-        match self {
-            Output::File(f) => f.seek(std::io::SeekFrom::Current(length as i64)).await.map(drop),
-            Output::Stream(s) => {
+    fn is_writing(&self) -> bool {
+        self.ops.is_some()
+    }
+
+    /// Waits for everything queued to be written; the writer's error if it
+    /// stopped on one.
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.ops = None;
+        self.writer.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// A regular file (holes skipped, so it stays sparse) or anything else
+/// (holes written as zeros).
+enum Sink {
+    File(std::fs::File),
+    Stream(BufWriter<std::fs::File>),
+}
+
+impl Sink {
+    fn apply(&mut self, op: Op) -> std::io::Result<()> {
+        match (self, op) {
+            (Sink::File(f), Op::Data(data)) => f.write_all(&data),
+            (Sink::Stream(s), Op::Data(data)) => s.write_all(&data),
+            (Sink::File(f), Op::Zeros(length)) => f.seek(std::io::SeekFrom::Current(length as i64)).map(drop),
+            (Sink::Stream(s), Op::Zeros(mut length)) => {
                 while length > 0 {
                     let n = length.min(ZEROS.len() as u64) as usize;
-                    s.write_all(&ZEROS[..n]).await?;
+                    s.write_all(&ZEROS[..n])?;
                     length -= n as u64;
                 }
                 Ok(())
@@ -153,13 +213,10 @@ impl Output {
     }
 
     /// Flushes; a file gets its full size (a trailing hole included).
-    async fn finish(self, size: u64) -> std::io::Result<()> {
+    fn finish(self, size: u64) -> std::io::Result<()> {
         match self {
-            Output::File(mut f) => {
-                f.flush().await?;
-                f.set_len(size).await
-            }
-            Output::Stream(mut s) => s.flush().await,
+            Sink::File(f) => f.set_len(size),
+            Sink::Stream(mut s) => s.flush(),
         }
     }
 }
