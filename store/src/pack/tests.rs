@@ -188,7 +188,7 @@ fn a_batch_of_puts_reads_back_counts_once_and_survives_a_reopen() {
 
 #[test]
 fn queued_reads_answer_every_reader_and_survive_abandoned_ones() {
-    use object_store::{ObjectStore, ObjectStoreExt};
+    use object_store::ObjectStoreExt;
     let dir = tempfile::tempdir().unwrap();
     let packs = PackStore::open(dir.path()).unwrap();
     for i in 0..64u8 {
@@ -213,7 +213,7 @@ fn queued_reads_answer_every_reader_and_survive_abandoned_ones() {
                 })
                 .collect();
             for (i, task) in tasks.into_iter().enumerate() {
-                if (i as u64 + round) % 3 == 0 {
+                if (i as u64 + round).is_multiple_of(3) {
                     task.abort();
                     continue;
                 }
