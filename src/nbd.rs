@@ -80,9 +80,9 @@ impl BlockDevice for Device {
             .map(|r| r.map_err(device_error))
     }
 
-    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+    async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError> {
         let v = self.writable()?;
-        v.write(offset, data).await.map_err(device_error)?;
+        v.write_bytes(offset, data).await.map_err(device_error)?;
         if fua {
             v.flush().map_err(device_error)?;
         }

@@ -45,9 +45,12 @@ fn qemu_io_patterns_snapshot_export_and_image_copies() {
         "write -P 0x5c 4097 12345",
         "-c",
         "write -z 2M 64k",
+        // Unaligned at both ends around whole chunks (stored directly).
+        "-c",
+        "write -P 0x3d 5000000 300000",
         &uri("vm"),
     ]));
-    run(Command::new("qemu-io").args([
+    let checked = run(Command::new("qemu-io").args([
         "-f",
         "raw",
         "-c",
@@ -56,8 +59,15 @@ fn qemu_io_patterns_snapshot_export_and_image_copies() {
         "read -P 0x5c 4097 12345",
         "-c",
         "read -P 0 2M 64k",
+        "-c",
+        "read -P 0x3d 5000000 300000",
+        "-c",
+        "read -P 0 4999000 1000",
+        "-c",
+        "read -P 0 5300000 1000",
         &uri("vm"),
     ]));
+    assert!(!checked.contains("verification failed"), "{checked}");
     // ... and through the read-only @TAG export after a snapshot.
     server.json(&["snapshot", "create", "vm", "--tag", "s1"]);
     run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xee 1M 4k", &uri("vm")]));

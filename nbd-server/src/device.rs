@@ -36,8 +36,9 @@ pub trait BlockDevice: Send + Sync {
     fn try_read(&self, _offset: u64, _buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
         None
     }
-    /// Writes; durable before returning when `fua`.
-    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
+    /// Writes; durable before returning when `fua`. The payload is handed
+    /// over, so a device may keep slices of it instead of copying.
+    async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError>;
     /// Makes a range read as zeros (WRITE_ZEROES and TRIM).
     async fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError>;
     /// Makes every acknowledged write durable.

@@ -78,9 +78,9 @@ impl BlockDevice for MemoryDevice {
         )
     }
 
-    async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), DeviceError> {
+    async fn write(&self, offset: u64, data: bytes::Bytes, _fua: bool) -> Result<(), DeviceError> {
         let range = self.range(offset, data.len() as u64)?;
-        self.data.write()[range.clone()].copy_from_slice(data);
+        self.data.write()[range.clone()].copy_from_slice(&data);
         self.mark(&range, true);
         Ok(())
     }
@@ -150,7 +150,7 @@ impl BlockDevice for ReadOnly {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.0.read(offset, buf).await
     }
-    async fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), DeviceError> {
+    async fn write(&self, _: u64, _: bytes::Bytes, _: bool) -> Result<(), DeviceError> {
         Err(read_only())
     }
     async fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), DeviceError> {
@@ -207,7 +207,9 @@ mod tests {
     #[tokio::test]
     async fn reads_writes_zeroes_and_extents() {
         let d = MemoryDevice::new(64 << 10, false);
-        d.write(8192, &[7u8; 5000], false).await.unwrap();
+        d.write(8192, bytes::Bytes::from(vec![7u8; 5000]), false)
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 5000];
         d.read(8192, &mut buf).await.unwrap();
         assert!(buf.iter().all(|&b| b == 7));

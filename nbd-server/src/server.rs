@@ -459,7 +459,7 @@ pub(crate) async fn execute(req: Request, payload: Option<Vec<u8>>, conn: &Conne
             cmd::WRITE => {
                 check_range(device, &req)?;
                 device
-                    .write(req.offset, payload.as_deref().unwrap_or(&[]), fua)
+                    .write(req.offset, bytes::Bytes::from(payload.unwrap_or_default()), fua)
                     .await?;
                 Ok(done_reply(conn.structured, req.cookie))
             }

@@ -37,7 +37,7 @@ impl BlockDevice for Slow {
         buf.fill(0);
         Ok(())
     }
-    async fn write(&self, _: u64, data: &[u8], _: bool) -> Result<(), DeviceError> {
+    async fn write(&self, _: u64, data: bytes::Bytes, _: bool) -> Result<(), DeviceError> {
         let now = self.holding.fetch_add(data.len(), Ordering::SeqCst) + data.len();
         self.most.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -24,7 +24,7 @@ impl BlockDevice for Bomb {
         assert_ne!(offset, 4096, "injected panic");
         self.0.read(offset, buf).await
     }
-    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+    async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError> {
         self.0.write(offset, data, fua).await
     }
     async fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError> {

@@ -222,8 +222,8 @@ impl Backend {
     /// Stores whole chunks (hash, dedup, compress, upload) and returns the
     /// manifest updates for them, with the stored length of each chunk this
     /// call uploaded. Zero chunks become the zero sentinel.
-    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Vec<u8>)>) -> Result<Ingested> {
-        let (indices, contents): (Vec<u64>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
+    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Bytes)>) -> Result<Ingested> {
+        let (indices, contents): (Vec<u64>, Vec<Bytes>) = chunks.into_iter().unzip();
         let (classes, contents) = tokio::task::spawn_blocking(move || (classify(&contents), contents))
             .await
             .expect("classification does not panic");
@@ -236,7 +236,6 @@ impl Backend {
                 }
             }
         }
-        let contents: Vec<Bytes> = contents.into_iter().map(Bytes::from).collect();
         let to_encode: Vec<Bytes> = fresh.iter().map(|&i| contents[i].clone()).collect();
         let frames = tokio::task::spawn_blocking(move || encode_all(&to_encode))
             .await

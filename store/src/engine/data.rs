@@ -1,7 +1,7 @@
 //! Reading volumes and snapshots (NBD, HTTP) and streaming whole images
 //! in and out.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use futures::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -191,7 +191,7 @@ impl Engine {
                 // what this step stores.
                 let session = backend.objects.begin_write();
                 AbortOnDropHandle::new(tokio::spawn(async move {
-                    let chunks = (first..).zip(chunks).collect();
+                    let chunks = (first..).zip(chunks.into_iter().map(Bytes::from)).collect();
                     backend.ingest(chunks).await.map(|i| (i, session))
                 }))
             })

@@ -213,7 +213,13 @@ impl Volume {
             .fetch_add((contents.len() * chunk_size) as u64, Ordering::Relaxed);
         let mut ingested = match contents.is_empty() {
             true => Ingested::default(),
-            false => self.backend.ingest(contents).await?,
+            false => {
+                let contents = contents
+                    .into_iter()
+                    .map(|(i, c)| (i, bytes::Bytes::from(c)))
+                    .collect();
+                self.backend.ingest(contents).await?
+            }
         };
         if !as_stored.is_empty() {
             ingested.updates.extend(as_stored);

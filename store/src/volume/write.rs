@@ -1,6 +1,8 @@
 //! The write path of a volume: journaled writes, whole chunks stored at
 //! once, zeroing, backlog room, flush.
 
+use bytes::Bytes;
+
 use super::*;
 
 /// Writes covering at least this many whole chunks store them directly
@@ -17,6 +19,17 @@ impl Volume {
     /// stored as chunk objects at once and only their ids journaled
     /// ([`Volume::write_whole_chunks`]); the rest goes to the log.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_from(offset, data, None).await
+    }
+
+    /// [`Volume::write`] of a buffer the caller hands over: the whole
+    /// chunks it covers are stored as slices of it, not copies.
+    pub async fn write_bytes(&self, offset: u64, data: Bytes) -> Result<()> {
+        self.write_from(offset, &data, Some(&data)).await
+    }
+
+    /// Writes `data`, which is `owned` when the caller handed it over.
+    async fn write_from(&self, offset: u64, data: &[u8], owned: Option<&Bytes>) -> Result<()> {
         self.check_range(&self.state.lock(), offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
@@ -36,7 +49,8 @@ impl Volume {
             self.write_logged(offset, &data[..at(first)]).await?;
         }
         let whole = &data[at(first)..at(last)];
-        match self.write_whole_chunks(first, whole).await {
+        let whole_owned = owned.map(|b| b.slice(at(first)..at(last)));
+        match self.write_whole_chunks(first, whole, whole_owned).await {
             // A store that fails a put does not fail the write: it is
             // journaled like any other and sealed when the store answers.
             Err(StoreError::ObjectStore(e)) => {
@@ -57,14 +71,19 @@ impl Volume {
     /// object a crash lost. GC keeps the objects: by time while this runs,
     /// then because the overlay names them (see [`crate::gc`]) until a seal
     /// commits them as they are, without reading or uploading them again.
-    async fn write_whole_chunks(&self, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write_whole_chunks(&self, offset: u64, data: &[u8], owned: Option<Bytes>) -> Result<()> {
         let chunk = self.geometry.chunk_size();
         let first = offset / chunk as u64;
         let _writing = self.backend.objects.begin_write();
-        let chunks = data
-            .chunks(chunk)
-            .enumerate()
-            .map(|(i, c)| (first + i as u64, c.to_vec()))
+        let chunks = (0..data.len() / chunk)
+            .map(|i| {
+                let range = i * chunk..(i + 1) * chunk;
+                let content = match &owned {
+                    Some(owned) => owned.slice(range),
+                    None => Bytes::copy_from_slice(&data[range]),
+                };
+                (first + i as u64, content)
+            })
             .collect();
         let ingested = self.backend.ingest(chunks).await?;
         self.backend.objects.make_durable().await?;
