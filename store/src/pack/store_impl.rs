@@ -46,12 +46,34 @@ struct Reads {
     serving: bool,
 }
 
-/// Clears the queue if the serving task ends without emptying it (it
-/// panicked, or the pool dropped it at shutdown): the waiting reads fail
-/// instead of waiting for a task that will never come.
+/// The task serving the queue. Dropped without having emptied it (the
+/// task panicked, or the pool dropped it unrun at shutdown), it clears the
+/// queue: the waiting reads fail instead of waiting for a task that will
+/// never come.
 struct Serving {
     reads: Arc<Mutex<Reads>>,
     done: bool,
+}
+
+impl Serving {
+    /// Answers the waiting reads, batch by batch, until none are left.
+    fn serve(mut self, packs: &PackStore) {
+        loop {
+            let batch = {
+                let mut reads = self.reads.lock();
+                if reads.waiting.is_empty() {
+                    reads.serving = false;
+                    self.done = true;
+                    return;
+                }
+                std::mem::take(&mut reads.waiting)
+            };
+            for (key, range, tx) in batch {
+                // A reader that gave up dropped its receiver.
+                let _ = tx.send(packs.get(&key, range.as_ref()));
+            }
+        }
+    }
 }
 
 impl Drop for Serving {
@@ -119,25 +141,13 @@ impl PackObjects {
             !std::mem::replace(&mut reads.serving, true)
         };
         if start {
-            let (packs, reads) = (self.packs.clone(), self.reads.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut serving = Serving { reads, done: false };
-                loop {
-                    let batch = {
-                        let mut reads = serving.reads.lock();
-                        if reads.waiting.is_empty() {
-                            reads.serving = false;
-                            serving.done = true;
-                            return;
-                        }
-                        std::mem::take(&mut reads.waiting)
-                    };
-                    for (key, range, tx) in batch {
-                        // A reader that gave up dropped its receiver.
-                        let _ = tx.send(packs.get(&key, range.as_ref()));
-                    }
-                }
-            });
+            // Made before the task: a task the pool drops unrun drops it too.
+            let serving = Serving {
+                reads: self.reads.clone(),
+                done: false,
+            };
+            let packs = self.packs.clone();
+            tokio::task::spawn_blocking(move || serving.serve(&packs));
         }
         rx.await
             .map_err(|_| {

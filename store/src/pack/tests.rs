@@ -231,3 +231,26 @@ fn queued_reads_answer_every_reader_and_survive_abandoned_ones() {
         );
     });
 }
+
+#[test]
+fn a_read_whose_serving_task_never_runs_fails_instead_of_waiting() {
+    use object_store::ObjectStoreExt;
+    let dir = tempfile::tempdir().unwrap();
+    let packs = PackStore::open(dir.path()).unwrap();
+    packs.put("chunks/a", &[b"abc"]).unwrap();
+    let objects = store_impl::PackObjects::new(packs);
+    // A runtime already shut down: its pool drops the serving task unrun.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let handle = runtime.handle().clone();
+    runtime.shutdown_background();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _entered = handle.enter();
+        let got = futures::executor::block_on(objects.get(&object_store::path::Path::from("chunks/a")));
+        let _ = tx.send(got.map(drop).map_err(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the read returns");
+    assert!(got.unwrap_err().contains("abandoned"));
+}
