@@ -172,13 +172,17 @@ fn file_blocks(
                     std::io::ErrorKind::UnexpectedEof,
                     "the file ended early (truncated while importing?)",
                 )),
-                Ok(n) => Ok(n),
-                Err(e) => Err(e),
+                other => other,
             };
-            let failed = read.is_err();
-            left -= *read.as_ref().unwrap_or(&0) as u64;
+            match read {
+                Ok(n) => left -= n as u64,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
             // The upload stopped (the request failed): nothing left to do.
-            if tx.blocking_send(read.map(|_| Bytes::from(block))).is_err() || failed {
+            if tx.blocking_send(Ok(Bytes::from(block))).is_err() {
                 return;
             }
         }
