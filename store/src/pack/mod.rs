@@ -169,6 +169,7 @@ impl PackStore {
         // after they are written: small memtables keep its memory in check.
         opts.set_write_buffer_size(8 << 20);
         opts.set_max_write_buffer_number(2);
+        crate::catalog::tune_for_point_lookups(&mut opts);
         let index = rocksdb::DB::open(&opts, dir.join("pack-index"))?;
         let mut live: HashMap<u32, u64> = HashMap::new();
         let mut objects = 0;
