@@ -4,6 +4,11 @@
 //! [`classify`] hashes (or zero-detects) every chunk of a batch in parallel;
 //! the caller drops the ids its store already holds; [`encode_all`] frames
 //! only the new ones, again in parallel.
+//!
+//! A small batch (up to [`SERIAL_BYTES`], one 1 MiB NBD write's chunks) is
+//! done on the calling thread instead: handing it to the pool costs more
+//! in wake-ups and context switches than it saves, and concurrent small
+//! batches (one per request in flight) already keep the cores busy.
 
 use rayon::prelude::*;
 
@@ -37,14 +42,31 @@ impl Classified {
     }
 }
 
-/// Classifies a batch of chunks in parallel, preserving order.
-pub fn classify<T: AsRef<[u8]> + Sync>(chunks: &[T]) -> Vec<Classified> {
-    chunks.par_iter().map(|c| Classified::of(c.as_ref())).collect()
+/// Batches of at most this many bytes are worked on the calling thread.
+pub const SERIAL_BYTES: usize = 1 << 20;
+
+fn is_small<T: AsRef<[u8]>>(chunks: &[T]) -> bool {
+    chunks.iter().map(|c| c.as_ref().len()).sum::<usize>() <= SERIAL_BYTES
 }
 
-/// Frames a batch of chunks in parallel, preserving order.
+/// Classifies a batch of chunks (in parallel unless it is small),
+/// preserving order.
+pub fn classify<T: AsRef<[u8]> + Sync>(chunks: &[T]) -> Vec<Classified> {
+    let of = |c: &T| Classified::of(c.as_ref());
+    match is_small(chunks) {
+        true => chunks.iter().map(of).collect(),
+        false => chunks.par_iter().map(of).collect(),
+    }
+}
+
+/// Frames a batch of chunks (in parallel unless it is small), preserving
+/// order.
 pub fn encode_all<T: AsRef<[u8]> + Sync>(chunks: &[T]) -> Vec<Vec<u8>> {
-    chunks.par_iter().map(|c| frame::encode(c.as_ref())).collect()
+    let encode = |c: &T| frame::encode(c.as_ref());
+    match is_small(chunks) {
+        true => chunks.iter().map(encode).collect(),
+        false => chunks.par_iter().map(encode).collect(),
+    }
 }
 
 #[cfg(test)]
