@@ -145,6 +145,11 @@ pub struct PackStore {
     state: Mutex<State>,
     /// One sync at a time (a later one then covers everything before it).
     sync_lock: Mutex<()>,
+    /// One run of records written at a time. The kernel serialises
+    /// buffered writes to a file on its inode lock anyway, and its waiters
+    /// spin while the holder copies: with eight 1 MiB writes in flight that
+    /// spinning took a fifth of the CPU. Waiting here sleeps instead.
+    append_lock: Mutex<()>,
     compacting: AtomicBool,
 }
 
@@ -230,6 +235,7 @@ impl PackStore {
                 objects,
             }),
             sync_lock: Mutex::new(()),
+            append_lock: Mutex::new(()),
             compacting: AtomicBool::new(false),
         });
         store.maybe_compact();
@@ -329,6 +335,7 @@ impl PackStore {
         let put_at = unix_now();
         let mut at = start;
         let mut written = Ok(());
+        let one_writer = self.append_lock.lock();
         let mut locations = Vec::with_capacity(objects.len());
         for ((key, parts), (head, len)) in objects.iter().zip(&heads) {
             locations.push(Location {
@@ -347,6 +354,7 @@ impl PackStore {
                 at += part.len() as u64;
             }
         }
+        drop(one_writer);
         // Noted for the next sync only now that the bytes are written: a
         // sync that took the set while they were in flight did not cover
         // them.
