@@ -12,11 +12,13 @@
 #
 #   benches/import_export.sh              # 4 GiB image
 #   SIZE=1G benches/import_export.sh      # quick
+#   CAIRN_BIN=path benches/import_export.sh   # another build (A/B against a commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-4G}"
 bash scripts/setup.sh >/dev/null
-cargo build --release --bin cairn -q
+if [ -z "${CAIRN_BIN:-}" ]; then cargo build --release --bin cairn -q; fi
+CAIRN_BIN="${CAIRN_BIN:-./target/release/cairn}"
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -70,18 +72,18 @@ rm -f "$work/image.zst"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cp=$(port)
-RUST_LOG=warn ./target/release/cairn serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
+RUST_LOG=warn "$CAIRN_BIN" serve --data-dir "$work/cairn" --listen "127.0.0.1:$cp" \
   --nbd-listen "127.0.0.1:$(port)" & pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$cp/healthz" >/dev/null && break; sleep 0.1; done
-cairn() { ./target/release/cairn --server "http://127.0.0.1:$cp" "$@"; }
+cairn() { "$CAIRN_BIN" --server "http://127.0.0.1:$cp" "$@"; }
 hwm() { awk '/VmHWM/{print int($2/1024)}' "/proc/$pid/status"; }
 reset_hwm() { echo 5 > "/proc/$pid/clear_refs"; }
 
 reset_hwm
-c_in=$(timed sh -c "./target/release/cairn --server http://127.0.0.1:$cp import img '$work/image' > /dev/null 2>&1")
+c_in=$(timed sh -c "$CAIRN_BIN --server http://127.0.0.1:$cp import img '$work/image' > /dev/null 2>&1")
 in_rss=$(hwm)
 reset_hwm
-c_out=$(timed sh -c "./target/release/cairn --server http://127.0.0.1:$cp export img - 2>/dev/null > /dev/null")
+c_out=$(timed sh -c "$CAIRN_BIN --server http://127.0.0.1:$cp export img - 2>/dev/null > /dev/null")
 out_rss=$(hwm)
 stored=$(cairn --json volume show img | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"] >> 20)')
 echo "cairn: import $c_in s ($(mibs "$c_in") MiB/s, stored $stored MiB, server peak RSS $in_rss MiB), export $c_out s ($(mibs "$c_out") MiB/s, server peak RSS $out_rss MiB)"
