@@ -5,7 +5,7 @@
 //! the caller drops the ids its store already holds; [`encode_all`] frames
 //! only the new ones, again in parallel.
 //!
-//! A small batch (up to [`SERIAL_BYTES`], one 1 MiB NBD write's chunks) is
+//! A small batch (up to `SERIAL_BYTES`, one 1 MiB NBD write's chunks) is
 //! done on the calling thread instead: handing it to the pool costs more
 //! in wake-ups and context switches than it saves, and concurrent small
 //! batches (one per request in flight) already keep the cores busy.
@@ -43,7 +43,7 @@ impl Classified {
 }
 
 /// Batches of at most this many bytes are worked on the calling thread.
-pub const SERIAL_BYTES: usize = 1 << 20;
+const SERIAL_BYTES: usize = 1 << 20;
 
 fn is_small<T: AsRef<[u8]>>(chunks: &[T]) -> bool {
     chunks.iter().map(|c| c.as_ref().len()).sum::<usize>() <= SERIAL_BYTES
@@ -83,5 +83,29 @@ mod tests {
         assert_eq!(out[3].id(), ChunkId::of(&chunks[3]));
         let frames = encode_all(&chunks[1..2]);
         assert_eq!(frame::decode(&frames[0], Some(out[1].id())).unwrap(), chunks[1]);
+    }
+
+    #[test]
+    fn small_and_large_batches_give_the_same_answers_in_order() {
+        // 40 chunks of 64 KiB: 2.5 MiB, worked in parallel; the first 16
+        // alone (1 MiB) on the calling thread.
+        let chunks: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| match i % 5 {
+                0 => vec![0u8; 65536],
+                _ => (0..65536u32).map(|j| (j % 251) as u8 ^ i).collect(),
+            })
+            .collect();
+        let large = classify(&chunks);
+        let small = classify(&chunks[..16]);
+        assert!(is_small(&chunks[..16]) && !is_small(&chunks));
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(large[i], Classified::of(chunk), "chunk {i}");
+        }
+        assert_eq!(small[..], large[..16]);
+        let frames = encode_all(&chunks);
+        assert_eq!(encode_all(&chunks[..16])[..], frames[..16]);
+        for (i, framed) in frames.iter().enumerate() {
+            assert_eq!(frame::decode(framed, None).unwrap(), chunks[i], "chunk {i}");
+        }
     }
 }
