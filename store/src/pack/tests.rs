@@ -244,13 +244,18 @@ fn a_read_whose_serving_task_never_runs_fails_instead_of_waiting() {
     let handle = runtime.handle().clone();
     runtime.shutdown_background();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let _entered = handle.enter();
         let got = futures::executor::block_on(objects.get(&object_store::path::Path::from("chunks/a")));
+        // The store (and its RocksDB index) is closed before the answer
+        // goes: a process that exits while another thread closes a
+        // database can crash in its teardown.
+        drop(objects);
         let _ = tx.send(got.map(drop).map_err(|e| e.to_string()));
     });
     let got = rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the read returns");
+    reader.join().expect("the reader does not panic");
     assert!(got.unwrap_err().contains("abandoned"));
 }
