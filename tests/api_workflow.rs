@@ -260,6 +260,26 @@ fn sparse_images_round_trip_and_their_holes_stay_holes() {
         "export to standard output equals the image"
     );
 
+    // A map ends early after 16 GiB, however sparse: asking again goes on.
+    server.json(&["volume", "create", "huge", "--size", "1T"]);
+    let (status, body) = server.http("GET", "/api/v1/volumes/huge/map", None, None);
+    assert_eq!(status, 200, "{body}");
+    let huge: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(huge.len(), 1, "{body}");
+    assert_eq!(
+        (huge[0]["offset"].as_u64(), huge[0]["zero"].as_bool()),
+        (Some(0), Some(true))
+    );
+    assert_eq!(huge[0]["length"].as_u64(), Some(16 << 30), "{body}");
+    let (status, body) = server.http(
+        "GET",
+        &format!("/api/v1/volumes/huge/map?offset={}", 16u64 << 30),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"offset\":{}", 16u64 << 30)), "{body}");
+
     // Snapshots have a map too.
     server.json(&["snapshot", "create", "sp", "--tag", "t"]);
     let (status, body) = server.http("GET", "/api/v1/volumes/sp/snapshots/t/map", None, None);

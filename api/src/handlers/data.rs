@@ -89,10 +89,14 @@ fn data_response(state: &AppState, source: cairn_store::Readable, q: GetDataQuer
 const MAP_MAX_RUNS: usize = 65_536;
 /// Bytes mapped per step, so the runs held at once stay bounded.
 const MAP_STEP: u64 = 1 << 30;
+/// Bytes one map answer covers at most: mapping visits every chunk of the
+/// range, and a sparse volume of petabytes is one zero run that would
+/// keep a request busy for hours. A longer map ends early here too.
+const MAP_MAX_BYTES: u64 = 16 * MAP_STEP;
 
 /// Data and zero runs of `[offset, +length)` of `source`, adjacent runs of
 /// one kind merged, in order and without gaps from `offset`; it ends early
-/// after [`MAP_MAX_RUNS`] runs.
+/// after [`MAP_MAX_RUNS`] runs or [`MAP_MAX_BYTES`] bytes.
 async fn map_of(
     state: &AppState,
     source: &cairn_store::Readable,
@@ -107,7 +111,7 @@ async fn map_of(
     };
     let mut runs: Vec<MapExtent> = Vec::new();
     let mut pos = offset;
-    'steps: while pos < end {
+    'steps: while pos < end && pos - offset < MAP_MAX_BYTES {
         let step = (end - pos).min(MAP_STEP);
         for (length, zero) in state.engine.allocation(source, pos, step).await? {
             let full = runs.len() == MAP_MAX_RUNS;
