@@ -2,7 +2,7 @@
 //! pack goes.
 //!
 //! The records are found by reading the pack front to back (each names its
-//! key); one is live when the index names exactly its place. Live records
+//! key; zeros up to a page boundary may come before a record); one is live when the index names exactly its place. Live records
 //! are copied in batches; each batch is made durable *before* the index is
 //! repointed, so an index entry never names data a crash can lose. Each
 //! entry is repointed only if it still names the old place (a put or delete
@@ -33,6 +33,12 @@ pub(super) fn compact(store: &PackStore, id: u32) -> Result<()> {
     while at + HEADER as u64 <= size {
         file.read_exact_at(&mut head, at)?;
         if head[..4] != MAGIC {
+            // Zeros before a direct run, which starts on a page boundary.
+            let page = super::direct::align_up(at);
+            if page != at {
+                at = page;
+                continue;
+            }
             // A reserved range a failed write left empty: nothing after it
             // can be found. The live check below keeps the pack then.
             break;

@@ -8,8 +8,9 @@
 //! - `packs/NNNNNNNN.pack`: records `magic, key length (u16), data length
 //!   (u32), key, data`, appended; a pack is never rewritten. Puts append to
 //!   the one *active* pack (a new one per process start and every
-//!   [`PACK_BYTES`]); concurrent puts reserve their ranges under a lock and
-//!   write outside it.
+//!   [`PACK_BYTES`]); concurrent puts reserve their ranges under the state
+//!   lock and write one run at a time ([`append`]). Long runs are written
+//!   around the page cache, page-aligned and zero-padded ([`direct`]).
 //! - `pack-index/`: a RocksDB mapping each object key to (pack, offset of
 //!   its data, length, put time). Written when a put's data is written,
 //!   unsynced.
@@ -30,7 +31,9 @@
 //! too (from 1 MiB): it is closed first, so deleting everything gives all
 //! the space back.
 
+mod append;
 mod compact;
+mod direct;
 mod store_impl;
 
 pub use store_impl::PackObjects;
@@ -104,6 +107,9 @@ struct Got {
 #[derive(Debug)]
 struct Pack {
     file: Arc<File>,
+    /// An `O_DIRECT` handle for long runs ([`direct`]); the active pack's
+    /// only, and only where the filesystem allows one.
+    direct: Option<Arc<File>>,
     /// Bytes appended (or reserved for puts in flight).
     size: u64,
     /// Data bytes of the records the index points at.
@@ -145,11 +151,14 @@ pub struct PackStore {
     state: Mutex<State>,
     /// One sync at a time (a later one then covers everything before it).
     sync_lock: Mutex<()>,
-    /// One run of records written at a time. The kernel serialises
-    /// buffered writes to a file on its inode lock anyway, and its waiters
-    /// spin while the holder copies: with eight 1 MiB writes in flight that
-    /// spinning took a fifth of the CPU. Waiting here sleeps instead.
-    append_lock: Mutex<()>,
+    /// One run of records written at a time, and the buffer direct writes
+    /// are made from. The kernel serialises buffered writes to a file on
+    /// its inode lock anyway, and its waiters spin while the holder copies:
+    /// with eight 1 MiB writes in flight that spinning took a fifth of the
+    /// CPU. Waiting here sleeps instead.
+    append_lock: Mutex<direct::Staging>,
+    /// The filesystem refused a direct write: every run is buffered.
+    direct_refused: AtomicBool,
     compacting: AtomicBool,
 }
 
@@ -211,6 +220,7 @@ impl PackStore {
                 id,
                 Pack {
                     file: Arc::new(file),
+                    direct: None,
                     size,
                     live,
                     writers: 0,
@@ -218,7 +228,7 @@ impl PackStore {
             );
         }
         let active = newest + 1;
-        packs.insert(active, Self::create_pack(dir, active)?);
+        packs.insert(active, Self::create_pack(dir, active, true)?);
         tracing::info!(
             packs = packs.len(),
             objects_bytes = live.values().sum::<u64>(),
@@ -235,21 +245,26 @@ impl PackStore {
                 objects,
             }),
             sync_lock: Mutex::new(()),
-            append_lock: Mutex::new(()),
+            append_lock: Mutex::new(direct::Staging::default()),
+            direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
         });
         store.maybe_compact();
         Ok(store)
     }
 
-    fn create_pack(dir: &Path, id: u32) -> Result<Pack> {
+    /// Creates pack `id`, with a direct handle when `direct` and the
+    /// filesystem allows one.
+    fn create_pack(dir: &Path, id: u32, direct: bool) -> Result<Pack> {
+        let path = pack_path(dir, id);
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(pack_path(dir, id))?;
+            .open(&path)?;
         Ok(Pack {
             file: Arc::new(file),
+            direct: direct.then(|| direct::open(&path)).flatten().map(Arc::new),
             size: 0,
             live: 0,
             writers: 0,
@@ -260,140 +275,6 @@ impl PackStore {
     /// (it is then opened as such).
     pub fn holds_loose_objects(dir: &Path) -> bool {
         ["chunks", "nodes"].iter().any(|kind| dir.join(kind).is_dir()) && !dir.join("pack-index").exists()
-    }
-
-    /// Appends an object (blocking). It is readable when this returns and
-    /// durable after the next [`PackStore::sync`].
-    fn put(&self, key: &str, parts: &[&[u8]]) -> Result<()> {
-        self.put_many(&[(key, parts)])
-    }
-
-    /// Appends objects (blocking) as one run of records in the active pack
-    /// and indexes them in one batch: one reservation and one index write
-    /// for all. They are readable when this returns and durable after the
-    /// next [`PackStore::sync`].
-    pub(crate) fn put_many(&self, objects: &[(&str, &[&[u8]])]) -> Result<()> {
-        if objects.is_empty() {
-            return Ok(());
-        }
-        let (pack, locations, written) = self.append_many(objects)?;
-        let mut st = self.state.lock();
-        Self::finish(&mut st, pack);
-        written?;
-        let old = self.index.multi_get(objects.iter().map(|(key, _)| *key));
-        let mut batch = rocksdb::WriteBatch::default();
-        for ((key, _), loc) in objects.iter().zip(&locations) {
-            batch.put(key, loc.encode());
-        }
-        self.index.write(batch)?;
-        for (old, new) in old.into_iter().zip(locations) {
-            let old = old?.and_then(|v| Location::decode(&v));
-            st.objects += u64::from(old.is_none());
-            Self::repoint(&mut st, old, new);
-        }
-        Ok(())
-    }
-
-    /// Reserves room for a record in the active pack and writes it. The
-    /// pack counts the write as in flight until [`PackStore::finish`].
-    fn append(&self, key: &str, parts: &[&[u8]]) -> Result<(Location, std::io::Result<()>)> {
-        let (_, mut locations, written) = self.append_many(&[(key, parts)])?;
-        Ok((locations.pop().expect("one record"), written))
-    }
-
-    /// Reserves room for one record per object, one after the other in the
-    /// active pack, and writes them. The pack counts the write as in
-    /// flight until [`PackStore::finish`].
-    #[allow(clippy::type_complexity)]
-    fn append_many(&self, objects: &[(&str, &[&[u8]])]) -> Result<(u32, Vec<Location>, std::io::Result<()>)> {
-        let mut heads = Vec::with_capacity(objects.len());
-        let mut total = 0u64;
-        for (key, parts) in objects {
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            let data_len = u32::try_from(len).map_err(|_| std::io::Error::other("object over 4 GiB"))?;
-            let key_len =
-                u16::try_from(key.len()).map_err(|_| std::io::Error::other("object key too long"))?;
-            let mut head = [0u8; HEADER];
-            head[..4].copy_from_slice(&MAGIC);
-            head[4..6].copy_from_slice(&key_len.to_le_bytes());
-            head[6..].copy_from_slice(&data_len.to_le_bytes());
-            heads.push((head, data_len));
-            total += (HEADER + key.len() + len) as u64;
-        }
-        let (pack, start, file) = {
-            let mut st = self.state.lock();
-            if st.packs[&st.active].size + total > PACK_BYTES && st.packs[&st.active].size > 0 {
-                self.roll(&mut st)?;
-            }
-            let active = st.active;
-            let pack = st.packs.get_mut(&active).expect("the active pack is open");
-            let start = pack.size;
-            pack.size += total;
-            pack.writers += 1;
-            (active, start, pack.file.clone())
-        };
-        let put_at = unix_now();
-        let mut at = start;
-        let mut written = Ok(());
-        let one_writer = self.append_lock.lock();
-        let mut locations = Vec::with_capacity(objects.len());
-        for ((key, parts), (head, len)) in objects.iter().zip(&heads) {
-            locations.push(Location {
-                pack,
-                offset: at + (HEADER + key.len()) as u64,
-                len: *len,
-                put_at,
-            });
-            for part in [&head[..], key.as_bytes()]
-                .into_iter()
-                .chain(parts.iter().copied())
-            {
-                if written.is_ok() {
-                    written = file.write_all_at(part, at);
-                }
-                at += part.len() as u64;
-            }
-        }
-        drop(one_writer);
-        // Noted for the next sync only now that the bytes are written: a
-        // sync that took the set while they were in flight did not cover
-        // them.
-        self.state.lock().unsynced.insert(pack);
-        Ok((pack, locations, written))
-    }
-
-    /// Starts a new active pack.
-    fn roll(&self, st: &mut State) -> Result<()> {
-        let next = st.active + 1;
-        st.packs.insert(next, Self::create_pack(&self.dir, next)?);
-        st.active = next;
-        st.created = true;
-        Ok(())
-    }
-
-    /// Closes the active pack if it is `id`: later puts go to a new one.
-    fn close_if_active(&self, id: u32) -> Result<()> {
-        let mut st = self.state.lock();
-        match st.active == id {
-            true => self.roll(&mut st),
-            false => Ok(()),
-        }
-    }
-
-    /// Waits until no put writes into pack `id` any more (it is closed, so
-    /// none starts).
-    fn wait_for_writers(&self, id: u32) {
-        while self.state.lock().packs.get(&id).is_some_and(|p| p.writers > 0) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// Ends a write begun by [`PackStore::append`].
-    fn finish(st: &mut State, pack: u32) {
-        st.packs
-            .get_mut(&pack)
-            .expect("a pack with writers stays")
-            .writers -= 1;
     }
 
     /// Moves an object's live bytes from `old` (if any) to `new`.

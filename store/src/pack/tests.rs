@@ -259,3 +259,104 @@ fn a_read_whose_serving_task_never_runs_fails_instead_of_waiting() {
     reader.join().expect("the reader does not panic");
     assert!(got.unwrap_err().contains("abandoned"));
 }
+
+/// Puts `n` objects of `len` bytes under `prefix` as one run.
+fn put_run(store: &PackStore, prefix: &str, n: u8, len: usize) {
+    let bodies: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("{prefix}{i}"), body(i, len))).collect();
+    let parts: Vec<[&[u8]; 1]> = bodies.iter().map(|(_, b)| [&b[..]]).collect();
+    let objects: Vec<(&str, &[&[u8]])> = bodies
+        .iter()
+        .zip(&parts)
+        .map(|((k, _), p)| (k.as_str(), &p[..]))
+        .collect();
+    store.put_many(&objects).unwrap();
+}
+
+#[test]
+fn long_runs_start_on_pages_and_compaction_steps_over_the_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let direct = store.state.lock().packs[&1].direct.is_some();
+    if !direct {
+        eprintln!("the temporary directory refuses O_DIRECT: long runs are checked buffered");
+    }
+    store.put("n/a", &[&body(1, 100)]).unwrap();
+    put_run(&store, "c/", 3, 60_000);
+    store.put("n/b", &[&body(2, 100)]).unwrap();
+    put_run(&store, "d/", 3, 60_000);
+    let first = store.head("c/0").unwrap().unwrap();
+    let after_small = (HEADER + 3 + 100) as u64;
+    let run = 3 * (HEADER as u64 + 3 + 60_000);
+    match direct {
+        true => {
+            assert_eq!(
+                first.offset,
+                direct::ALIGN + (HEADER + 3) as u64,
+                "a direct run starts on a page"
+            );
+            let b = store.head("n/b").unwrap().unwrap();
+            assert_eq!(
+                b.offset,
+                direct::ALIGN + direct::align_up(run) + (HEADER + 3) as u64
+            );
+            assert_eq!(
+                store.head("d/0").unwrap().unwrap().offset % direct::ALIGN,
+                (HEADER + 3) as u64
+            );
+        }
+        false => assert_eq!(first.offset, after_small + (HEADER + 3) as u64),
+    }
+    for (prefix, n) in [("c/", 3), ("d/", 3)] {
+        for i in 0..n {
+            assert_eq!(
+                read(&store, &format!("{prefix}{i}")),
+                Some(body(i, 60_000)),
+                "{prefix}{i}"
+            );
+        }
+    }
+    // Roll over to a new active pack, then leave the first under half live.
+    let size = store.state.lock().packs[&1].size;
+    store.state.lock().packs.get_mut(&1).unwrap().size = PACK_BYTES;
+    store.put("z", &[b"z"]).unwrap();
+    store.state.lock().packs.get_mut(&1).unwrap().size = size;
+    for key in ["n/a", "c/0", "c/1", "c/2", "d/0"] {
+        store.delete(key).unwrap();
+    }
+    store.sync().unwrap();
+    compact::compact(&store, 1).expect("every live record is found past the padding");
+    assert!(!pack_path(dir.path(), 1).exists());
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, "n/b"), Some(body(2, 100)));
+    assert_eq!(read(&store, "d/1"), Some(body(1, 60_000)));
+    assert_eq!(read(&store, "d/2"), Some(body(2, 60_000)));
+    assert_eq!(read(&store, "c/1"), None);
+    assert_eq!(store.usage().objects, 4);
+}
+
+#[test]
+fn once_the_filesystem_refuses_direct_writes_runs_are_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    // As after a refused write: the flag is set and the pack it happened in
+    // is closed.
+    store.direct_refused.store(true, Ordering::Relaxed);
+    store.roll(&mut store.state.lock()).unwrap();
+    let active = store.state.lock().active;
+    assert!(
+        store.state.lock().packs[&active].direct.is_none(),
+        "new packs get no direct handle"
+    );
+    store.put("n/a", &[&body(1, 100)]).unwrap();
+    put_run(&store, "c/", 3, 60_000);
+    let first = store.head("c/0").unwrap().unwrap();
+    assert_eq!(
+        first.offset,
+        (2 * (HEADER + 3) + 100) as u64,
+        "no padding when buffered"
+    );
+    for i in 0..3 {
+        assert_eq!(read(&store, &format!("c/{i}")), Some(body(i, 60_000)));
+    }
+}
