@@ -10,6 +10,12 @@
 //! records compaction moves one by one) stay buffered: padding them would
 //! waste most of a page each.
 //!
+//! Reads of long runs ([`super::read`]: an export, a read-ahead) are made
+//! the same way, for the same reason: filling new page-cache pages from
+//! the disk cost more CPU than the rest of an export (a buffered read of a
+//! file written directly: 575 MB/s and 1.8 s of system time per GiB; a
+//! direct read: 2.1 GB/s and 0.08 s).
+//!
 //! Durability does not change: [`super::PackStore::sync`] still fdatasyncs
 //! the pack (`O_DIRECT` skips the cache, not the device's write cache or the
 //! file's size). Reads go through the buffered handle; the kernel drops any
@@ -20,6 +26,7 @@
 //! written buffered, as short ones are.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -36,11 +43,12 @@ pub(super) fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// A write-only `O_DIRECT` handle on the pack at `path`, or `None` when the
-/// filesystem refuses one.
-pub(super) fn open(path: &Path) -> Option<File> {
+/// An `O_DIRECT` handle on the pack at `path` (to write, or to read), or
+/// `None` when the filesystem refuses one.
+pub(super) fn open(path: &Path, write: bool) -> Option<File> {
     File::options()
-        .write(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "O_DIRECT refused; pack writes stay buffered"))
@@ -53,21 +61,22 @@ pub(super) fn refused(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
 }
 
-/// The reused, page-aligned buffer direct writes are made from. Allocated
-/// on first use, so a store that never writes a long run holds none.
+/// A reused, page-aligned buffer: direct writes are made from one, direct
+/// reads land in another. Allocated on first use, so a store that never
+/// writes or reads a long run holds none.
 #[derive(Debug, Default)]
-pub(super) struct Staging {
+pub(super) struct Aligned {
     buf: Vec<u8>,
 }
 
-impl Staging {
-    /// The aligned window of the buffer.
-    fn window(&mut self) -> &mut [u8] {
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; WINDOW + ALIGN as usize];
+impl Aligned {
+    /// An aligned slice of `len` bytes, kept for the next call.
+    fn window(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() < len + ALIGN as usize {
+            self.buf = vec![0u8; len + ALIGN as usize];
         }
         let skip = self.buf.as_ptr().align_offset(ALIGN as usize);
-        &mut self.buf[skip..skip + WINDOW]
+        &mut self.buf[skip..skip + len]
     }
 
     /// Writes `parts`, one after the other, to `file` (an `O_DIRECT` handle)
@@ -80,7 +89,7 @@ impl Staging {
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) -> std::io::Result<()> {
         debug_assert_eq!(at % ALIGN, 0);
-        let window = self.window();
+        let window = self.window(WINDOW);
         let (mut filled, mut at) = (0, at);
         for mut part in parts {
             while !part.is_empty() {
@@ -99,5 +108,41 @@ impl Staging {
             file.write_all_at(&window[..end], at)?;
         }
         Ok(())
+    }
+
+    /// Reads `span` of `file` (an `O_DIRECT` handle, when `direct`; the
+    /// pages around the span are read too) into the buffer, and returns
+    /// where in it ([`Aligned::bytes`]) those bytes are.
+    pub(super) fn read(
+        &mut self,
+        file: &File,
+        span: Range<u64>,
+        direct: bool,
+    ) -> std::io::Result<Range<usize>> {
+        let from = match direct {
+            true => span.start / ALIGN * ALIGN,
+            false => span.start,
+        };
+        let need = (span.end - from) as usize;
+        let len = match direct {
+            true => align_up(need as u64) as usize,
+            false => need,
+        };
+        let buf = self.window(len);
+        let mut got = 0;
+        while got < need {
+            // A direct read past the end of the file stops short there.
+            match file.read_at(&mut buf[got..], from + got as u64)? {
+                n if n > 0 && (got + n >= need || !direct || n % ALIGN as usize == 0) => got += n,
+                _ => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        Ok((span.start - from) as usize..need)
+    }
+
+    /// Bytes of the window read last (`range` as [`Aligned::read`] gave it).
+    pub(super) fn bytes(&self, range: Range<usize>) -> &[u8] {
+        let skip = self.buf.as_ptr().align_offset(ALIGN as usize);
+        &self.buf[skip + range.start..skip + range.end]
     }
 }

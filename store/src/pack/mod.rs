@@ -15,6 +15,8 @@
 //!   its data, length, put time). Written when a put's data is written,
 //!   unsynced.
 //!
+//! Reads are served in batches, neighbours in one `pread` ([`read`]).
+//!
 //! Durability ([`PackStore::sync`]): the packs written since the last sync
 //! are fdatasynced, then the pack directory (when a pack was created), then
 //! the index's log. Callers (see [`crate::durable`]) run it before a
@@ -34,13 +36,13 @@
 mod append;
 mod compact;
 mod direct;
+mod read;
 mod store_impl;
 
 pub use store_impl::PackObjects;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -156,8 +158,13 @@ pub struct PackStore {
     /// its inode lock anyway, and its waiters spin while the holder copies:
     /// with eight 1 MiB writes in flight that spinning took a fifth of the
     /// CPU. Waiting here sleeps instead.
-    append_lock: Mutex<direct::Staging>,
-    /// The filesystem refused a direct write: every run is buffered.
+    append_lock: Mutex<direct::Aligned>,
+    /// The buffer runs of neighbouring records are read into ([`read`]),
+    /// kept: a new one per read came as fresh pages, and filling them
+    /// cost more than the read.
+    read_buf: Mutex<direct::Aligned>,
+    /// The filesystem refused a direct write or read: every run is
+    /// buffered.
     direct_refused: AtomicBool,
     compacting: AtomicBool,
 }
@@ -245,7 +252,8 @@ impl PackStore {
                 objects,
             }),
             sync_lock: Mutex::new(()),
-            append_lock: Mutex::new(direct::Staging::default()),
+            append_lock: Mutex::new(direct::Aligned::default()),
+            read_buf: Mutex::new(direct::Aligned::default()),
             direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
         });
@@ -264,7 +272,7 @@ impl PackStore {
             .open(&path)?;
         Ok(Pack {
             file: Arc::new(file),
-            direct: direct.then(|| direct::open(&path)).flatten().map(Arc::new),
+            direct: direct.then(|| direct::open(&path, true)).flatten().map(Arc::new),
             size: 0,
             live: 0,
             writers: 0,
@@ -305,27 +313,6 @@ impl PackStore {
             "object {key} moved between packs three times while being read"
         ))
         .into())
-    }
-
-    /// Reads `range` of `key` (the whole object when `None`; blocking) with
-    /// one index read; `None` when there is no such object.
-    fn get(&self, key: &str, range: Option<&object_store::GetRange>) -> Result<Option<Got>> {
-        let Some((loc, file)) = self.locate(key)? else {
-            return Ok(None);
-        };
-        let range = match range {
-            None => 0..u64::from(loc.len),
-            Some(r) => r
-                .as_range(u64::from(loc.len))
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-        };
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        file.read_exact_at(&mut buf, loc.offset + range.start)?;
-        Ok(Some(Got {
-            loc,
-            range,
-            data: buf,
-        }))
     }
 
     /// The object's location without reading it.

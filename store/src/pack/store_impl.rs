@@ -68,9 +68,15 @@ impl Serving {
                 }
                 std::mem::take(&mut reads.waiting)
             };
-            for (key, range, tx) in batch {
+            let reads: Vec<(&str, Option<&GetRange>)> = batch
+                .iter()
+                .map(|(key, range, _)| (key.as_str(), range.as_ref()))
+                .collect();
+            let answers = packs.get_many(&reads);
+            drop(reads);
+            for ((_, _, tx), answer) in batch.into_iter().zip(answers) {
                 // A reader that gave up dropped its receiver.
-                let _ = tx.send(packs.get(&key, range.as_ref()));
+                let _ = tx.send(answer);
             }
         }
     }

@@ -360,3 +360,56 @@ fn once_the_filesystem_refuses_direct_writes_runs_are_buffered() {
         assert_eq!(read(&store, &format!("c/{i}")), Some(body(i, 60_000)));
     }
 }
+
+#[test]
+fn a_batch_of_reads_answers_each_in_order_across_packs_gaps_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    put_run(&store, "a/", 8, 40_000);
+    // Far from the run above (more than the read gap between), then in a
+    // second pack.
+    store.put("far", &[&body(9, 70_000)]).unwrap();
+    store.put("b/0", &[&body(7, 5)]).unwrap();
+    store.roll(&mut store.state.lock()).unwrap();
+    put_run(&store, "c/", 3, 50_000);
+    let tail = object_store::GetRange::Suffix(10);
+    let mid = object_store::GetRange::Bounded(100..200);
+    let past = object_store::GetRange::Offset(1_000_000);
+    let reads: Vec<(&str, Option<&object_store::GetRange>)> = vec![
+        ("c/2", None),
+        ("a/5", Some(&mid)),
+        ("missing", None),
+        ("a/4", None),
+        ("far", Some(&tail)),
+        ("a/0", None),
+        ("c/0", None),
+        ("b/0", None),
+        ("a/5", None),
+        ("a/1", Some(&past)),
+    ];
+    let answers = store.get_many(&reads);
+    assert_eq!(answers.len(), reads.len());
+    let data = |i: usize| answers[i].as_ref().unwrap().as_ref().map(|g| g.data.clone());
+    assert_eq!(data(0), Some(body(2, 50_000)));
+    assert_eq!(data(1), Some(body(5, 40_000)[100..200].to_vec()));
+    assert_eq!(data(2), None, "a missing key is no error");
+    assert_eq!(data(3), Some(body(4, 40_000)));
+    assert_eq!(data(4), Some(body(9, 70_000)[70_000 - 10..].to_vec()));
+    assert_eq!(data(5), Some(body(0, 40_000)));
+    assert_eq!(data(6), Some(body(0, 50_000)));
+    assert_eq!(data(7), Some(body(7, 5)));
+    assert_eq!(data(8), Some(body(5, 40_000)), "the same object twice");
+    assert!(answers[9].is_err(), "a range past the end fails alone");
+    assert_eq!(answers[1].as_ref().unwrap().as_ref().unwrap().range, 100..200);
+
+    // Short puts are written through the page cache, and may not have
+    // reached the disk when a long run over them is read around it.
+    for i in 0..6u8 {
+        store.put(&format!("s/{i}"), &[&body(i, 30_000)]).unwrap();
+    }
+    let keys: Vec<String> = (0..6).rev().map(|i| format!("s/{i}")).collect();
+    let reads: Vec<(&str, Option<&object_store::GetRange>)> = keys.iter().map(|k| (k.as_str(), None)).collect();
+    for (answer, i) in store.get_many(&reads).into_iter().zip((0..6u8).rev()) {
+        assert_eq!(answer.unwrap().unwrap().data, body(i, 30_000), "s/{i}");
+    }
+}
