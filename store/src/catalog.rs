@@ -27,6 +27,8 @@ const CF_SNAPSHOTS: &str = "snapshots";
 const CF_EVENTS: &str = "events";
 const CF_OBJECTS: &str = "objects";
 const CF_META: &str = "meta";
+/// Memory for the catalog's memtables, all column families together.
+const MEMTABLES_BYTES: usize = 32 << 20;
 const ALL_CFS: [&str; 5] = [CF_VOLUMES, CF_SNAPSHOTS, CF_EVENTS, CF_OBJECTS, CF_META];
 const NEXT_VOLUME_ID: &[u8] = b"next_volume_id";
 
@@ -105,8 +107,13 @@ impl Catalog {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // Memtables of all column families together: RocksDB's default (64
+        // MiB per family, two each) let the existence index alone hold 60
+        // MiB during long writes, outside the server's memory budget.
+        opts.set_db_write_buffer_size(MEMTABLES_BYTES);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf = Options::default();
+            cf.set_write_buffer_size(MEMTABLES_BYTES / 2);
             if *name == CF_OBJECTS {
                 tune_for_point_lookups(&mut cf);
             }
