@@ -128,3 +128,58 @@ fn a_batch_of_chunks_stores_each_distinct_chunk_once() {
         assert!(buf == want, "every chunk reads back");
     });
 }
+
+/// Stored lengths are looked up in batches; answers keep their places
+/// across batch boundaries, and unknown objects answer 0.
+#[test]
+fn stored_lengths_of_many_objects_keep_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = engine(dir.path()).await;
+        const CHUNK: usize = 64 * 1024;
+        let data: Vec<Vec<u8>> = (0..4).map(|i| noise(100 + i, CHUNK)).collect();
+        engine
+            .create_volume(
+                &ns(),
+                &actor(),
+                &vol("v"),
+                (4 * CHUNK) as u64,
+                None,
+                Labels::new(),
+            )
+            .await
+            .unwrap();
+        let v = engine.volume(&ns(), &vol("v")).unwrap();
+        v.write(0, &data.concat()).await.unwrap();
+        v.seal().await.unwrap();
+        let objects = engine.objects();
+        let known: Vec<[u8; 32]> = data.iter().map(|c| cairn_chunker::ChunkId::of(c).0).collect();
+        let lens: Vec<u64> = known
+            .iter()
+            .map(|id| {
+                objects
+                    .stored_lens(cairn_store::objects::ObjectKind::Chunk, &[*id])
+                    .unwrap()[0]
+            })
+            .collect();
+        assert!(
+            lens.iter().all(|&l| l > 0),
+            "stored chunks have lengths: {lens:?}"
+        );
+        let mut ids: Vec<[u8; 32]> = (0..9000u32)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect();
+        let places = [0, 4095, 4096, 8999];
+        for (k, &at) in places.iter().enumerate() {
+            ids[at] = known[k];
+        }
+        let got = objects
+            .stored_lens(cairn_store::objects::ObjectKind::Chunk, &ids)
+            .unwrap();
+        assert_eq!(got.len(), ids.len());
+        for (i, len) in got.iter().enumerate() {
+            let expected = places.iter().position(|&at| at == i).map_or(0, |k| lens[k]);
+            assert_eq!(*len, expected, "object {i}");
+        }
+    });
+}
