@@ -408,7 +408,8 @@ fn a_batch_of_reads_answers_each_in_order_across_packs_gaps_and_ranges() {
         store.put(&format!("s/{i}"), &[&body(i, 30_000)]).unwrap();
     }
     let keys: Vec<String> = (0..6).rev().map(|i| format!("s/{i}")).collect();
-    let reads: Vec<(&str, Option<&object_store::GetRange>)> = keys.iter().map(|k| (k.as_str(), None)).collect();
+    let reads: Vec<(&str, Option<&object_store::GetRange>)> =
+        keys.iter().map(|k| (k.as_str(), None)).collect();
     for (answer, i) in store.get_many(&reads).into_iter().zip((0..6u8).rev()) {
         assert_eq!(answer.unwrap().unwrap().data, body(i, 30_000), "s/{i}");
     }
