@@ -110,9 +110,7 @@ impl PackStore {
         let mut staging = self.append_lock.lock();
         let written = match direct {
             Some(direct) => match staging.write(&direct, start, run.iter().copied()) {
-                Err(e) if direct::refused(&e) => {
-                    tracing::info!(error = %e, "the filesystem refused a direct write; pack writes stay buffered");
-                    self.direct_refused.store(true, Ordering::Relaxed);
+                Err(e) if self.refuses_direct(&e) => {
                     self.state
                         .lock()
                         .packs

@@ -2,11 +2,12 @@
 //! pack goes.
 //!
 //! The records are found by reading the pack front to back (each names its
-//! key; zeros up to a page boundary may come before a record); one is live when the index names exactly its place. Live records
-//! are copied in batches; each batch is made durable *before* the index is
-//! repointed, so an index entry never names data a crash can lose. Each
-//! entry is repointed only if it still names the old place (a put or delete
-//! of the key since wins). The pack is unlinked after the index is synced,
+//! key; zeros up to a page boundary may come before a record); one is live
+//! when the index names exactly its place. Live records are copied in
+//! batches; each batch is made durable *before* the index is repointed, so
+//! an index entry never names data a crash can lose. Each entry is
+//! repointed only if it still names the old place (a put or delete of the
+//! key since wins). The pack is unlinked after the index is synced,
 //! and only when no live byte is left in it.
 
 use std::os::unix::fs::FileExt;

@@ -18,12 +18,13 @@
 //!
 //! Durability does not change: [`super::PackStore::sync`] still fdatasyncs
 //! the pack (`O_DIRECT` skips the cache, not the device's write cache or the
-//! file's size). Reads go through the buffered handle; the kernel drops any
-//! cached page a direct write covers, so they see what was written.
+//! file's size). Short reads go through the buffered handle; the kernel
+//! drops any cached page a direct write covers and writes back dirty ones a
+//! direct read covers, so both kinds of read see what was written.
 //!
-//! A filesystem that refuses `O_DIRECT` (tmpfs, some FUSE filesystems), at
-//! open or at the first write, turns it off for the store: runs are then
-//! written buffered, as short ones are.
+//! A filesystem that refuses `O_DIRECT` (some FUSE filesystems, older
+//! tmpfs), at open or at the first write or read, turns it off for the
+//! store: runs are then written and read buffered, as short ones are.
 
 use std::fs::File;
 use std::ops::Range;
@@ -51,14 +52,23 @@ pub(super) fn open(path: &Path, write: bool) -> Option<File> {
         .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "O_DIRECT refused; pack writes stay buffered"))
+        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "O_DIRECT refused; pack I/O stays buffered"))
         .ok()
 }
 
-/// Whether a direct write failed because the filesystem does not do them
-/// (rather than because the disk failed).
-pub(super) fn refused(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
+impl super::PackStore {
+    /// Whether a direct write or read failed because the filesystem does
+    /// not do them (rather than because the disk failed); if so, direct I/O
+    /// is off for the store from now on.
+    pub(super) fn refuses_direct(&self, e: &std::io::Error) -> bool {
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return false;
+        }
+        tracing::info!(error = %e, "the filesystem refused direct I/O; pack writes and reads stay buffered");
+        self.direct_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
 }
 
 /// A reused, page-aligned buffer: direct writes are made from one, direct

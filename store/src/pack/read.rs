@@ -78,10 +78,7 @@ impl PackStore {
             .flatten()
         {
             match buf.read(&handle, span.clone(), true) {
-                Err(e) if direct::refused(&e) => {
-                    tracing::info!(error = %e, "the filesystem refused a direct read; pack reads stay buffered");
-                    self.direct_refused.store(true, Ordering::Relaxed);
-                }
+                Err(e) if self.refuses_direct(&e) => {}
                 read => return read,
             }
         }
