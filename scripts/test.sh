@@ -25,7 +25,7 @@ else
 fi
 echo "== end-to-end API and NBD tests again, objects in S3 (moto)"
 # --workspace (not -p cairn) keeps feature unification, so nothing rebuilds.
-e2e=(--test api_workflow --test api_errors --test openapi --test nbd_clients --test nbd_protocol --test nbd_mount)
+e2e=(--test api_workflow --test api_chunks --test api_errors --test openapi --test nbd_clients --test nbd_protocol --test nbd_mount)
 if cargo nextest --version >/dev/null 2>&1; then
   CAIRN_TEST_OBJECT_STORE=s3 cargo nextest run --workspace "${e2e[@]}" --no-fail-fast
 else

@@ -8,6 +8,7 @@
 //! disagree about a field.
 
 mod bodies;
+pub mod chunks;
 mod reports;
 
 pub use bodies::*;

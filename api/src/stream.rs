@@ -1,15 +1,18 @@
 //! Streamed exports: a response body that reads a volume or snapshot range
-//! step by step, so no image is ever held whole in memory.
+//! step by step, so no image is ever held whole in memory; as raw bytes or
+//! as chunk records ([`cairn_api_types::chunks`]).
 //!
 //! Steps are read on their own tasks, a few ahead of the one being sent:
 //! checking and decompressing chunks is CPU work, and one task would do it
 //! on one core while the body waits for it.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use bytes::Bytes;
-use cairn_store::{Engine, Readable};
+use bytes::{BufMut, Bytes, BytesMut};
+use cairn_api_types::chunks::RecordHead;
+use cairn_store::{Engine, Piece, Readable, StoreError};
 use futures::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -19,21 +22,76 @@ const STEP: u64 = 1 << 20;
 /// enough to keep every core decoding, at most this many steps in memory.
 const STEPS_IN_FLIGHT: usize = 4;
 
-/// A body streaming `[offset, offset + length)` of `source`.
+/// A body streaming the bytes of `[offset, offset + length)` of `source`.
 pub fn export_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
+    stepped(offset, length, move |pos, n| {
+        let (engine, source) = (engine.clone(), source.clone());
+        async move {
+            let mut buf = vec![0u8; n];
+            engine
+                .read(&source, pos, &mut buf)
+                .await
+                .map(|()| Bytes::from(buf))
+        }
+    })
+}
+
+/// A body streaming `[offset, offset + length)` of `source` as chunk
+/// records: clean chunks as their stored frames, which the reader decodes.
+pub fn chunks_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
+    stepped(offset, length, move |pos, n| {
+        let (engine, source) = (engine.clone(), source.clone());
+        async move { Ok(records(&engine.read_pieces(&source, pos, n).await?)) }
+    })
+}
+
+/// One step's pieces as records, in one buffer.
+fn records(pieces: &[Piece]) -> Bytes {
+    let size = pieces
+        .iter()
+        .map(|p| cairn_api_types::chunks::FRAME_HEAD + body(p).len())
+        .sum();
+    let mut out = BytesMut::with_capacity(size);
+    for piece in pieces {
+        let len = piece.len() as u32;
+        let head = match piece {
+            Piece::Zero(_) => RecordHead::Zeros { len },
+            Piece::Plain(_) => RecordHead::Plain { len },
+            Piece::Frame { id, framed, .. } => RecordHead::Frame {
+                len,
+                id: id.0,
+                frame_len: framed.len() as u32,
+            },
+        };
+        out.put_slice(&head.encode());
+        out.put_slice(body(piece));
+    }
+    out.freeze()
+}
+
+/// The bytes that follow a piece's record header.
+fn body(piece: &Piece) -> &[u8] {
+    match piece {
+        Piece::Zero(_) => &[],
+        Piece::Plain(bytes) => bytes,
+        Piece::Frame { framed, .. } => framed,
+    }
+}
+
+/// A body of the steps `read(pos, bytes)` makes of `[offset, +length)`,
+/// [`STEPS_IN_FLIGHT`] read at once and sent in order; a failed step ends
+/// the body early.
+fn stepped<F, Fut>(offset: u64, length: u64, read: F) -> Body
+where
+    F: Fn(u64, usize) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Bytes, StoreError>> + Send + 'static,
+{
     let end = offset + length;
     let reads = futures::stream::iter((offset..end).step_by(STEP as usize))
         .map(move |pos| {
-            let (engine, source) = (engine.clone(), source.clone());
             let n = (end - pos).min(STEP) as usize;
             // Dropped with the body (client gone): the reads ahead stop too.
-            AbortOnDropHandle::new(tokio::spawn(async move {
-                let mut buf = vec![0u8; n];
-                engine
-                    .read(&source, pos, &mut buf)
-                    .await
-                    .map(|()| Bytes::from(buf))
-            }))
+            AbortOnDropHandle::new(tokio::spawn(read(pos, n)))
         })
         .buffered(STEPS_IN_FLIGHT)
         .zip(futures::stream::iter((offset..end).step_by(STEP as usize)));

@@ -198,11 +198,10 @@ pub fn codec_of(frame: &[u8]) -> Option<Codec> {
     }
 }
 
-/// Checks a frame and returns its plaintext.
-///
-/// With `expected` set, the plaintext must also hash to that id: use it for
-/// every object that comes from outside the local cache.
-pub fn decode(frame: &[u8], expected: Option<ChunkId>) -> Result<Vec<u8>, FrameError> {
+/// Checks a frame's header and crc without decoding it: what a reader
+/// that passes frames on (to be decoded elsewhere) can check cheaply.
+/// Returns the payload and its uncompressed length.
+pub fn check(frame: &[u8]) -> Result<(&[u8], usize), FrameError> {
     if frame.len() < FRAME_HEADER_LEN {
         return Err(FrameError::Truncated { len: frame.len() });
     }
@@ -234,15 +233,24 @@ pub fn decode(frame: &[u8], expected: Option<ChunkId>) -> Result<Vec<u8>, FrameE
     if frame[4] != VERSION {
         return Err(FrameError::UnsupportedVersion(frame[4]));
     }
+    match frame[5] {
+        0 if payload.len() != uncompressed_len => Err(FrameError::BadPayload {
+            expected: uncompressed_len,
+        }),
+        0 | 1 => Ok((payload, uncompressed_len)),
+        other => Err(FrameError::UnknownCodec(other)),
+    }
+}
+
+/// Checks a frame and returns its plaintext.
+///
+/// With `expected` set, the plaintext must also hash to that id: use it for
+/// every object that comes from outside the local cache.
+pub fn decode(frame: &[u8], expected: Option<ChunkId>) -> Result<Vec<u8>, FrameError> {
+    let (payload, uncompressed_len) = check(frame)?;
     let plain = match frame[5] {
-        0 if payload.len() == uncompressed_len => payload.to_vec(),
-        0 => {
-            return Err(FrameError::BadPayload {
-                expected: uncompressed_len,
-            })
-        }
-        1 => decompress(payload, uncompressed_len)?,
-        other => return Err(FrameError::UnknownCodec(other)),
+        0 => payload.to_vec(),
+        _ => decompress(payload, uncompressed_len)?,
     };
     if let Some(expected) = expected {
         let actual = ChunkId::of(&plain);

@@ -494,7 +494,7 @@ impl ObjectLayer {
     }
 
     /// An object's frame from the object store, unchecked.
-    async fn get_framed(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Bytes> {
+    pub(crate) async fn get_framed(&self, kind: ObjectKind, id: &[u8; 32]) -> Result<Bytes> {
         let path = self.path(kind, id);
         let got = match self.store.get(&path).await {
             Ok(got) => got,

@@ -21,7 +21,7 @@ use tokio_util::io::StreamReader;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
 use crate::openapi::openapi_json;
-use crate::stream::export_body;
+use crate::stream::{chunks_body, export_body};
 use crate::types::*;
 use crate::AppState;
 
@@ -86,6 +86,7 @@ pub fn routes(state: AppState) -> Router {
             get(show_volume).patch(resize_volume).delete(delete_volume),
         )
         .route("/volumes/{name}/data", get(get_data).put(put_data))
+        .route("/volumes/{name}/chunks", get(get_chunks))
         .route("/volumes/{name}/map", get(get_map))
         .route(
             "/volumes/{name}/snapshots",
@@ -99,6 +100,7 @@ pub fn routes(state: AppState) -> Router {
             get(show_snapshot).delete(delete_snapshot),
         )
         .route("/volumes/{name}/snapshots/{tag}/data", get(get_snapshot_data))
+        .route("/volumes/{name}/snapshots/{tag}/chunks", get(get_snapshot_chunks))
         .route("/volumes/{name}/snapshots/{tag}/map", get(get_snapshot_map))
         .route("/volumes/{name}/snapshots/{tag}/fork", post(fork))
         .route("/volumes/{name}/snapshots/{tag}/diff", get(diff))

@@ -2,10 +2,11 @@
 //! in and out.
 
 use bytes::{BufMut, Bytes};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::*;
+use crate::pieces::Piece;
 use crate::sealed::Ingested;
 
 /// Bytes of whole chunks read from an import stream per step.
@@ -48,6 +49,34 @@ impl Engine {
                     Some(p) => p.volume.read_view(View::Through(p.through), offset, buf).await,
                     None => self.backend.read_tree(*tree, offset, buf).await,
                 }
+            }
+        }
+    }
+
+    /// `[offset, +length)` of a volume or snapshot as chunk pieces
+    /// ([`crate::pieces`]): clean whole chunks as their stored frames, for a
+    /// reader that decodes them itself (a streamed export).
+    pub async fn read_pieces(&self, source: &Readable, offset: u64, length: usize) -> Result<Vec<Piece>> {
+        match source {
+            Readable::Volume(v) => v.pieces_view(View::Live, offset, length).await,
+            Readable::Snapshot { tree, size, pending } => {
+                crate::volume::check_bounds(offset, length as u64, *size)?;
+                if let Some(p) = pending {
+                    return p
+                        .volume
+                        .pieces_view(View::Through(p.through), offset, length)
+                        .await;
+                }
+                let parts = crate::pieces::parts(tree.geometry, offset, length, *size);
+                let read: crate::pieces::ReadPlain<'_> = Box::new(move |pos, len| {
+                    async move {
+                        let mut buf = vec![0u8; len];
+                        self.backend.read_tree(*tree, pos, &mut buf).await?;
+                        Ok(Bytes::from(buf))
+                    }
+                    .boxed()
+                });
+                self.backend.assemble(Some(*tree), offset, parts, read).await
             }
         }
     }

@@ -17,12 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use cairn_chunker::{ByteRange, ChunkGeometry, ChunkId, BLOCK_SIZE};
+use futures::FutureExt;
 use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
 use crate::journal::{self, LogFile, Record};
 use crate::overlay::{read_logs, Hole, LogRead, Overlay, StoredRead};
+use crate::pieces::{Piece, ReadPlain};
 use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::sealed::{Backend, SealedTree};
 use crate::tree::NodeId;
@@ -395,6 +398,39 @@ impl Volume {
             Below::Tree(tree) => self.backend.read_sealed(tree, &holes, buf).await,
             Below::Base(base) => base.read(self.geometry, &holes, buf).await,
         }
+    }
+
+    /// [`Volume::read_view`] as chunk pieces ([`crate::pieces`]): the
+    /// whole chunks no dirty layer touches are handed on as stored.
+    pub(crate) async fn pieces_view(&self, view: View, offset: u64, length: usize) -> Result<Vec<Piece>> {
+        let (parts, tree) = {
+            let st = self.state.lock();
+            self.check_view(&st, view, offset, length as u64)?;
+            let (below, layers) = self.view_of(&st, view)?;
+            let tree = match below {
+                Below::Tree(tree) => Some(tree),
+                Below::Base(_) => None,
+            };
+            let parts: Vec<(Hole, bool)> =
+                crate::pieces::parts(self.geometry, offset, length, st.record.size)
+                    .into_iter()
+                    .map(|(h, whole)| {
+                        let clean =
+                            whole && tree.is_some() && layers.iter().all(|l| l.peek(h.chunk).is_none());
+                        (h, clean)
+                    })
+                    .collect();
+            (parts, tree)
+        };
+        let read: ReadPlain<'_> = Box::new(move |pos, len| {
+            async move {
+                let mut buf = vec![0u8; len];
+                self.read_view(view, pos, &mut buf).await?;
+                Ok(Bytes::from(buf))
+            }
+            .boxed()
+        });
+        self.backend.assemble(tree, offset, parts, read).await
     }
 
     /// Allocation of `[offset, +length)` at chunk granularity: `(bytes,
