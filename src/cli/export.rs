@@ -1,5 +1,7 @@
 //! `cairn export`: a volume or snapshot written to a file or standard
-//! output, its zero runs written locally instead of fetched.
+//! output, its zero runs written locally instead of fetched, its data runs
+//! fetched as chunk records (stored frames, decoded here: see
+//! [`super::chunks`]).
 
 use anyhow::{anyhow, bail, Context};
 use cairn_api_types::MapExtent;
@@ -7,10 +9,10 @@ use clap::Args;
 use std::io::{BufWriter, Seek, Write};
 use std::os::fd::AsFd;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::Method;
 
+use super::chunks::{decoded, Part};
 use super::output::Progress;
 use super::sparse::SMALL_HOLE;
 use crate::client::Client;
@@ -26,8 +28,10 @@ pub(super) struct ExportArgs {
 /// Zeros written per call where the output cannot skip a hole.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 /// Bytes gathered before each write to a stream output (standard output
-/// or a device): one write per MiB, not one per network frame.
-const STREAM_BUFFER: usize = 1 << 20;
+/// or a device): short pieces (part of a chunk) are gathered, while a
+/// whole chunk of the default size or more is written as it is, without a
+/// copy into the buffer.
+const STREAM_BUFFER: usize = 64 << 10;
 
 /// Exports an image: the map of the source first, then each data run
 /// fetched and written in order, zero runs written locally (skipped in a
@@ -53,23 +57,24 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> anyhow::Result<
             break;
         }
         if zero {
-            out.send(Op::Zeros(length)).await;
+            out.send(vec![Part::Zeros(length)]).await;
             done += length;
         } else {
             let req = client
-                .request(Method::GET, &format!("{base}/data"))
+                .request(Method::GET, &format!("{base}/chunks"))
                 .query(&[("offset", offset), ("length", length)]);
-            let mut body = client.send(req).await?.bytes_stream();
+            let body = client.send(req).await?.bytes_stream();
             let end = done + length;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
+            let mut parts = std::pin::pin!(decoded(body, offset));
+            while let Some(batch) = parts.next().await {
+                let batch = batch.map_err(|e| {
                     anyhow!(
-                        "export interrupted after {done} bytes ({e}): the server stopped the stream, usually because \
-                         an object of {source} is missing or corrupt; `cairn verify {source}` shows which ranges"
+                        "export interrupted after {done} bytes ({e:#}): usually an object of {source} is missing or \
+                         corrupt; `cairn verify {source}` shows which ranges"
                     )
                 })?;
-                let n = chunk.len() as u64;
-                if !out.send(Op::Data(chunk)).await {
+                let n: u64 = batch.iter().map(Part::len).sum();
+                if !out.send(batch).await {
                     break;
                 }
                 done += n;
@@ -119,17 +124,11 @@ async fn map(client: &Client, base: &str, size: u64) -> anyhow::Result<Vec<(u64,
     Ok(runs)
 }
 
-/// What the writer is asked to do.
-enum Op {
-    Data(Bytes),
-    Zeros(u64),
-}
-
 /// Where an export goes, written on one blocking thread fed through a
-/// short queue: the received blocks are written as they are, with no hop
-/// to the blocking pool and no copy per write.
+/// short queue of batches: the decoded blocks are written as they are,
+/// with no hop to the blocking pool per block and no copy per write.
 struct Output {
-    ops: Option<tokio::sync::mpsc::Sender<Op>>,
+    ops: Option<tokio::sync::mpsc::Sender<Vec<Part>>>,
     writer: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -153,8 +152,10 @@ impl Output {
         let (ops, mut queue) = tokio::sync::mpsc::channel(8);
         let writer = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            while let Some(op) = queue.blocking_recv() {
-                sink.apply(op)?;
+            while let Some(batch) = queue.blocking_recv() {
+                for part in batch {
+                    sink.apply(part)?;
+                }
             }
             sink.finish(size)
         });
@@ -164,11 +165,11 @@ impl Output {
         })
     }
 
-    /// Queues `op`; false once the writer has stopped (on an error, which
+    /// Queues `batch`; false once the writer has stopped (on an error, which
     /// [`Output::finish`] returns).
-    async fn send(&mut self, op: Op) -> bool {
+    async fn send(&mut self, batch: Vec<Part>) -> bool {
         match &self.ops {
-            Some(ops) if ops.send(op).await.is_ok() => true,
+            Some(ops) if ops.send(batch).await.is_ok() => true,
             _ => {
                 self.ops = None;
                 false
@@ -196,12 +197,14 @@ enum Sink {
 }
 
 impl Sink {
-    fn apply(&mut self, op: Op) -> std::io::Result<()> {
-        match (self, op) {
-            (Sink::File(f), Op::Data(data)) => f.write_all(&data),
-            (Sink::Stream(s), Op::Data(data)) => s.write_all(&data),
-            (Sink::File(f), Op::Zeros(length)) => f.seek(std::io::SeekFrom::Current(length as i64)).map(drop),
-            (Sink::Stream(s), Op::Zeros(mut length)) => {
+    fn apply(&mut self, part: Part) -> std::io::Result<()> {
+        match (self, part) {
+            (Sink::File(f), Part::Data(data)) => f.write_all(&data),
+            (Sink::Stream(s), Part::Data(data)) => s.write_all(&data),
+            (Sink::File(f), Part::Zeros(length)) => {
+                f.seek(std::io::SeekFrom::Current(length as i64)).map(drop)
+            }
+            (Sink::Stream(s), Part::Zeros(mut length)) => {
                 while length > 0 {
                     let n = length.min(ZEROS.len() as u64) as usize;
                     s.write_all(&ZEROS[..n])?;

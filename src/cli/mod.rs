@@ -2,6 +2,7 @@
 //! command but `serve` is a client of the REST API and speaks it through
 //! the wire types of `cairn-api-types`; none of them links the store.
 
+mod chunks;
 mod data;
 mod export;
 mod lineage;
@@ -84,8 +85,9 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if matches!(cli.command, Command::Serve(_)) {
-        crate::allocator::limit_arenas();
+    match cli.command {
+        Command::Serve(_) => crate::allocator::limit_arenas(),
+        _ => crate::allocator::keep_freed(),
     }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
