@@ -18,13 +18,16 @@ use tokio_util::task::AbortOnDropHandle;
 
 /// Bytes read per step of a streamed export.
 const STEP: u64 = 1 << 20;
+/// Bytes of range per step of a chunk-record export: its records are
+/// about a third of that.
+const CHUNKS_STEP: u64 = 4 << 20;
 /// Steps read at once (each on its own task), the one being sent included:
 /// enough to keep every core decoding, at most this many steps in memory.
 const STEPS_IN_FLIGHT: usize = 4;
 
 /// A body streaming the bytes of `[offset, offset + length)` of `source`.
 pub fn export_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
-    stepped(offset, length, move |pos, n| {
+    stepped(offset, length, STEP, move |pos, n| {
         let (engine, source) = (engine.clone(), source.clone());
         async move {
             let mut buf = vec![0u8; n];
@@ -39,7 +42,7 @@ pub fn export_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u
 /// A body streaming `[offset, offset + length)` of `source` as chunk
 /// records: clean chunks as their stored frames, which the reader decodes.
 pub fn chunks_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
-    stepped(offset, length, move |pos, n| {
+    stepped(offset, length, CHUNKS_STEP, move |pos, n| {
         let (engine, source) = (engine.clone(), source.clone());
         async move { Ok(records(&engine.read_pieces(&source, pos, n).await?)) }
     })
@@ -78,23 +81,23 @@ fn body(piece: &Piece) -> &[u8] {
     }
 }
 
-/// A body of the steps `read(pos, bytes)` makes of `[offset, +length)`,
-/// [`STEPS_IN_FLIGHT`] read at once and sent in order; a failed step ends
-/// the body early.
-fn stepped<F, Fut>(offset: u64, length: u64, read: F) -> Body
+/// A body of the steps of `step` bytes that `read(pos, bytes)` makes of
+/// `[offset, +length)`, [`STEPS_IN_FLIGHT`] read at once and sent in
+/// order; a failed step ends the body early.
+fn stepped<F, Fut>(offset: u64, length: u64, step: u64, read: F) -> Body
 where
     F: Fn(u64, usize) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Bytes, StoreError>> + Send + 'static,
 {
     let end = offset + length;
-    let reads = futures::stream::iter((offset..end).step_by(STEP as usize))
+    let reads = futures::stream::iter((offset..end).step_by(step as usize))
         .map(move |pos| {
-            let n = (end - pos).min(STEP) as usize;
+            let n = (end - pos).min(step) as usize;
             // Dropped with the body (client gone): the reads ahead stop too.
             AbortOnDropHandle::new(tokio::spawn(read(pos, n)))
         })
         .buffered(STEPS_IN_FLIGHT)
-        .zip(futures::stream::iter((offset..end).step_by(STEP as usize)));
+        .zip(futures::stream::iter((offset..end).step_by(step as usize)));
     let stream = reads.scan(false, |failed, (read, pos)| {
         if *failed {
             return std::future::ready(None);

@@ -21,8 +21,9 @@ use crate::objects::ObjectLayer;
 use crate::overlay::Hole;
 use crate::sealed::{Backend, SealedTree};
 
-/// Frames fetched at once for one range.
-const FETCH_CONCURRENCY: usize = 16;
+/// Frames fetched at once for one range: a 4 MiB export step of default
+/// chunks at once, so the pack store reads their frames together.
+const FETCH_CONCURRENCY: usize = 64;
 
 /// One chunk's part of a range.
 #[derive(Clone, Debug)]
