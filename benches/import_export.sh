@@ -8,7 +8,8 @@
 #
 # on a fresh `cairn serve` (release build, local store). Prints seconds,
 # logical MiB/s, the ratios (cairn / zstd, as speed) and the server's peak
-# RSS during each, and checks that the export equals the image.
+# RSS during each (and the client's), and checks that the export equals
+# the image.
 #
 #   benches/import_export.sh              # 4 GiB image
 #   SIZE=1G benches/import_export.sh      # quick
@@ -79,14 +80,17 @@ cairn() { "$CAIRN_BIN" --server "http://127.0.0.1:$cp" "$@"; }
 hwm() { awk '/VmHWM/{print int($2/1024)}' "/proc/$pid/status"; }
 reset_hwm() { echo 5 > "/proc/$pid/clear_refs"; }
 
+# The client's peak RSS too: an export decodes in the client.
+client="/usr/bin/time -f %M -o $work/client.rss $CAIRN_BIN --server http://127.0.0.1:$cp"
+client_rss() { echo $(( $(tail -1 "$work/client.rss") / 1024 )); }
 reset_hwm
-c_in=$(timed sh -c "$CAIRN_BIN --server http://127.0.0.1:$cp import img '$work/image' > /dev/null 2>&1")
-in_rss=$(hwm)
+c_in=$(timed sh -c "$client import img '$work/image' > /dev/null 2>&1")
+in_rss=$(hwm) in_client=$(client_rss)
 reset_hwm
-c_out=$(timed sh -c "$CAIRN_BIN --server http://127.0.0.1:$cp export img - 2>/dev/null > /dev/null")
-out_rss=$(hwm)
+c_out=$(timed sh -c "$client export img - 2>/dev/null > /dev/null")
+out_rss=$(hwm) out_client=$(client_rss)
 stored=$(cairn --json volume show img | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"] >> 20)')
-echo "cairn: import $c_in s ($(mibs "$c_in") MiB/s, stored $stored MiB, server peak RSS $in_rss MiB), export $c_out s ($(mibs "$c_out") MiB/s, server peak RSS $out_rss MiB)"
+echo "cairn: import $c_in s ($(mibs "$c_in") MiB/s, stored $stored MiB, peak RSS server $in_rss MiB, client $in_client MiB), export $c_out s ($(mibs "$c_out") MiB/s, peak RSS server $out_rss MiB, client $out_client MiB)"
 same=$(cmp -s <(cairn export img - 2>/dev/null) "$work/image" && echo yes || echo NO)
 echo "export equals the image: $same"
 echo "ratios (speed, cairn / zstd): import $(python3 -c "print(f'{$z_in / $c_in:.2f}')")x of zstd -1 -T2, export $(python3 -c "print(f'{$z_out / $c_out:.2f}')")x of zstd -d -T2"

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   librocksdb-dev libzstd-dev libsnappy-dev liblz4-dev libbz2-dev zlib1g-dev
   clang libclang-dev pkg-config
-  qemu-utils libnbd-bin nbdkit fio fuse3 curl
+  qemu-utils libnbd-bin nbdkit fio fuse3 curl time
   chromium python3-venv
   libssl-dev gnutls-bin
 )
