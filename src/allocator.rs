@@ -6,8 +6,9 @@
 //! at the arena's top. A server whose seals, NBD payloads and caches pass
 //! 64 KiB - 1 MiB buffers between tokio workers and blocking threads then
 //! holds freed memory in many arenas. Two arenas, and a trim every few
-//! seconds, keep the resident set near what is live (measured with
-//! `benches/write_path.sh`).
+//! seconds, keep the resident set nearer what is live (measured with
+//! `benches/write_path.sh`); the chunk cache keeps its chunks apart from
+//! the heap (`store/src/slab.rs`).
 //!
 //! A client is the opposite case: it runs for one command and holds a
 //! bounded amount in flight, but an export passes gigabytes through

@@ -15,6 +15,8 @@ use crate::hydrate::ChangeFeed;
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Where cached chunks are kept, apart from the heap.
+    slabs: crate::slab::Slabs,
     /// Told of every chunk taken in or let go (hydration counts).
     feed: Option<Arc<ChangeFeed>>,
 }
@@ -34,6 +36,7 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity,
+            slabs: Default::default(),
             feed: None,
         }
     }
@@ -59,14 +62,17 @@ impl ChunkCache {
         self.inner.lock().map.contains(id)
     }
 
-    /// Caches a chunk, evicting old ones past the budget.
-    pub fn insert(&self, id: ChunkId, data: Bytes) {
+    /// Caches a chunk, evicting old ones past the budget. Returns the
+    /// cached copy (in a slot of [`crate::slab`], so the caller's buffer
+    /// can go), or `data` when it is not cached.
+    pub fn insert(&self, id: ChunkId, data: Bytes) -> Bytes {
         if data.len() > self.capacity {
-            return;
+            return data;
         }
+        let data = self.slabs.keep(&data);
         let mut inner = self.inner.lock();
         let len = data.len();
-        if let Some(old) = inner.map.put(id, data) {
+        if let Some(old) = inner.map.put(id, data.clone()) {
             inner.bytes -= old.len();
         }
         inner.bytes += len;
@@ -80,6 +86,7 @@ impl ChunkCache {
                 None => break,
             }
         }
+        data
     }
 
     /// Bytes held now.

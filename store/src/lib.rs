@@ -29,6 +29,7 @@ pub mod readahead;
 pub mod records;
 pub mod sealed;
 pub mod shared;
+mod slab;
 mod sweep_gate;
 pub mod tree;
 pub mod url;

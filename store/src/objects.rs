@@ -572,8 +572,7 @@ impl ObjectLayer {
                 fetched = true;
                 async {
                     let data: Bytes = self.fetch(ObjectKind::Chunk, &id.0).await?.into();
-                    self.cache.insert(id, data.clone());
-                    Ok::<_, StoreError>(data)
+                    Ok::<_, StoreError>(self.cache.insert(id, data))
                 }
             })
             .await
