@@ -221,8 +221,9 @@ impl Backend {
 
     /// Stores whole chunks (hash, dedup, compress, upload) and returns the
     /// manifest updates for them, with the stored length of each chunk this
-    /// call uploaded. Zero chunks become the zero sentinel.
-    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Bytes)>) -> Result<Ingested> {
+    /// call uploaded. Zero chunks become the zero sentinel. `keep` says
+    /// whether the chunks it uploads enter the chunk cache.
+    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Bytes)>, keep: Keep) -> Result<Ingested> {
         let (indices, contents): (Vec<u64>, Vec<Bytes>) = chunks.into_iter().unzip();
         let (classes, contents) = tokio::task::spawn_blocking(move || (classify(&contents), contents))
             .await
@@ -254,8 +255,10 @@ impl Backend {
             .filter(|(_, up)| *up)
             .map(|((&i, len), _)| (classes[i].id(), len))
             .collect();
-        for &i in &fresh {
-            self.objects.cache_chunk(classes[i].id(), contents[i].clone());
+        if keep == Keep::Cached {
+            for &i in &fresh {
+                self.objects.cache_chunk(classes[i].id(), contents[i].clone());
+            }
         }
         let updates = indices
             .into_iter()
@@ -263,6 +266,16 @@ impl Backend {
             .collect();
         Ok(Ingested { updates, stored })
     }
+}
+
+/// Whether [`Backend::ingest`] puts the chunks it uploads in the chunk
+/// cache: what a VM wrote (sealed or written whole) is likely read again;
+/// an import's gigabytes would only push out what volumes are reading, and
+/// cost a copy each (see `crate::slab`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Keep {
+    Cached,
+    Uncached,
 }
 
 /// What [`Backend::ingest`] did.

@@ -7,7 +7,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::*;
 use crate::pieces::Piece;
-use crate::sealed::Ingested;
+use crate::sealed::{Ingested, Keep};
 
 /// Bytes of whole chunks read from an import stream per step.
 const IMPORT_STEP: usize = 8 << 20;
@@ -221,7 +221,7 @@ impl Engine {
                 let session = backend.objects.begin_write();
                 AbortOnDropHandle::new(tokio::spawn(async move {
                     let chunks = (first..).zip(chunks.into_iter().map(Bytes::from)).collect();
-                    backend.ingest(chunks).await.map(|i| (i, session))
+                    backend.ingest(chunks, Keep::Uncached).await.map(|i| (i, session))
                 }))
             })
             .buffered(IMPORT_STEPS_IN_FLIGHT);

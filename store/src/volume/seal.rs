@@ -25,7 +25,7 @@ use super::{Frozen, State, Volume};
 use crate::error::{Result, StoreError};
 use crate::overlay::{DirtyChunk, Overlay};
 use crate::records::{now, SnapshotRecord, VolumeRecord};
-use crate::sealed::{Ingested, SealedTree};
+use crate::sealed::{Ingested, Keep, SealedTree};
 use crate::tree::NodeId;
 
 /// Chunks hashed and compressed together while sealing.
@@ -218,7 +218,7 @@ impl Volume {
                     .into_iter()
                     .map(|(i, c)| (i, bytes::Bytes::from(c)))
                     .collect();
-                self.backend.ingest(contents).await?
+                self.backend.ingest(contents, Keep::Cached).await?
             }
         };
         if !as_stored.is_empty() {

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::sealed::Keep;
 
 /// Writes covering at least this many whole chunks store them directly
 /// (see [`Volume::write_whole_chunks`]).
@@ -85,7 +86,7 @@ impl Volume {
                 (first + i as u64, content)
             })
             .collect();
-        let ingested = self.backend.ingest(chunks).await?;
+        let ingested = self.backend.ingest(chunks, Keep::Cached).await?;
         self.backend.objects.make_durable().await?;
         let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
         let _shared = self.rmw_lock.read().await;
