@@ -61,7 +61,7 @@ reclaim() {
 peak_rss() { echo "cairn peak RSS so far $(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024)) MiB (memory cache $CACHE)"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -s "$api/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-fio_run() { # server rw bs depth -> "iops mibs server_us_per_io"
+fio_run() { # server rw bs depth -> "iops mibs server_us_per_io ios"
   local out="$work/$1-$2-$3-$4.json" before after
   before=$(cpu_ticks "${pid[$1]}")
   fio --name=b --ioengine=nbd --uri="${uri[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
@@ -72,7 +72,7 @@ fio_run() { # server rw bs depth -> "iops mibs server_us_per_io"
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 ios = max(1, j["total_ios"])
-print(f'{j["iops"]:.0f} {j["bw"]/1024:.0f} {int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / ios:.1f}')
+print(f'{j["iops"]:.0f} {j["bw"]/1024:.0f} {int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / ios:.1f} {ios}')
 PY
 }
 
@@ -84,7 +84,7 @@ declare -A res
 for t in "${tests[@]}"; do
   set -- $t
   for s in "${servers[@]}"; do
-    read -r iops mibs us < <(fio_run "$s" "$1" "$2" "$3")
+    read -r iops mibs us ios < <(fio_run "$s" "$1" "$2" "$3")
     res["$t/$s"]=$iops
     printf '%-16s %-12s %10s %8s %14s\n' "$1 $2 qd$3" "$s" "$iops" "$mibs" "$us"
     if [ "$s" = cairn ]; then
@@ -92,14 +92,17 @@ for t in "${tests[@]}"; do
       # so it does not land in the next test's figures.
       t0=$(date +%s%N); c0=$(cpu_ticks "${pid[cairn]}")
       while [ "$(metric cairn_backlog_bytes)" != 0 ]; do sleep 0.2; done
-      printf '%-16s cairn sealed what the run left in %.1f s, %.1f CPU-s\n' "" \
-        "$(python3 -c "print(($(date +%s%N) - $t0) / 1e9)")" \
-        "$(python3 -c "print(($(cpu_ticks "${pid[cairn]}") - $c0) / $(getconf CLK_TCK))")"
+      seal_s=$(python3 -c "print(($(cpu_ticks "${pid[cairn]}") - $c0) / $(getconf CLK_TCK))")
+      printf '%-16s cairn sealed what the run left in %.1f s, %.1f CPU-s: %.1f us per write, %.1f in all\n' "" \
+        "$(python3 -c "print(($(date +%s%N) - $t0) / 1e9)")" "$seal_s" \
+        "$(python3 -c "print($seal_s * 1e6 / $ios)")" "$(python3 -c "print($us + $seal_s * 1e6 / $ios)")"
     fi
   done
-  printf '%-16s cairn/raw %.2f  cairn/qcow2 %.2f\n' "" \
-    "$(python3 -c "print(${res["$t/cairn"]:-0}/max(1,${res["$t/qemu-raw"]:-0}))")" \
-    "$(python3 -c "print(${res["$t/cairn"]:-0}/max(1,${res["$t/qemu-qcow2"]:-0}))")"
+  for peer in qemu-raw qemu-qcow2; do
+    if [ -n "${res["$t/cairn"]:-}" ] && [ -n "${res["$t/$peer"]:-}" ]; then
+      printf '%-16s cairn/%s %.2f\n' "" "${peer#qemu-}" "$(python3 -c "print(${res["$t/cairn"]}/max(1,${res["$t/$peer"]}))")"
+    fi
+  done
 done
 w=$(metric cairn_write_bytes_total); sl=$(metric cairn_sealed_bytes_total)
 echo "bytes written $w, chunk bytes sealed $sl during the runs: $(python3 -c "print(round($sl/max(1,$w),2))") sealed per written"
