@@ -155,6 +155,16 @@ fn snapshot_fork_clone_rollback_diff_delete_workflow() {
     assert!(metrics
         .contains("cairn_http_requests_total{method=\"POST\",route=\"/api/v1/volumes\",status=\"201\"}"));
     assert!(metrics.contains("cairn_dedup_ratio"));
+    // The snapshot latency histogram counts this test's snapshots.
+    let snapshots_within_10s = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "cairn_http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/v1/volumes/{name}/snapshots\",le=\"10\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no snapshot latency histogram in {metrics}"));
+    assert!(snapshots_within_10s.parse::<u64>().unwrap() >= 1, "{metrics}");
 
     // SIGTERM: exit 0
     assert_eq!(server.terminate(), Some(0));

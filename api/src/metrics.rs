@@ -1,5 +1,6 @@
-//! Prometheus metrics: requests by route and status with latency, and the
-//! store's space figures, rendered as text on `/metrics`.
+//! Prometheus metrics: requests by route and status with latency (totals,
+//! and a histogram per route for its tail), and the store's space figures,
+//! rendered as text on `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,10 +16,64 @@ struct RouteStats {
     seconds: f64,
 }
 
+/// Upper bounds (seconds) of the request latency histogram's buckets:
+/// fine below 10 ms, where snapshots, forks and clones answer.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Requests of one route by latency: `counts[i]` answered within
+/// `BUCKETS[i]` (not cumulative; the last slot is above every bound).
+#[derive(Default, Clone, Copy)]
+struct Histogram {
+    counts: [u64; BUCKETS.len() + 1],
+    count: u64,
+    seconds: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let slot = BUCKETS.partition_point(|&bound| bound < seconds);
+        self.counts[slot] += 1;
+        self.count += 1;
+        self.seconds += seconds;
+    }
+
+    /// The histogram's lines for one route, in the Prometheus text format.
+    fn render(&self, out: &mut String, method: &str, route: &str) {
+        let labels = format!("method=\"{method}\",route=\"{route}\"");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "cairn_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cairn_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(
+            out,
+            "cairn_http_request_duration_seconds_sum{{{labels}}} {:.6}",
+            self.seconds
+        );
+        let _ = writeln!(
+            out,
+            "cairn_http_request_duration_seconds_count{{{labels}}} {}",
+            self.count
+        );
+    }
+}
+
 /// Request metrics.
 #[derive(Default)]
 pub struct Metrics {
     routes: Mutex<BTreeMap<(String, String, u16), RouteStats>>,
+    /// By method and route, every status together.
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
 
 impl Metrics {
@@ -30,6 +85,12 @@ impl Metrics {
             .or_default();
         entry.count += 1;
         entry.seconds += elapsed.as_secs_f64();
+        drop(routes);
+        self.latency
+            .lock()
+            .entry((method.to_string(), route.to_string()))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Renders everything in the Prometheus text format.
@@ -53,6 +114,12 @@ impl Metrics {
                 "cairn_http_request_seconds_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {:.6}",
                 s.seconds
             );
+        }
+        out.push_str("# HELP cairn_http_request_duration_seconds Request latency by route.\n");
+        out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
+        let latency = self.latency.lock().clone();
+        for ((method, route), h) in &latency {
+            h.render(&mut out, method, route);
         }
         let stats = &engine.objects().stats;
         let store = &engine.objects().store_stats;
@@ -287,5 +354,59 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(out: &str, le: &str) -> u64 {
+        let key = format!(
+            "cairn_http_request_duration_seconds_bucket{{method=\"POST\",route=\"/r\",le=\"{le}\"}} "
+        );
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"));
+        line[key.len()..].parse().unwrap()
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+        let mut h = Histogram::default();
+        for seconds in [0.0003, 0.001, 0.003, 0.003, 0.2, 20.0] {
+            h.observe(seconds);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "POST", "/r");
+        assert_eq!(bucket(&out, "0.0005"), 1);
+        assert_eq!(bucket(&out, "0.001"), 2, "a bound holds what equals it");
+        assert_eq!(bucket(&out, "0.0025"), 2);
+        assert_eq!(bucket(&out, "0.005"), 4);
+        assert_eq!(bucket(&out, "0.1"), 4);
+        assert_eq!(bucket(&out, "0.25"), 5);
+        assert_eq!(bucket(&out, "10"), 5);
+        assert_eq!(bucket(&out, "+Inf"), 6);
+        assert!(out.contains("cairn_http_request_duration_seconds_count{method=\"POST\",route=\"/r\"} 6\n"));
+        assert!(
+            out.contains("cairn_http_request_duration_seconds_sum{method=\"POST\",route=\"/r\"} 20.207300\n")
+        );
+        let buckets = out.lines().filter(|l| l.contains("_bucket{")).count();
+        assert_eq!(buckets, BUCKETS.len() + 1);
+    }
+
+    #[test]
+    fn requests_are_counted_per_route_across_statuses() {
+        let m = Metrics::default();
+        m.observe("POST", "/r", 201, Duration::from_millis(2));
+        m.observe("POST", "/r", 409, Duration::from_millis(30));
+        m.observe("GET", "/r", 200, Duration::from_millis(1));
+        let latency = m.latency.lock();
+        let post = latency[&("POST".to_string(), "/r".to_string())];
+        assert_eq!(post.count, 2);
+        assert_eq!(post.counts[BUCKETS.partition_point(|&b| b < 0.002)], 1);
+        assert_eq!(post.counts[BUCKETS.partition_point(|&b| b < 0.03)], 1);
+        assert_eq!(latency[&("GET".to_string(), "/r".to_string())].count, 1);
     }
 }
