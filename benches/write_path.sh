@@ -62,14 +62,17 @@ reclaim() {
 peak_rss() { echo "cairn peak RSS so far $(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024)) MiB (memory cache $CACHE)"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -s "$api/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-fio_run() { # server rw bs depth -> "iops mibs server_us_per_io ios writes_per_flush"
-  local out="$work/$1-$2-$3-$4.json" before after
-  before=$(cpu_ticks "${pid[$1]}")
+# Steal and all ticks of the machine: time the host gave other guests
+# while a run wanted the CPU (runs with steal are slower for every server).
+machine_ticks() { awk '/^cpu /{print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+fio_run() { # server rw bs depth -> "iops mibs server_us_per_io ios writes_per_flush steal_percent"
+  local out="$work/$1-$2-$3-$4.json" before after m0 m1
+  before=$(cpu_ticks "${pid[$1]}") m0=$(machine_ticks)
   fio --name=b --ioengine=nbd --uri="${uri[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
       --size="$SIZE" --runtime="$RUNTIME" --time_based --fsync=256 \
       --output-format=json --output="$out" >/dev/null
-  after=$(cpu_ticks "${pid[$1]}")
-  python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
+  after=$(cpu_ticks "${pid[$1]}") m1=$(machine_ticks)
+  python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$m0" "$m1" <<'PY'
 import json, sys
 job = json.load(open(sys.argv[1]))["jobs"][0]
 j = job["write"]
@@ -77,21 +80,24 @@ ios = max(1, j["total_ios"])
 # fio issues FLUSHes more often than --fsync asks at a queue depth above 1
 # (about one per 8 writes at QD32): counted, not assumed.
 flushes = max(1, job.get("sync", {}).get("total_ios", 0))
-print(f'{j["iops"]:.0f} {j["bw"]/1024:.0f} {int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / ios:.1f} {ios} {ios / flushes:.0f}')
+steal0, all0 = map(int, sys.argv[4].split())
+steal1, all1 = map(int, sys.argv[5].split())
+steal = 100 * (steal1 - steal0) / max(1, all1 - all0)
+print(f'{j["iops"]:.0f} {j["bw"]/1024:.0f} {int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / ios:.1f} {ios} {ios / flushes:.0f} {steal:.1f}')
 PY
 }
 
 if phase writes; then
 echo "== writes, fio --fsync=256 (server CPU includes cairn's sealer while it runs)"
 tests=("randwrite 4k 32" "write 1M 8")
-printf '%-16s %-12s %10s %8s %14s %12s\n' test server IOPS MiB/s server_us/io writes/flush
+printf '%-16s %-12s %10s %8s %14s %12s %7s\n' test server IOPS MiB/s server_us/io writes/flush steal%
 declare -A res
 for t in "${tests[@]}"; do
   set -- $t
   for s in "${servers[@]}"; do
-    read -r iops mibs us ios per_flush < <(fio_run "$s" "$1" "$2" "$3")
+    read -r iops mibs us ios per_flush steal < <(fio_run "$s" "$1" "$2" "$3")
     res["$t/$s"]=$iops
-    printf '%-16s %-12s %10s %8s %14s %12s\n' "$1 $2 qd$3" "$s" "$iops" "$mibs" "$us" "$per_flush"
+    printf '%-16s %-12s %10s %8s %14s %12s %7s\n' "$1 $2 qd$3" "$s" "$iops" "$mibs" "$us" "$per_flush" "$steal"
     if [ "$s" = cairn ]; then
       # What the run left unsealed is sealed after it (idle): timed apart,
       # so it does not land in the next test's figures.
@@ -143,10 +149,26 @@ op_bench() { # volume dirty_bytes label
   echo "$3:"
   stats snapshot "${snaps[@]}"; stats fork "${forks[@]}"; stats clone "${clones[@]}"
 }
+# The server's own count of these answers within 10 ms and in all
+# (cairn_http_request_duration_seconds), both phases together: time spent
+# in the server, apart from curl's.
+server_within_10ms() {
+  curl -s "$api/metrics" | python3 -c '
+import re, sys
+routes = {"snapshot": "/api/v1/volumes/{name}/snapshots", "fork": "/api/v1/volumes/{name}/snapshots/{tag}/fork",
+          "clone": "/api/v1/volumes/{name}/clone"}
+counts = {}
+for line in sys.stdin:
+    m = re.match(r"cairn_http_request_duration_seconds_bucket\{method=\"POST\",route=\"([^\"]+)\",le=\"([^\"]+)\"\} (\d+)", line)
+    if m: counts[(m[1], m[2])] = int(m[3])
+within, total = "0.01", "+Inf"
+print("  server side, within 10 ms: " + ", ".join(f"{op} {counts.get((r, within), 0)}/{counts.get((r, total), 0)}" for op, r in routes.items()))'
+}
 if phase ops; then
 op_bench s1 $((16 << 20)) "16 MiB dirty"
 SNAPS_BIG="${SNAPS_BIG:-3}"
 SNAPS=$SNAPS_BIG op_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
+server_within_10ms
 peak_rss
 reclaim
 fi
