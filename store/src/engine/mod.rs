@@ -8,16 +8,19 @@
 //! cannot be rolled back; `require_labels` must match the snapshot's labels.
 //! Every change is one atomic catalog batch together with its audit event.
 
+mod config;
 mod damage;
 mod data;
+mod events;
 mod leases;
 mod maintenance;
 mod remote;
+mod sealer;
 mod snapshots;
 mod volumes;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,77 +58,6 @@ const LAST_GC: &str = "gc_last";
 
 /// Generations sealed at once across all volumes.
 const SEALS_AT_ONCE: usize = 2;
-
-/// How to open an engine.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Data directory: holds the catalog (and the default object store).
-    pub data_dir: PathBuf,
-    /// Object store URL; `None` means `file://<data_dir>/objects`.
-    pub object_store: Option<String>,
-    /// Chunk size for new volumes that do not name one.
-    pub default_chunk_size: u64,
-    /// Budget of the memory cache: decompressed chunks and decoded
-    /// manifest nodes (an eighth, at least 8 MiB).
-    pub cache_bytes: usize,
-    /// Budget of the on-disk chunk cache, used when the object store is not
-    /// local (`s3://`); `None` picks [`default_disk_cache_bytes`].
-    pub disk_cache_bytes: Option<u64>,
-    /// Log bytes of one volume that make the background sealer act.
-    pub dirty_soft_limit: usize,
-    /// Log bytes of one volume (its write-back backlog, on local disk) past
-    /// which writers wait for sealing.
-    pub dirty_hard_limit: usize,
-    /// Idle time after which dirty data is sealed anyway.
-    pub idle_seal_after: Duration,
-    /// Age of the oldest unsealed write after which it is sealed even
-    /// while writes go on.
-    pub seal_age: Duration,
-    /// How long a writer waits for backlog room while the object store
-    /// answers nothing before writes are refused.
-    pub store_timeout: Duration,
-}
-
-impl EngineConfig {
-    /// Defaults for a data directory.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            object_store: None,
-            default_chunk_size: DEFAULT_CHUNK_SIZE,
-            cache_bytes: 256 << 20,
-            disk_cache_bytes: None,
-            dirty_soft_limit: 1 << 30,
-            dirty_hard_limit: 2 << 30,
-            idle_seal_after: Duration::from_secs(2),
-            seal_age: Duration::from_secs(60),
-            store_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// The default on-disk cache budget: a quarter of the space free on the
-/// data dir's filesystem at start, at least 1 GiB (or all of it when less
-/// is free).
-pub fn default_disk_cache_bytes(data_dir: &std::path::Path) -> u64 {
-    let free = free_bytes(data_dir).unwrap_or(4 << 30);
-    (free / 4).max(1 << 30).min(free)
-}
-
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a
-    // properly sized out-parameter; statvfs writes it fully on success.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it initialised `stat`.
-    let stat = unsafe { stat.assume_init() };
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
 
 /// Changed extents between two snapshots.
 pub type Extents = Vec<ByteRange>;
@@ -203,6 +135,7 @@ pub struct Engine {
     damaged: Mutex<HashMap<(Namespace, VolumeName), damage::Damage>>,
 }
 
+pub use config::{default_disk_cache_bytes, EngineConfig};
 pub use damage::{DroppedRecord, RepairReport};
 
 pub use leases::SnapshotLease;
@@ -512,71 +445,6 @@ impl Engine {
         &self.backend.trees
     }
 
-    /// Seals volumes that are idle or over the soft limit until `stop`
-    /// completes. Spawn it; `stop` is only looked at between passes, so a
-    /// seal in progress finishes.
-    pub async fn run_sealer(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_publish = std::time::Instant::now();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            self.seal_due().await;
-            if last_publish.elapsed() >= ROOTS_PUBLISH_INTERVAL {
-                last_publish = std::time::Instant::now();
-                if let Err(e) = self.publish_roots_if_shared().await {
-                    tracing::warn!(error = %e, "publishing live roots failed; will retry");
-                }
-            }
-        }
-    }
-
-    /// One pass of the background sealer.
-    pub async fn seal_due(&self) {
-        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
-        for volume in open {
-            if volume.base_sealed() {
-                if let Err(e) = volume.adopt_base().await {
-                    tracing::warn!(volume = %volume.record().name, error = %e, "adopting a sealed base failed; will retry");
-                }
-            }
-            let logged = volume.unsealed_bytes();
-            if logged == 0 {
-                continue;
-            }
-            // Sealing late lets rewrites of a chunk coalesce: one object per
-            // chunk per seal, however often it was written.
-            let why = if logged >= self.config.dirty_soft_limit as u64 {
-                "backlog"
-            } else if volume.idle_ms() >= self.config.idle_seal_after.as_millis() as u64 {
-                "idle"
-            } else if volume.dirty_age() >= self.config.seal_age {
-                "age"
-            } else {
-                continue;
-            };
-            tracing::debug!(volume = %volume.record().name, logged, why, "sealing");
-            {
-                if let Err(e) = volume.seal().await {
-                    tracing::warn!(volume = %volume.record().name, error = %e, "background seal failed; will retry");
-                }
-            }
-        }
-    }
-
-    /// Seals every volume and syncs the catalog: for shutdown.
-    pub async fn seal_all(&self) -> Result<()> {
-        let open: Vec<Arc<Volume>> = self.volumes.lock().values().cloned().collect();
-        for volume in open {
-            volume.seal().await?;
-        }
-        self.backend.catalog.sync()
-    }
-
     /// An open volume.
     pub fn volume(&self, ns: &Namespace, name: &VolumeName) -> Result<Arc<Volume>> {
         let key = (ns.clone(), name.clone());
@@ -616,62 +484,6 @@ impl Engine {
 
     pub(crate) fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
         ChunkGeometry::new(chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
-    }
-
-    /// Audit events of `ns` (of one volume with `volume`), oldest first,
-    /// from event number `since_seq` and time `since_time` on: at most
-    /// `limit`, or with `tail` the last `tail` matches. The catalog is read
-    /// page by page and filtered as it goes, so memory is bounded by the
-    /// answer, and without `tail` the scan stops at `limit` matches.
-    pub fn events_matching(
-        &self,
-        ns: &Namespace,
-        volume: Option<&str>,
-        since_seq: u64,
-        since_time: Option<time::OffsetDateTime>,
-        limit: usize,
-        tail: Option<usize>,
-    ) -> Result<Vec<Event>> {
-        let keep = tail.unwrap_or(limit).min(limit);
-        let mut out = std::collections::VecDeque::new();
-        let mut from = since_seq;
-        loop {
-            let page = self.backend.catalog.events(from, 1024)?;
-            let Some(last) = page.last() else { break };
-            from = last.seq + 1;
-            let full = page.len() == 1024;
-            for e in page {
-                if &e.namespace != ns
-                    || volume.is_some_and(|v| e.volume.as_deref() != Some(v))
-                    || since_time.is_some_and(|t| e.time < t)
-                {
-                    continue;
-                }
-                out.push_back(e);
-                if out.len() > keep {
-                    // Only with a tail: keep the newest.
-                    out.pop_front();
-                }
-                if tail.is_none() && out.len() == keep {
-                    return Ok(out.into());
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(out.into())
-    }
-
-    /// Events of `ns` (or of one volume) from `since_seq` on, at most `limit`.
-    pub fn events(
-        &self,
-        ns: &Namespace,
-        volume: Option<&str>,
-        since_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>> {
-        self.events_matching(ns, volume, since_seq, None, limit, None)
     }
 
     /// Data directory path.
