@@ -424,14 +424,7 @@ impl JournalDir {
 
     /// Every log file as (volume id, generation), unordered.
     fn files(&self) -> Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            if let Some(ids) = entry.file_name().to_str().and_then(parse_name) {
-                out.push(ids);
-            }
-        }
-        Ok(out)
+        files_in(&self.dir)
     }
 
     /// Creates the log file of a new generation.
@@ -483,12 +476,22 @@ impl JournalDir {
     /// Removes a volume's generations `<= up_to` (after the catalog has
     /// moved its floor past them).
     pub fn remove_through(&self, volume_id: u64, up_to: u64) -> Result<()> {
-        for (id, generation) in self.files()? {
-            if id == volume_id && generation <= up_to {
-                remove(&self.dir.join(file_name(id, generation)))?;
+        remove_through_in(&self.dir, volume_id, up_to)
+    }
+
+    /// [`JournalDir::remove_through`] on the blocking pool, not awaited:
+    /// unlinking a log drops its cached pages (about 200 ms per GiB),
+    /// which a commit should not wait for. A file it has not removed yet
+    /// (or at all, on a crash) is below the volume's floor: replay removes
+    /// it. Holds only the directory's path, so the engine can close and
+    /// reopen meanwhile.
+    pub fn remove_through_in_background(&self, volume_id: u64, up_to: u64) {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = remove_through_in(&dir, volume_id, up_to) {
+                tracing::warn!(volume_id, error = %e, "removing sealed journal files failed");
             }
-        }
-        Ok(())
+        });
     }
 
     /// Removes the logs of volumes that no longer exist.
@@ -502,6 +505,27 @@ impl JournalDir {
         }
         Ok(removed)
     }
+}
+
+/// Every log file in `dir` as (volume id, generation), unordered.
+fn files_in(dir: &Path) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(ids) = entry.file_name().to_str().and_then(parse_name) {
+            out.push(ids);
+        }
+    }
+    Ok(out)
+}
+
+fn remove_through_in(dir: &Path, volume_id: u64, up_to: u64) -> Result<()> {
+    for (id, generation) in files_in(dir)? {
+        if id == volume_id && generation <= up_to {
+            remove(&dir.join(file_name(id, generation)))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> Result<()> {
@@ -645,6 +669,36 @@ mod tests {
         let removed = j.remove_orphans(&[9].into_iter().collect()).unwrap();
         assert_eq!(removed, 1);
         assert_eq!(j.files().unwrap(), vec![(9, 3)]);
+    }
+
+    #[tokio::test]
+    async fn removal_in_the_background_takes_only_what_is_below_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        let open: Vec<_> = [(9, 1), (9, 2), (9, 3), (10, 1)]
+            .into_iter()
+            .map(|(volume, generation)| j.create(volume, generation).unwrap())
+            .collect();
+        j.remove_through_in_background(9, 2);
+        // The journal can go (an engine closing) before the removal ran.
+        drop(j);
+        let mut left = files_in(dir.path()).unwrap();
+        for _ in 0..500 {
+            if left.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            left = files_in(dir.path()).unwrap();
+        }
+        left.sort_unstable();
+        assert_eq!(left, vec![(9, 3), (10, 1)]);
+        // Files still open when unlinked stay usable.
+        open[0]
+            .append(&Record::Zero {
+                offset: 0,
+                length: 4096,
+            })
+            .unwrap();
     }
 
     #[test]

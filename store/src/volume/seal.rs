@@ -280,11 +280,12 @@ impl Volume {
             }
         }
         if let Some(through) = sealed {
-            // Past the commit: a file left behind is below the floor and
-            // goes at the next open.
-            if let Err(e) = self.backend.journal.remove_through(self.id, through) {
-                tracing::warn!(volume_id = self.id, error = %e, "removing sealed journal files failed");
-            }
+            // Past the commit, off the reactor and not awaited: the commit
+            // lock (held by the caller) and the runtime's workers must not
+            // wait for the unlinks.
+            self.backend
+                .journal
+                .remove_through_in_background(self.id, through);
         }
         Ok(())
     }
