@@ -27,7 +27,6 @@ const BUCKETS: [f64; 14] = [
 #[derive(Default, Clone, Copy)]
 struct Histogram {
     counts: [u64; BUCKETS.len() + 1],
-    count: u64,
     seconds: f64,
 }
 
@@ -35,8 +34,12 @@ impl Histogram {
     fn observe(&mut self, seconds: f64) {
         let slot = BUCKETS.partition_point(|&bound| bound < seconds);
         self.counts[slot] += 1;
-        self.count += 1;
         self.seconds += seconds;
+    }
+
+    /// Requests observed.
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
     }
 
     /// The histogram's lines for one route, in the Prometheus text format.
@@ -53,7 +56,7 @@ impl Histogram {
         let _ = writeln!(
             out,
             "cairn_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-            self.count
+            self.count()
         );
         let _ = writeln!(
             out,
@@ -63,7 +66,7 @@ impl Histogram {
         let _ = writeln!(
             out,
             "cairn_http_request_duration_seconds_count{{{labels}}} {}",
-            self.count
+            self.count()
         );
     }
 }
@@ -404,9 +407,9 @@ mod tests {
         m.observe("GET", "/r", 200, Duration::from_millis(1));
         let latency = m.latency.lock();
         let post = latency[&("POST".to_string(), "/r".to_string())];
-        assert_eq!(post.count, 2);
+        assert_eq!(post.count(), 2);
         assert_eq!(post.counts[BUCKETS.partition_point(|&b| b < 0.002)], 1);
         assert_eq!(post.counts[BUCKETS.partition_point(|&b| b < 0.03)], 1);
-        assert_eq!(latency[&("GET".to_string(), "/r".to_string())].count, 1);
+        assert_eq!(latency[&("GET".to_string(), "/r".to_string())].count(), 1);
     }
 }
