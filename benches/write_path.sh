@@ -153,16 +153,13 @@ op_bench() { # volume dirty_bytes label
 # (cairn_http_request_duration_seconds), both phases together: time spent
 # in the server, apart from curl's.
 server_within_10ms() {
-  curl -s "$api/metrics" | python3 -c '
-import re, sys
-routes = {"snapshot": "/api/v1/volumes/{name}/snapshots", "fork": "/api/v1/volumes/{name}/snapshots/{tag}/fork",
-          "clone": "/api/v1/volumes/{name}/clone"}
-counts = {}
-for line in sys.stdin:
-    m = re.match(r"cairn_http_request_duration_seconds_bucket\{method=\"POST\",route=\"([^\"]+)\",le=\"([^\"]+)\"\} (\d+)", line)
-    if m: counts[(m[1], m[2])] = int(m[3])
-within, total = "0.01", "+Inf"
-print("  server side, within 10 ms: " + ", ".join(f"{op} {counts.get((r, within), 0)}/{counts.get((r, total), 0)}" for op, r in routes.items()))'
+  local out="  server side, within 10 ms:" op key
+  for op in snapshot=/api/v1/volumes/{name}/snapshots fork=/api/v1/volumes/{name}/snapshots/{tag}/fork \
+            clone=/api/v1/volumes/{name}/clone; do
+    key="cairn_http_request_duration_seconds_bucket{method=\"POST\",route=\"${op#*=}\""
+    out+=" ${op%%=*} $(metric "$key,le=\"0.01\"}")/$(metric "$key,le=\"+Inf\"}"),"
+  done
+  echo "${out%,}"
 }
 if phase ops; then
 op_bench s1 $((16 << 20)) "16 MiB dirty"
