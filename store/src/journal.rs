@@ -476,19 +476,22 @@ impl JournalDir {
     /// Removes a volume's generations `<= up_to` (after the catalog has
     /// moved its floor past them).
     pub fn remove_through(&self, volume_id: u64, up_to: u64) -> Result<()> {
-        remove_through_in(&self.dir, volume_id, up_to)
+        remove_through_in(&self.dir, volume_id, up_to, remove)
     }
 
     /// [`JournalDir::remove_through`] on the blocking pool, not awaited:
     /// unlinking a log drops its cached pages (about 200 ms per GiB),
-    /// which a commit should not wait for. A file it has not removed yet
+    /// which a commit should not wait for, and each file is cut a step at
+    /// a time ([`crate::gradual`]) so that freeing its blocks does not
+    /// stall the fsyncs of snapshots meanwhile. A file it has not removed yet
     /// (or at all, on a crash) is below the volume's floor: replay removes
     /// it. Holds only the directory's path, so the engine can close and
     /// reopen meanwhile.
     pub fn remove_through_in_background(&self, volume_id: u64, up_to: u64) {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = remove_through_in(&dir, volume_id, up_to) {
+            let gradually = |path: &Path| Ok(crate::gradual::remove(path)?);
+            if let Err(e) = remove_through_in(&dir, volume_id, up_to, gradually) {
                 tracing::warn!(volume_id, error = %e, "removing sealed journal files failed");
             }
         });
@@ -519,7 +522,12 @@ fn files_in(dir: &Path) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn remove_through_in(dir: &Path, volume_id: u64, up_to: u64) -> Result<()> {
+fn remove_through_in(
+    dir: &Path,
+    volume_id: u64,
+    up_to: u64,
+    remove: impl Fn(&Path) -> Result<()>,
+) -> Result<()> {
     for (id, generation) in files_in(dir)? {
         if id == volume_id && generation <= up_to {
             remove(&dir.join(file_name(id, generation)))?;

@@ -18,6 +18,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod gc;
+mod gradual;
 pub mod hydrate;
 pub mod journal;
 pub mod names;

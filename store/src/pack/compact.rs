@@ -89,7 +89,7 @@ pub(super) fn compact(store: &PackStore, id: u32) -> Result<()> {
     st.packs.remove(&id);
     st.unsynced.remove(&id);
     drop(st);
-    std::fs::remove_file(super::pack_path(&store.dir, id))?;
+    crate::gradual::remove(&super::pack_path(&store.dir, id))?;
     tracing::info!(
         pack = id,
         bytes = size,
