@@ -115,6 +115,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: sealing acknowledged writes");
     engine.seal_all().await.context("sealing on shutdown")?;
+    let stopping = engine.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_background_work()).await?;
     tracing::info!("shutdown complete");
     Ok(())
 }

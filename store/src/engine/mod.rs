@@ -178,7 +178,25 @@ fn event(
     }
 }
 
+/// A pack compaction thread outlives no engine: it would hold the pack
+/// index open past a reopen, and a process that exits while it is inside
+/// RocksDB can crash on the way out.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_background_work();
+    }
+}
+
 impl Engine {
+    /// Stops the engine's own threads (pack compaction) and waits for
+    /// them: call before the process exits while other holders may keep
+    /// the engine alive. Dropping the engine does it too.
+    pub fn stop_background_work(&self) {
+        if let Some(packs) = self.backend.objects.packs() {
+            packs.stop_compaction();
+        }
+    }
+
     /// Opens the catalog and object store, and every volume (replaying
     /// unsealed journals).
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>> {

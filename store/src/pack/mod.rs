@@ -167,6 +167,11 @@ pub struct PackStore {
     /// buffered.
     direct_refused: AtomicBool,
     compacting: AtomicBool,
+    /// Set by [`PackStore::stop_compaction`]: no compaction starts, and one
+    /// in progress stops between records.
+    closing: AtomicBool,
+    /// The compaction thread last started.
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn pack_path(dir: &Path, pack: u32) -> PathBuf {
@@ -256,6 +261,8 @@ impl PackStore {
             read_buf: Mutex::new(direct::Aligned::default()),
             direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            compactor: Mutex::new(None),
         });
         store.maybe_compact();
         Ok(store)
@@ -424,14 +431,21 @@ impl PackStore {
 
     /// Starts a compaction thread when a pack is worth it and none runs.
     pub(crate) fn maybe_compact(self: &Arc<Self>) {
-        if self.candidates().is_empty() || self.compacting.swap(true, Ordering::AcqRel) {
+        if self.closing.load(Ordering::Acquire)
+            || self.candidates().is_empty()
+            || self.compacting.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let me = self.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("pack-compact".into())
             .spawn(move || loop {
                 while let Some(&id) = me.candidates().first() {
+                    if me.closing.load(Ordering::Acquire) {
+                        me.compacting.store(false, Ordering::Release);
+                        return;
+                    }
                     if let Err(e) = compact::compact(&me, id) {
                         tracing::warn!(pack = id, error = %e, "pack compaction failed; tried again after later deletes");
                         me.compacting.store(false, Ordering::Release);
@@ -445,6 +459,22 @@ impl PackStore {
                 }
             })
             .expect("a thread can be started");
+        // The one before has left its loop (the flag was clear): joining
+        // it waits at most for its last check.
+        if let Some(before) = self.compactor.lock().replace(thread) {
+            let _ = before.join();
+        }
+    }
+
+    /// Stops compaction and waits for its thread: call before the process
+    /// exits or the store is opened again. A pack part way through keeps
+    /// what was not moved yet (the next compaction moves it).
+    pub(crate) fn stop_compaction(&self) {
+        self.closing.store(true, Ordering::Release);
+        let thread = self.compactor.lock().take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 
     /// What the pack files hold now.

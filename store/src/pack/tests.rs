@@ -94,6 +94,52 @@ fn a_pack_under_half_live_is_compacted_and_its_objects_stay_readable() {
     assert_eq!(store.usage().objects, 32);
 }
 
+/// A store whose pack 1 is under half live (a compaction candidate).
+fn store_with_a_candidate(dir: &Path) -> Arc<PackStore> {
+    let store = PackStore::open(dir).unwrap();
+    for i in 0..64u8 {
+        store.put(&format!("chunks/{i:02}"), &[&body(i, 4096)]).unwrap();
+    }
+    store.state.lock().packs.get_mut(&1).unwrap().size = PACK_BYTES;
+    store.put("chunks/zz", &[&body(200, 4096)]).unwrap();
+    store.state.lock().packs.get_mut(&1).unwrap().size = 64 * (4096 + 10 + 9) as u64;
+    store.sync().unwrap();
+    store
+}
+
+#[test]
+fn stopping_compaction_joins_its_thread_and_keeps_every_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_a_candidate(dir.path());
+    // Deletes start the compaction thread once the pack is a candidate.
+    for i in (0..64u8).step_by(2).chain([1]) {
+        if store.delete(&format!("chunks/{i:02}")).unwrap() {
+            store.maybe_compact();
+        }
+    }
+    store.stop_compaction();
+    assert!(store.compactor.lock().is_none(), "the thread was joined");
+    assert_eq!(Arc::strong_count(&store), 1, "no thread holds the store");
+    store.maybe_compact();
+    assert!(
+        store.compactor.lock().is_none(),
+        "no compaction starts after a stop"
+    );
+    // A compaction asked for after the stop moves nothing and keeps the pack.
+    compact::compact(&store, 1).unwrap();
+    for i in 0..64u8 {
+        let expected = (i % 2 == 1 && i != 1).then(|| body(i, 4096));
+        assert_eq!(read(&store, &format!("chunks/{i:02}")), expected, "object {i}");
+    }
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, "chunks/63"), Some(body(63, 4096)));
+    assert_eq!(store.usage().objects, 32);
+    // Opening started a compaction of pack 1: a process that exits while
+    // it is inside RocksDB crashes on the way out.
+    store.stop_compaction();
+}
+
 #[test]
 fn compaction_keeps_a_put_or_delete_that_raced_it() {
     let dir = tempfile::tempdir().unwrap();
