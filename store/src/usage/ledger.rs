@@ -26,11 +26,11 @@
 //!
 //! A reconcile reads and looks up everything first and changes the ledger
 //! only after its last `.await`, in one synchronous step: a dropped or
-//! failed reconcile leaves the ledger as it was. Memory: an entry of
-//! about 110 bytes (32-byte id, counts, one namespace inline) per distinct
-//! referenced chunk, about 130 with the hash table's slack (0.2% of 64 KiB
-//! chunks), plus a position map per owner (one entry per leaf: 32 per
-//! GiB).
+//! failed reconcile leaves the ledger as it was. Memory: an entry of 80
+//! bytes (32-byte id, counts, one namespace) per distinct referenced
+//! chunk, 90-160 with the hash table's slack (0.1-0.25% of 64 KiB chunks),
+//! plus a side entry for a chunk held in several namespaces and a position
+//! map per owner (one entry per leaf: 32 per GiB).
 
 use std::collections::{HashMap, HashSet};
 
