@@ -61,10 +61,10 @@ fn objects_read_back_list_by_prefix_and_survive_a_reopen() {
     assert_eq!(usage.objects, 10);
 }
 
-#[test]
-fn a_pack_under_half_live_is_compacted_and_its_objects_stay_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = PackStore::open(dir.path()).unwrap();
+/// A store whose pack 1 holds objects `chunks/00`-`chunks/63` (4 KiB
+/// each) and is full, so that it may be compacted once under half live.
+fn pack_of_64_then_a_new_one(dir: &Path) -> Arc<PackStore> {
+    let store = PackStore::open(dir).unwrap();
     for i in 0..64u8 {
         store.put(&format!("chunks/{i:02}"), &[&body(i, 4096)]).unwrap();
     }
@@ -73,6 +73,13 @@ fn a_pack_under_half_live_is_compacted_and_its_objects_stay_readable() {
     store.put("chunks/zz", &[&body(200, 4096)]).unwrap();
     store.state.lock().packs.get_mut(&1).unwrap().size = 64 * (4096 + 10 + 9) as u64;
     store.sync().unwrap();
+    store
+}
+
+#[test]
+fn a_pack_under_half_live_is_compacted_and_its_objects_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pack_of_64_then_a_new_one(dir.path());
     assert!(store.candidates().is_empty());
     let mut crossed = 0;
     for i in (0..64u8).step_by(2).chain([1]) {
@@ -94,23 +101,10 @@ fn a_pack_under_half_live_is_compacted_and_its_objects_stay_readable() {
     assert_eq!(store.usage().objects, 32);
 }
 
-/// A store whose pack 1 is under half live (a compaction candidate).
-fn store_with_a_candidate(dir: &Path) -> Arc<PackStore> {
-    let store = PackStore::open(dir).unwrap();
-    for i in 0..64u8 {
-        store.put(&format!("chunks/{i:02}"), &[&body(i, 4096)]).unwrap();
-    }
-    store.state.lock().packs.get_mut(&1).unwrap().size = PACK_BYTES;
-    store.put("chunks/zz", &[&body(200, 4096)]).unwrap();
-    store.state.lock().packs.get_mut(&1).unwrap().size = 64 * (4096 + 10 + 9) as u64;
-    store.sync().unwrap();
-    store
-}
-
 #[test]
 fn stopping_compaction_joins_its_thread_and_keeps_every_object() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_a_candidate(dir.path());
+    let store = pack_of_64_then_a_new_one(dir.path());
     // Deletes start the compaction thread once the pack is a candidate.
     for i in (0..64u8).step_by(2).chain([1]) {
         if store.delete(&format!("chunks/{i:02}")).unwrap() {
