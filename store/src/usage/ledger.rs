@@ -93,13 +93,16 @@ struct Refs {
     s2: u128,
     refs: u64,
     len: u32,
-    /// The namespace of every occurrence, or [`SPREAD`] when they are in
-    /// several (their counts are then in [`Ledger::spread`]).
+    /// The namespace of every occurrence, [`SPREAD`] when they are in
+    /// several (their counts are then in [`Ledger::spread`]), [`NONE`]
+    /// while it has none.
     ns: u32,
 }
 
 /// [`Refs::ns`] of a chunk held in several namespaces.
 const SPREAD: u32 = u32::MAX;
+/// [`Refs::ns`] of a chunk without occurrences.
+const NONE: u32 = u32::MAX - 1;
 
 /// Occurrences of one chunk per namespace.
 type NsCounts = SmallVec<[(u32, u64); 2]>;
@@ -284,7 +287,7 @@ impl Ledger {
                 s2: 0,
                 refs: 0,
                 len: u32::try_from(len).unwrap_or(u32::MAX),
-                ns: SPREAD,
+                ns: NONE,
             };
             self.chunks.insert(ChunkId(id), refs);
         }
@@ -398,6 +401,7 @@ impl Ledger {
         let (had, sole_before) = (refs.refs > 0, refs.sole());
         let was_spread = refs.ns == SPREAD;
         let mut counts: NsCounts = match refs.ns {
+            NONE => SmallVec::new(),
             SPREAD => self.spread.get(&id).cloned().unwrap_or_default(),
             ns => SmallVec::from_slice(&[(ns, refs.refs)]),
         };
@@ -417,6 +421,7 @@ impl Ledger {
         counts.retain(|(_, c)| *c > 0);
         let ns_after: SmallVec<[u64; 1]> = delta.ns.iter().map(|(n, _)| of(&counts, *n)).collect();
         refs.ns = match counts.as_slice() {
+            [] => NONE,
             [(ns, _)] => *ns,
             _ => SPREAD,
         };
