@@ -2,7 +2,8 @@
 //! on their own task and aborted at random points (an object store that
 //! answers slowly puts many `.await`s inside each). After each abort:
 //! every flushed write reads back, and the aborted operation either
-//! happened whole or not at all (an import: each chunk old or new). At the
+//! happened whole or not at all (an import: each chunk old or new; a
+//! clone: the volume and its snapshot both or neither). At the
 //! end, and again after a restart, every volume and snapshot equals the
 //! model and `verify` finds nothing wrong.
 //!
@@ -226,6 +227,22 @@ fn dropped_operations_lose_no_flushed_write() {
                     assert!(e.is_cancelled());
                     aborted[op as usize] += 1;
                 }
+            }
+            if op == 2 {
+                // A clone and its snapshot are committed together.
+                let clone = format!("c{i}");
+                let volume = engine
+                    .list_volumes(&ns())
+                    .iter()
+                    .any(|v| v.name.as_str() == clone);
+                let snapshots = engine.list_snapshots(&ns(), Some(&vol("v"))).unwrap();
+                let snapshot = snapshots
+                    .iter()
+                    .any(|s| s.tag.to_string() == format!("clone-{clone}"));
+                assert_eq!(
+                    volume, snapshot,
+                    "iteration {i}: clone {clone} without its snapshot or the reverse"
+                );
             }
             if op == 3 {
                 // Each imported chunk is either all old or all new.

@@ -34,45 +34,62 @@ impl Engine {
         labels: Labels,
     ) -> Result<SnapshotRecord> {
         let volume = self.volume(ns, name)?;
-        let catalog = &self.backend.catalog;
         volume
             .snapshot(|record, pending| {
-                let tag = match tag {
-                    Some(tag) => {
-                        if catalog.snapshot(ns, name, &tag)?.is_some() {
-                            return Err(StoreError::SnapshotExists {
-                                volume: name.to_string(),
-                                tag: tag.to_string(),
-                            });
-                        }
-                        tag
-                    }
-                    None => self.free_tag(ns, name, Self::default_tag())?,
-                };
-                let snapshot = SnapshotRecord {
-                    namespace: ns.clone(),
-                    volume: name.clone(),
-                    tag: tag.clone(),
-                    size: record.size,
-                    chunk_size: record.chunk_size,
-                    root: record.root,
-                    created_at: now(),
-                    labels,
-                    pending,
-                };
-                let mut batch = catalog.batch();
-                batch.put_snapshot(&snapshot).event(event(
-                    EventKind::Snapshot,
-                    ns,
-                    actor,
-                    Some(name),
-                    Some(&tag),
-                    json!({"root": record.root, "size": record.size, "pending": pending}),
-                ));
+                let (snapshot, batch) = self.snapshot_batch(ns, actor, record, tag, labels, pending)?;
                 batch.commit()?;
                 Ok(snapshot)
             })
             .await
+    }
+
+    /// The record of a snapshot of the volume whose record is `record`
+    /// (waiting for generation `pending`), and a batch that puts it with
+    /// its event.
+    fn snapshot_batch(
+        &self,
+        ns: &Namespace,
+        actor: &Actor,
+        record: &VolumeRecord,
+        tag: Option<SnapshotTag>,
+        labels: Labels,
+        pending: Option<u64>,
+    ) -> Result<(SnapshotRecord, crate::catalog::CatalogBatch<'_>)> {
+        let catalog = &self.backend.catalog;
+        let name = &record.name;
+        let tag = match tag {
+            Some(tag) => {
+                if catalog.snapshot(ns, name, &tag)?.is_some() {
+                    return Err(StoreError::SnapshotExists {
+                        volume: name.to_string(),
+                        tag: tag.to_string(),
+                    });
+                }
+                tag
+            }
+            None => self.free_tag(ns, name, Self::default_tag())?,
+        };
+        let snapshot = SnapshotRecord {
+            namespace: ns.clone(),
+            volume: name.clone(),
+            tag: tag.clone(),
+            size: record.size,
+            chunk_size: record.chunk_size,
+            root: record.root,
+            created_at: now(),
+            labels,
+            pending,
+        };
+        let mut batch = catalog.batch();
+        batch.put_snapshot(&snapshot).event(event(
+            EventKind::Snapshot,
+            ns,
+            actor,
+            Some(name),
+            Some(&tag),
+            json!({"root": record.root, "size": record.size, "pending": pending}),
+        ));
+        Ok((snapshot, batch))
     }
 
     /// A snapshot's record with its final root: a pending snapshot's
@@ -224,14 +241,7 @@ impl Engine {
         cloned_from: Option<VolumeName>,
         ev: Event,
     ) -> Result<VolumeRecord> {
-        let base = match snapshot.pending {
-            Some(through) => Some(PendingBase {
-                source: self.volume(ns, &snapshot.volume)?,
-                through,
-                size: snapshot.size,
-            }),
-            None => None,
-        };
+        let base = self.pending_base(ns, snapshot)?;
         let size = size.unwrap_or(snapshot.size);
         check_size(size)?;
         if size < snapshot.size {
@@ -257,14 +267,42 @@ impl Engine {
             // does not wait for a barrier (which may be a seal's).
             self.backend.objects.make_durable().await?;
         }
+        let record = self.fork_record(ns, new, snapshot, size, root, cloned_from)?;
+        self.insert_volume(record, ev, base)
+    }
+
+    /// The record of volume `new`, of `size` bytes at `root`, forked from
+    /// `snapshot`.
+    fn fork_record(
+        &self,
+        ns: &Namespace,
+        new: &VolumeName,
+        snapshot: &SnapshotRecord,
+        size: u64,
+        root: NodeId,
+        cloned_from: Option<VolumeName>,
+    ) -> Result<VolumeRecord> {
         let mut record = self.new_record(ns, new, size, snapshot.chunk_size, root, Labels::new())?;
         record.cloned_from = cloned_from;
         record.from_snapshot = Some(SnapshotOrigin {
             volume: snapshot.volume.clone(),
             tag: snapshot.tag.clone(),
         });
-        record.base_pending = base.is_some();
-        self.insert_volume(record, ev, base)
+        record.base_pending = snapshot.pending.is_some();
+        Ok(record)
+    }
+
+    /// What a fork of `snapshot` reads through until its seal: the
+    /// source's pending generations, when it is pending.
+    fn pending_base(&self, ns: &Namespace, snapshot: &SnapshotRecord) -> Result<Option<PendingBase>> {
+        Ok(match snapshot.pending {
+            Some(through) => Some(PendingBase {
+                source: self.volume(ns, &snapshot.volume)?,
+                through,
+                size: snapshot.size,
+            }),
+            None => None,
+        })
     }
 
     /// Lets every volume that reads through `source`'s pending generations
@@ -284,8 +322,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Snapshot now + fork, in O(1) both. `new` defaults to
-    /// `<name>-clone-<unix seconds>`.
+    /// Snapshot now + fork, in O(1) both, committed as one catalog batch:
+    /// the clone and its snapshot exist together or not at all. `new`
+    /// defaults to `<name>-clone-<unix seconds>`. (A clone whose size
+    /// needs a taller tree than the source's commits the snapshot, grows
+    /// the tree, then commits the clone.)
     pub async fn clone_volume(
         &self,
         ns: &Namespace,
@@ -296,6 +337,8 @@ impl Engine {
     ) -> Result<VolumeRecord> {
         let source = self.volume(ns, name)?;
         Self::check_not_transitional(&source.record(), "clone")?;
+        // Held throughout: the new name is checked and taken at once.
+        let _names = self.names.lock().await;
         let new = match new {
             Some(n) => n,
             None => self.default_clone_name(ns, name)?,
@@ -305,31 +348,60 @@ impl Engine {
                 name: new.to_string(),
             });
         }
+        let too_small = |requested: u64, source_size: u64| match requested < source_size {
+            true => Err(StoreError::TooSmall {
+                requested,
+                source_size,
+            }),
+            false => Ok(()),
+        };
         if let Some(size) = size {
             check_size(size)?;
-            if size < source.size() {
-                return Err(StoreError::TooSmall {
-                    requested: size,
-                    source_size: source.size(),
-                });
-            }
+            too_small(size, source.size())?;
         }
         let tag = self.free_tag(
             ns,
             name,
             SnapshotTag::new(format!("clone-{new}")).unwrap_or_else(|_| Self::default_tag()),
         )?;
-        let snapshot = self
-            .snapshot(ns, actor, name, Some(tag.clone()), Labels::new())
+        let clone_event = |snapshot: &SnapshotRecord| {
+            let size = size.unwrap_or(snapshot.size);
+            let detail = json!({"source": name, "snapshot": tag, "root": snapshot.root, "pending": snapshot.pending, "size": size});
+            event(EventKind::Clone, ns, actor, Some(&new), Some(&tag), detail)
+        };
+        let mut joined = None;
+        let snapshot = source
+            .snapshot(|record, pending| {
+                let clone_size = size.unwrap_or(record.size);
+                // The source may have grown since the check above.
+                too_small(clone_size, record.size)?;
+                let (snapshot, mut batch) =
+                    self.snapshot_batch(ns, actor, record, Some(tag.clone()), Labels::new(), pending)?;
+                let geometry = Self::geometry(record.chunk_size)?;
+                let levels = |size| levels_for(geometry.chunk_count(size));
+                if levels(clone_size) == levels(record.size) {
+                    let clone =
+                        self.fork_record(ns, &new, &snapshot, clone_size, snapshot.root, Some(name.clone()))?;
+                    batch.put_volume(&clone).event(clone_event(&snapshot));
+                    joined = Some(clone);
+                }
+                batch.commit()?;
+                Ok(snapshot)
+            })
             .await?;
-        let _names = self.names.lock().await;
-        let detail = json!({"source": name, "snapshot": tag, "root": snapshot.root, "pending": snapshot.pending, "size": size.unwrap_or(snapshot.size)});
-        let ev = event(EventKind::Clone, ns, actor, Some(&new), Some(&tag), detail);
-        // The snapshot is this call's own: a concurrent deletion of it
-        // fails the clone here rather than forking something else.
-        let snapshot = self.snapshot_record(ns, name, &tag)?;
-        self.fork_locked(ns, &new, &snapshot, size, Some(name.clone()), ev)
-            .await
+        match joined {
+            Some(clone) => {
+                let base = self.pending_base(ns, &snapshot)?;
+                self.open_volume(clone, base)
+            }
+            None => {
+                // Its final root, if a seal gave it one meanwhile.
+                let snapshot = self.snapshot_record(ns, name, &tag)?;
+                let ev = clone_event(&snapshot);
+                self.fork_locked(ns, &new, &snapshot, size, Some(name.clone()), ev)
+                    .await
+            }
+        }
     }
 
     /// `<name>-clone-<unix seconds>` (then `-2`, `-3`, … while taken),

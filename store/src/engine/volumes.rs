@@ -70,6 +70,16 @@ impl Engine {
         let mut batch = self.backend.catalog.batch();
         batch.put_volume(&record).event(ev);
         batch.commit()?;
+        self.open_volume(record, base)
+    }
+
+    /// Opens a volume whose record was just committed (on `base`, for a
+    /// fork of a pending snapshot). Caller holds `names`.
+    pub(super) fn open_volume(
+        &self,
+        record: VolumeRecord,
+        base: Option<PendingBase>,
+    ) -> Result<VolumeRecord> {
         let volume = Volume::open(self.backend.clone(), record.clone(), Vec::new())?;
         if let Some(base) = base {
             volume.attach_base(base);
