@@ -32,6 +32,9 @@ use crate::tree::NodeId;
 const SEAL_BATCH: usize = 64;
 /// Seal batches in progress at once (pipelining hashing with uploads).
 const SEAL_BATCHES_IN_FLIGHT: usize = 3;
+/// A snapshot (or clone) taking this long is logged as slow: they are
+/// O(1), and answered within 10 ms even with GiBs of dirty data.
+const SLOW_SNAPSHOT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Whether a seal's commit takes the volume's commit lock, or its caller
 /// holds it already (a direct import, for its whole run).
@@ -343,11 +346,13 @@ impl Volume {
     /// from the volume's record and the generation it must wait for
     /// (`None`: nothing unsealed, the sealed root is the snapshot). A
     /// pending snapshot gets its final root from the seal of that
-    /// generation.
+    /// generation. One taking [`SLOW_SNAPSHOT`] or more is logged with
+    /// the time of each step.
     pub(crate) async fn snapshot(
         &self,
         record: impl FnOnce(&VolumeRecord, Option<u64>) -> Result<SnapshotRecord>,
     ) -> Result<SnapshotRecord> {
+        let started = Instant::now();
         let clean_on_pending_base = {
             let st = self.state.lock();
             st.base.is_some() && st.active.is_empty() && st.frozen.is_empty()
@@ -358,6 +363,7 @@ impl Volume {
             self.adopt_base().await?;
         }
         let _commit = self.commit_lock.lock().await;
+        let locked = Instant::now();
         let (volume, through) = {
             let mut st = self.state.lock();
             if st.deleted {
@@ -380,7 +386,21 @@ impl Volume {
             // logs must be durable before its record commits.
             self.flush()?;
         }
+        let flushed = Instant::now();
         let snapshot = record(&volume, through)?;
+        let done = Instant::now();
+        if done - started >= SLOW_SNAPSHOT {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            tracing::warn!(
+                volume = %volume.name,
+                tag = %snapshot.tag,
+                total_ms = ms(done - started),
+                lock_ms = ms(locked - started),
+                log_sync_ms = ms(flushed - locked),
+                commit_ms = ms(done - flushed),
+                "slow snapshot"
+            );
+        }
         if let Some(through) = through {
             self.state
                 .lock()
