@@ -80,7 +80,7 @@ impl Engine {
         record: VolumeRecord,
         base: Option<PendingBase>,
     ) -> Result<VolumeRecord> {
-        let volume = Volume::open(self.backend.clone(), record.clone(), Vec::new())?;
+        let volume = Volume::open_new(self.backend.clone(), record.clone())?;
         if let Some(base) = base {
             volume.attach_base(base);
         }

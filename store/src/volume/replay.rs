@@ -18,6 +18,20 @@ impl Volume {
         Self::open_with(backend, record, pending, None)
     }
 
+    /// Opens a volume whose record was just created (a new id, so no log
+    /// of it can exist): nothing to replay, and the journal's directory,
+    /// which holds every volume's logs, is not listed.
+    pub(crate) fn open_new(backend: Arc<Backend>, record: VolumeRecord) -> Result<Arc<Self>> {
+        let geometry = Self::geometry_of(&record)?;
+        let generation = record.journal_floor;
+        Ok(Self::assemble(
+            backend,
+            record,
+            geometry,
+            Replayed::nothing(generation),
+        ))
+    }
+
     /// [`Volume::open`] past damaged log records: each one it drops is
     /// listed with its log generation (see [`journal::scan_salvaging`]).
     pub(crate) fn open_salvaging(
@@ -36,8 +50,7 @@ impl Volume {
         pending: Vec<SnapshotRecord>,
         mut salvage: Option<&mut Vec<DroppedIn>>,
     ) -> Result<Arc<Self>> {
-        let geometry =
-            ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))?;
+        let geometry = Self::geometry_of(&record)?;
         let mut waiting: BTreeMap<u64, Vec<SnapshotRecord>> = BTreeMap::new();
         for s in pending {
             if let Some(through) = s.pending {
@@ -82,7 +95,33 @@ impl Volume {
             let dirty: usize = frozen.iter().map(|f| f.layer.dirty_bytes()).sum();
             tracing::info!(volume = %record.name, dirty_bytes = dirty, generations = frozen.len(), pending_snapshots = waiting.values().map(Vec::len).sum::<usize>(), "replayed write-back journal");
         }
-        Ok(Arc::new_cyclic(|me| Self {
+        let replayed = Replayed {
+            frozen,
+            generation,
+            older_logs,
+            waiting,
+        };
+        Ok(Self::assemble(backend, record, geometry, replayed))
+    }
+
+    fn geometry_of(record: &VolumeRecord) -> Result<ChunkGeometry> {
+        ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
+    }
+
+    /// The open volume, from its record and what its logs held.
+    fn assemble(
+        backend: Arc<Backend>,
+        record: VolumeRecord,
+        geometry: ChunkGeometry,
+        replayed: Replayed,
+    ) -> Arc<Self> {
+        let Replayed {
+            frozen,
+            generation,
+            older_logs,
+            waiting,
+        } = replayed;
+        Arc::new_cyclic(|me| Self {
             backend,
             id: record.id,
             geometry,
@@ -106,6 +145,30 @@ impl Volume {
             opened: Instant::now(),
             me: me.clone(),
             seal_queued: std::sync::atomic::AtomicBool::new(false),
-        }))
+        })
+    }
+}
+
+/// What a volume's logs held at open.
+struct Replayed {
+    /// Frozen generations, oldest first.
+    frozen: Vec<Frozen>,
+    /// The next generation to write.
+    generation: u64,
+    /// The replayed logs, kept open until their generations are sealed.
+    older_logs: Vec<Arc<LogFile>>,
+    /// This volume's pending snapshots by the generation they wait for.
+    waiting: BTreeMap<u64, Vec<SnapshotRecord>>,
+}
+
+impl Replayed {
+    /// A volume without logs, writing `generation` next.
+    fn nothing(generation: u64) -> Self {
+        Self {
+            frozen: Vec::new(),
+            generation,
+            older_logs: Vec::new(),
+            waiting: BTreeMap::new(),
+        }
     }
 }
