@@ -210,6 +210,12 @@ pub enum StoreError {
     GcRunning,
 }
 
+impl From<cairn_chunker::GeometryError> for StoreError {
+    fn from(e: cairn_chunker::GeometryError) -> Self {
+        StoreError::InvalidSize(e.to_string())
+    }
+}
+
 impl StoreError {
     /// The POSIX errno a block-device client (NBD) should see.
     pub fn errno(&self) -> u32 {

@@ -501,7 +501,7 @@ impl Engine {
     }
 
     pub(crate) fn geometry(chunk_size: u64) -> Result<ChunkGeometry> {
-        ChunkGeometry::new(chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
+        Ok(ChunkGeometry::new(chunk_size)?)
     }
 
     /// Data directory path.

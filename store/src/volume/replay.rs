@@ -22,7 +22,7 @@ impl Volume {
     /// of it can exist): nothing to replay, and the journal's directory,
     /// which holds every volume's logs, is not listed.
     pub(crate) fn open_new(backend: Arc<Backend>, record: VolumeRecord) -> Result<Arc<Self>> {
-        let geometry = Self::geometry_of(&record)?;
+        let geometry = ChunkGeometry::new(record.chunk_size)?;
         let generation = record.journal_floor;
         Ok(Self::assemble(
             backend,
@@ -50,7 +50,7 @@ impl Volume {
         pending: Vec<SnapshotRecord>,
         mut salvage: Option<&mut Vec<DroppedIn>>,
     ) -> Result<Arc<Self>> {
-        let geometry = Self::geometry_of(&record)?;
+        let geometry = ChunkGeometry::new(record.chunk_size)?;
         let mut waiting: BTreeMap<u64, Vec<SnapshotRecord>> = BTreeMap::new();
         for s in pending {
             if let Some(through) = s.pending {
@@ -102,10 +102,6 @@ impl Volume {
             waiting,
         };
         Ok(Self::assemble(backend, record, geometry, replayed))
-    }
-
-    fn geometry_of(record: &VolumeRecord) -> Result<ChunkGeometry> {
-        ChunkGeometry::new(record.chunk_size).map_err(|e| StoreError::InvalidSize(e.to_string()))
     }
 
     /// The open volume, from its record and what its logs held.
