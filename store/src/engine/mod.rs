@@ -148,6 +148,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Checks that a new size (of a fork, clone or resize) is at least the
+/// size it is made from: volumes only grow.
+pub(crate) fn check_not_smaller(requested: u64, source_size: u64) -> Result<()> {
+    if requested < source_size {
+        return Err(StoreError::TooSmall {
+            requested,
+            source_size,
+        });
+    }
+    Ok(())
+}
+
 /// Checks a volume size: positive and a multiple of 4 KiB.
 pub fn check_size(size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(4096) {

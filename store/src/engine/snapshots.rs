@@ -244,12 +244,7 @@ impl Engine {
         let base = self.pending_base(ns, snapshot)?;
         let size = size.unwrap_or(snapshot.size);
         check_size(size)?;
-        if size < snapshot.size {
-            return Err(StoreError::TooSmall {
-                requested: size,
-                source_size: snapshot.size,
-            });
-        }
+        check_not_smaller(size, snapshot.size)?;
         // New tree nodes are not reachable until the commit below.
         let _writing = self.backend.objects.begin_write();
         let geometry = Self::geometry(snapshot.chunk_size)?;
@@ -348,16 +343,9 @@ impl Engine {
                 name: new.to_string(),
             });
         }
-        let too_small = |requested: u64, source_size: u64| match requested < source_size {
-            true => Err(StoreError::TooSmall {
-                requested,
-                source_size,
-            }),
-            false => Ok(()),
-        };
         if let Some(size) = size {
             check_size(size)?;
-            too_small(size, source.size())?;
+            check_not_smaller(size, source.size())?;
         }
         let tag = self.free_tag(
             ns,
@@ -374,7 +362,7 @@ impl Engine {
             .snapshot(|record, pending| {
                 let clone_size = size.unwrap_or(record.size);
                 // The source may have grown since the check above.
-                too_small(clone_size, record.size)?;
+                check_not_smaller(clone_size, record.size)?;
                 let (snapshot, mut batch) =
                     self.snapshot_batch(ns, actor, record, Some(tag.clone()), Labels::new(), pending)?;
                 let geometry = Self::geometry(record.chunk_size)?;

@@ -179,12 +179,7 @@ impl Engine {
         let guard = volume.exclusive(Hold::Root).await?;
         let mut updated = guard.record();
         Self::check_not_transitional(&updated, "resize")?;
-        if size < updated.size {
-            return Err(StoreError::TooSmall {
-                requested: size,
-                source_size: updated.size,
-            });
-        }
+        check_not_smaller(size, updated.size)?;
         let geometry = volume.geometry();
         let (from, to) = (
             levels_for(geometry.chunk_count(updated.size)),
