@@ -33,7 +33,7 @@ const SEAL_BATCH: usize = 64;
 /// Seal batches in progress at once (pipelining hashing with uploads).
 const SEAL_BATCHES_IN_FLIGHT: usize = 3;
 /// A snapshot (or clone) taking this long is logged as slow: they are
-/// O(1), and answered within 10 ms even with GiBs of dirty data.
+/// O(1), meant to be answered within 10 ms even with GiBs of dirty data.
 const SLOW_SNAPSHOT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Whether a seal's commit takes the volume's commit lock, or its caller
