@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cairn needs to build and test on Debian: the system RocksDB
-# (linked instead of compiling the bundled C++ library), zstd, libclang for
-# the RocksDB bindings, and the real NBD clients the tests drive.
+# (linked instead of compiling the bundled C++ library) with its compression
+# libraries, libclang for the RocksDB bindings, a C compiler for the bundled
+# zstd, and the real NBD clients the tests drive.
 set -euo pipefail
 
 packages=(
