@@ -163,7 +163,15 @@ fn io_path(c: &mut Criterion) {
         let v = f.engine.volume(&ns(), &name).unwrap();
         let image = noise(7, size as usize);
         f.engine
-            .import(&ns(), &actor(), &name, &mut &image[..], None, 0, &|_| {})
+            .import(
+                &ns(),
+                &actor(),
+                &name,
+                futures::stream::iter([Ok(bytes::Bytes::from(image))]),
+                None,
+                0,
+                &|_| {},
+            )
             .await
             .unwrap();
         v

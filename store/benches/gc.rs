@@ -61,7 +61,7 @@ fn main() {
                 image.extend_from_slice(&block);
             }
             engine
-                .import(&ns, &actor, &name, &mut &image[..], None, first * 4096, &|_| {})
+                .import(&ns, &actor, &name, futures::stream::iter([Ok(bytes::Bytes::from(image))]), None, first * 4096, &|_| {})
                 .await
                 .unwrap();
         }

@@ -191,10 +191,17 @@ fn dropped_operations_lose_no_flushed_write() {
                 3 => {
                     let data = import.clone();
                     tokio::spawn(async move {
-                        let mut input = &data[..];
-                        e.import(&ns(), &actor(), &vol("v"), &mut input, None, import_at, &|_| {})
-                            .await
-                            .map(drop)
+                        e.import(
+                            &ns(),
+                            &actor(),
+                            &vol("v"),
+                            futures::stream::iter([Ok(bytes::Bytes::from(data))]),
+                            None,
+                            import_at,
+                            &|_| {},
+                        )
+                        .await
+                        .map(drop)
                     })
                 }
                 _ => match model.snapshots.keys().next().cloned() {

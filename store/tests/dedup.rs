@@ -18,7 +18,7 @@ fn hundred_forks_writing_one_percent_store_only_new_chunks() {
         engine.create_volume(&ns(), &actor(), &base, (CHUNK * CHUNKS) as u64, None, Labels::new()).await.unwrap();
         let image: Vec<u8> = (0..CHUNKS).flat_map(|i| noise(i as u64, CHUNK)).collect();
         let (_, n, _) = engine
-            .import(&ns(), &actor(), &base, &mut &image[..], None, 0, &|_| {})
+            .import(&ns(), &actor(), &base, futures::stream::iter([Ok(bytes::Bytes::from(image.clone()))]), None, 0, &|_| {})
             .await
             .unwrap();
         assert_eq!(n, image.len() as u64);

@@ -5,34 +5,17 @@
 
 mod common;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
+use bytes::Bytes;
 use cairn_store::{Labels, StoreError};
 use common::*;
-use tokio::io::{AsyncRead, ReadBuf};
+use futures::Stream;
 
 const CHUNK: usize = 64 * 1024;
 
-/// Hands out its bytes at most `step` at a time, like a network body.
-struct Trickle {
-    data: Vec<u8>,
-    at: usize,
-    step: usize,
-}
-
-impl AsyncRead for Trickle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = self.step.min(self.data.len() - self.at).min(buf.remaining());
-        let at = self.at;
-        buf.put_slice(&self.data[at..at + n]);
-        self.at += n;
-        Poll::Ready(Ok(()))
-    }
+/// `data` in pieces of at most `step` bytes, like a network body's frames.
+fn trickle(data: &[u8], step: usize) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin {
+    let pieces: Vec<_> = data.chunks(step).map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+    futures::stream::iter(pieces)
 }
 
 #[test]
@@ -48,20 +31,21 @@ fn imports_land_at_unaligned_offsets_from_uneven_pieces() {
             .unwrap();
         let mut model = vec![0u8; size];
         // (offset, length, piece size): a head, whole chunks and a tail; an
-        // import shorter than its head; one ending exactly on a chunk.
+        // import shorter than its head; one ending exactly on a chunk;
+        // pieces longer than a chunk, so chunks lie inside one piece,
+        // straddle two, or span three.
         for (offset, len, step) in [
             (1000, 2 * CHUNK + 123, 777),
             (3 * CHUNK + 5000, 100, 7),
             (CHUNK, CHUNK, 4096),
+            (0, 4 * CHUNK, CHUNK + 777),
+            (500, 3 * CHUNK, 3 * CHUNK),
+            (CHUNK - 1, 2 * CHUNK + 1, 100_000),
         ] {
             let data = noise((offset + len) as u64, len);
-            let mut input = Trickle {
-                data: data.clone(),
-                at: 0,
-                step,
-            };
+            let input = trickle(&data, step);
             let (_, n, created) = engine
-                .import(&ns(), &actor(), &v, &mut input, None, offset as u64, &|_| {})
+                .import(&ns(), &actor(), &v, input, None, offset as u64, &|_| {})
                 .await
                 .unwrap();
             assert_eq!((n, created), (len as u64, false));
@@ -71,13 +55,9 @@ fn imports_land_at_unaligned_offsets_from_uneven_pieces() {
             engine.read(&src, 0, &mut back).await.unwrap();
             assert!(back == model, "volume differs after the import at {offset}");
         }
-        let mut input = Trickle {
-            data: noise(9, 2 * CHUNK),
-            at: 0,
-            step: 1000,
-        };
+        let input = trickle(&noise(9, 2 * CHUNK), 1000);
         let err = engine
-            .import(&ns(), &actor(), &v, &mut input, None, (3 * CHUNK) as u64, &|_| {})
+            .import(&ns(), &actor(), &v, input, None, (3 * CHUNK) as u64, &|_| {})
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::ImportTooLarge { .. }), "{err}");

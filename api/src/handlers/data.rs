@@ -48,10 +48,9 @@ pub async fn put_data(
         }
     }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let mut reader = StreamReader::new(stream);
     let (record, bytes, created) = state
         .engine
-        .import(&ns, &actor(&ns), &name, &mut reader, size, offset, &|_| {})
+        .import(&ns, &actor(&ns), &name, stream, size, offset, &|_| {})
         .await?;
     let status = if created {
         StatusCode::CREATED

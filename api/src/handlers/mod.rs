@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_store::{Actor, Labels, Namespace, SnapshotTag, StoreError, VolumeName, VolumeRecord};
 use futures::TryStreamExt;
-use tokio_util::io::StreamReader;
 
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;

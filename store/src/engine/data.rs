@@ -1,10 +1,11 @@
 //! Reading volumes and snapshots (NBD, HTTP) and streaming whole images
 //! in and out.
 
-use bytes::{BufMut, Bytes};
-use futures::{FutureExt, StreamExt};
+use bytes::Bytes;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::task::AbortOnDropHandle;
 
+use self::cut::Cutter;
 use super::*;
 use crate::pieces::Piece;
 use crate::sealed::{Ingested, Keep};
@@ -155,12 +156,12 @@ impl Engine {
     /// volume is refused with [`StoreError::ImportTooLarge`]; a volume
     /// created by a failed import is removed again.
     #[allow(clippy::too_many_arguments)]
-    pub async fn import<R: AsyncRead + Unpin>(
+    pub async fn import<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
         &self,
         ns: &Namespace,
         actor: &Actor,
         name: &VolumeName,
-        input: &mut R,
+        input: S,
         size: Option<u64>,
         offset: u64,
         progress: &(dyn Fn(u64) + Send + Sync),
@@ -194,15 +195,15 @@ impl Engine {
     /// compressed and put, each step on its own task) and stored steps are
     /// committed in order, a batch at a time, one barrier per commit. A
     /// partial chunk at either end goes through the journal.
-    async fn import_into<R: AsyncRead + Unpin>(
+    async fn import_into<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
         &self,
         volume: &Volume,
-        input: &mut R,
+        input: S,
         offset: u64,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64> {
         let (steps, received) = tokio::sync::mpsc::channel(1);
-        let read = read_import(volume, input, offset, steps, progress);
+        let read = read_import(volume, Cutter::new(input), offset, steps, progress);
         let store = self.store_import(volume, received);
         let (read, ()) = tokio::try_join!(read, store)?;
         volume.seal().await?;
@@ -224,7 +225,7 @@ impl Engine {
                 // what this step stores.
                 let session = backend.objects.begin_write();
                 AbortOnDropHandle::new(tokio::spawn(async move {
-                    let chunks = (first..).zip(chunks.into_iter().map(Bytes::from)).collect();
+                    let chunks = (first..).zip(chunks).collect();
                     backend.ingest(chunks, Keep::Uncached).await.map(|i| (i, session))
                 }))
             })
@@ -248,14 +249,14 @@ impl Engine {
 }
 
 /// The first chunk of a step of an import and its whole chunks.
-type ImportStep = (u64, Vec<Vec<u8>>);
+type ImportStep = (u64, Vec<Bytes>);
 
 /// The reading side of [`Engine::import_into`]: whole chunks go to `steps`
-/// (read straight into one buffer per chunk), a partial chunk at either
-/// end is written through the journal. Returns the bytes read.
-async fn read_import<R: AsyncRead + Unpin>(
+/// (slices of the input's frames where they can be), a partial chunk at
+/// either end is written through the journal. Returns the bytes read.
+async fn read_import<S: Stream<Item = std::io::Result<Bytes>> + Unpin>(
     volume: &Volume,
-    input: &mut R,
+    mut input: Cutter<S>,
     offset: u64,
     steps: tokio::sync::mpsc::Sender<ImportStep>,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -271,8 +272,8 @@ async fn read_import<R: AsyncRead + Unpin>(
     let mut pos = offset;
     if !pos.is_multiple_of(chunk as u64) {
         let want = chunk - (pos % chunk as u64) as usize;
-        let mut head = Vec::with_capacity(want);
-        let filled = read_full(input, &mut head, want).await?;
+        let head = input.take(want).await?;
+        let filled = head.len();
         if pos + filled as u64 > size {
             return Err(too_large(pos + filled as u64));
         }
@@ -287,8 +288,8 @@ async fn read_import<R: AsyncRead + Unpin>(
         let mut chunks = Vec::with_capacity(IMPORT_STEP / chunk);
         let mut tail = None;
         while chunks.len() < (IMPORT_STEP / chunk).max(1) {
-            let mut buf = Vec::with_capacity(chunk);
-            let filled = read_full(input, &mut buf, chunk).await?;
+            let buf = input.take(chunk).await?;
+            let filled = buf.len();
             let end = pos + ((chunks.len() * chunk) + filled) as u64;
             if end > size {
                 return Err(too_large(end));
@@ -319,21 +320,4 @@ async fn read_import<R: AsyncRead + Unpin>(
         }
         progress(pos - offset);
     }
-}
-
-/// Reads into an empty `buf` (with room for `want` bytes) until it holds
-/// `want` bytes or the input ends; returns the bytes read. Nothing is
-/// zeroed first: reads fill the spare capacity.
-async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut Vec<u8>, want: usize) -> Result<usize> {
-    while buf.len() < want {
-        let room = want - buf.len();
-        let n = input
-            .read_buf(&mut (&mut *buf).limit(room))
-            .await
-            .map_err(|e| StoreError::ImportStream(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(buf.len())
 }

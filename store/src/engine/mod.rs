@@ -9,6 +9,7 @@
 //! Every change is one atomic catalog batch together with its audit event.
 
 mod config;
+mod cut;
 mod damage;
 mod data;
 mod events;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use cairn_chunker::{ByteRange, ChunkGeometry};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Catalog;
 use crate::disk_cache::DiskCache;
