@@ -18,7 +18,14 @@
 //!
 //! Durability does not change: [`super::PackStore::sync`] still fdatasyncs
 //! the pack (`O_DIRECT` skips the cache, not the device's write cache or the
-//! file's size). Short reads go through the buffered handle; the kernel
+//! file's size).
+//!
+//! Direct writes are also fdatasynced every [`SYNC_EVERY`] bytes on the
+//! way. Left to pile up in the device's write cache (a virtual disk's host
+//! page cache), a seal's hundreds of MiB made every other fsync wait behind
+//! them: the log and catalog syncs of a snapshot taken while a 1 GiB seal
+//! ran took 80-250 ms, and 3-15 ms with a sync every 2 MiB, for a seal no
+//! slower. Short reads go through the buffered handle; the kernel
 //! drops any cached page a direct write covers and writes back dirty ones a
 //! direct read covers, so both kinds of read see what was written.
 //!
@@ -38,6 +45,9 @@ pub(super) const ALIGN: u64 = 4096;
 pub(super) const DIRECT_MIN: u64 = 128 << 10;
 /// Bytes written per direct write; the buffer holds this many.
 const WINDOW: usize = 1 << 20;
+/// Direct writes are fdatasynced each time this many bytes were written
+/// since the last such sync (see the module's docs).
+const SYNC_EVERY: u64 = 2 << 20;
 
 /// `n` rounded up to a multiple of [`ALIGN`].
 pub(super) fn align_up(n: u64) -> u64 {
@@ -77,6 +87,11 @@ impl super::PackStore {
 #[derive(Debug, Default)]
 pub(super) struct Aligned {
     buf: Vec<u8>,
+    /// Bytes written directly since the last data sync of this buffer's
+    /// writes.
+    unsynced: u64,
+    /// Data syncs made because [`SYNC_EVERY`] was reached.
+    syncs: u64,
 }
 
 impl Aligned {
@@ -91,7 +106,8 @@ impl Aligned {
 
     /// Writes `parts`, one after the other, to `file` (an `O_DIRECT` handle)
     /// from offset `at` (a multiple of [`ALIGN`]), and zeros after them up
-    /// to the next multiple of [`ALIGN`].
+    /// to the next multiple of [`ALIGN`]; fdatasyncs `file` each time
+    /// [`SYNC_EVERY`] bytes were written since the last time.
     pub(super) fn write<'a>(
         &mut self,
         file: &File,
@@ -99,6 +115,16 @@ impl Aligned {
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) -> std::io::Result<()> {
         debug_assert_eq!(at % ALIGN, 0);
+        let (mut unsynced, mut syncs) = (self.unsynced, self.syncs);
+        let mut put = |bytes: &[u8], at: u64| -> std::io::Result<()> {
+            file.write_all_at(bytes, at)?;
+            unsynced += bytes.len() as u64;
+            if unsynced >= SYNC_EVERY {
+                file.sync_data()?;
+                (unsynced, syncs) = (0, syncs + 1);
+            }
+            Ok(())
+        };
         let window = self.window(WINDOW);
         let (mut filled, mut at) = (0, at);
         for mut part in parts {
@@ -107,7 +133,7 @@ impl Aligned {
                 window[filled..filled + n].copy_from_slice(&part[..n]);
                 (filled, part) = (filled + n, &part[n..]);
                 if filled == WINDOW {
-                    file.write_all_at(window, at)?;
+                    put(window, at)?;
                     (filled, at) = (0, at + WINDOW as u64);
                 }
             }
@@ -115,9 +141,16 @@ impl Aligned {
         if filled > 0 {
             let end = align_up(filled as u64) as usize;
             window[filled..end].fill(0);
-            file.write_all_at(&window[..end], at)?;
+            put(&window[..end], at)?;
         }
+        (self.unsynced, self.syncs) = (unsynced, syncs);
         Ok(())
+    }
+
+    /// Data syncs [`Aligned::write`] made on the way.
+    #[cfg(test)]
+    pub(super) fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Reads `span` of `file` (an `O_DIRECT` handle, when `direct`; the

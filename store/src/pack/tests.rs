@@ -457,3 +457,30 @@ fn a_batch_of_reads_answers_each_in_order_across_packs_gaps_and_ranges() {
         assert_eq!(answer.unwrap().unwrap().data, body(i, 30_000), "s/{i}");
     }
 }
+
+#[test]
+fn direct_runs_are_synced_on_the_way_every_few_mib_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    if store.state.lock().packs[&1].direct.is_none() {
+        eprintln!(
+            "skipped: the temporary directory refuses O_DIRECT, so no direct write is synced on the way"
+        );
+        return;
+    }
+    // 3 runs of 6 × 600 kB: about 10.8 MB written directly.
+    for run in 0..3u8 {
+        put_run(&store, &format!("r{run}/"), 6, 600_000);
+    }
+    let syncs = store.append_lock.lock().syncs();
+    let written = 3 * 6 * 600_000u64;
+    assert!(
+        syncs >= written / (2 << 20) - 1 && syncs <= written / (2 << 20),
+        "{syncs} syncs on the way for {written} bytes"
+    );
+    for run in 0..3u8 {
+        for i in 0..6 {
+            assert_eq!(read(&store, &format!("r{run}/{i}")), Some(body(i, 600_000)));
+        }
+    }
+}
