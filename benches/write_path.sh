@@ -3,7 +3,7 @@
 # (a FLUSH every 256 writes asked; fio issues more at QD32, counted in the
 # writes/flush column) against cairn, qemu-nbd raw and qemu-nbd qcow2 (writeback,
 # io_uring); then snapshot, fork and clone latency right after random
-# dirty data; then cairn's peak RSS with 4 connections writing 4 volumes.
+# dirty data, and snapshot latency while a 1 GiB seal runs; then cairn's peak RSS with 4 connections writing 4 volumes.
 # Prints IOPS, MiB/s, server CPU per write, ratios, bytes sealed per byte
 # written.
 #
@@ -166,6 +166,14 @@ op_bench s1 $((16 << 20)) "16 MiB dirty"
 SNAPS_BIG="${SNAPS_BIG:-3}"
 SNAPS=$SNAPS_BIG op_bench s2 $((1 << 30)) "1 GiB of random 4K writes"
 server_within_10ms
+# Snapshots every 0.3 s while the sealer seals 1 GiB of random writes:
+# its object writes and a snapshot's syncs share the disk.
+dirty s2 $((1 << 18)) 7; during=(); t0=$(date +%s%N)
+while [ "$(metric cairn_backlog_bytes)" != 0 ]; do
+  during+=("$(post_ms /volumes/s2/snapshots "{\"tag\":\"during-${#during[@]}\"}")"); sleep 0.3
+done
+echo "while the 1 GiB seal ran ($(( ($(date +%s%N) - t0) / 1000000 )) ms):"
+if [ ${#during[@]} -gt 0 ]; then stats snapshot "${during[@]}"; fi
 peak_rss
 reclaim
 fi
