@@ -11,6 +11,7 @@
 //!
 //! This crate knows nothing of HTTP or NBD.
 
+mod behind;
 pub mod cache;
 pub mod catalog;
 pub mod disk_cache;

@@ -203,14 +203,14 @@ impl Volume {
             };
             work.push((*index, (*dirty).clone(), base));
         }
-        // Dirty blocks are read back from the logs: off the reactor.
-        let contents = tokio::task::spawn_blocking(move || {
+        // Dirty blocks are read back from the logs: off the reactor, and
+        // behind requests for the CPU.
+        let contents = crate::behind::run(move || {
             work.into_iter()
                 .map(|(index, dirty, base)| Ok((index, dirty.materialize(chunk_size, base.as_deref())?)))
                 .collect::<Result<Vec<_>>>()
         })
-        .await
-        .expect("materialising chunks does not panic")?;
+        .await?;
         self.backend
             .sealed_bytes
             .fetch_add((contents.len() * chunk_size) as u64, Ordering::Relaxed);
