@@ -18,16 +18,17 @@
 //!
 //! Durability does not change: [`super::PackStore::sync`] still fdatasyncs
 //! the pack (`O_DIRECT` skips the cache, not the device's write cache or the
-//! file's size).
+//! file's size). Short reads go through the buffered handle; the kernel
+//! drops any cached page a direct write covers and writes back dirty ones a
+//! direct read covers, so both kinds of read see what was written.
 //!
 //! Direct writes are also fdatasynced every [`SYNC_EVERY`] bytes on the
 //! way. Left to pile up in the device's write cache (a virtual disk's host
 //! page cache), a seal's hundreds of MiB made every other fsync wait behind
 //! them: the log and catalog syncs of a snapshot taken while a 1 GiB seal
-//! ran took 80-250 ms, and 3-15 ms with a sync every 2 MiB, for a seal no
-//! slower. Short reads go through the buffered handle; the kernel
-//! drops any cached page a direct write covers and writes back dirty ones a
-//! direct read covers, so both kinds of read see what was written.
+//! ran took 80-250 ms, and 1.5-15 ms with a sync every 2 MiB, for a seal
+//! no slower. These syncs are for latency only; durability still comes
+//! from [`super::PackStore::sync`].
 //!
 //! A filesystem that refuses `O_DIRECT` (some FUSE filesystems, older
 //! tmpfs), at open or at the first write or read, turns it off for the
