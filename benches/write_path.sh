@@ -3,7 +3,8 @@
 # (a FLUSH every 256 writes asked; fio issues more at QD32, counted in the
 # writes/flush column) against cairn, qemu-nbd raw and qemu-nbd qcow2 (writeback,
 # io_uring); then snapshot, fork and clone latency right after random
-# dirty data, and snapshot latency while a 1 GiB seal runs; then cairn's peak RSS with 4 connections writing 4 volumes.
+# dirty data, and snapshot latency while a 1 GiB seal runs; then cairn's
+# peak RSS with 4 connections writing 4 volumes.
 # Prints IOPS, MiB/s, server CPU per write, ratios, bytes sealed per byte
 # written.
 #

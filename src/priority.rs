@@ -4,10 +4,11 @@
 //! (`cairn_chunker::pipeline`), and seals read their dirty blocks back
 //! from the logs there (`cairn_store`'s `behind`): on a small machine
 //! they keep every core busy for seconds after a burst of writes, and a
-//! REST request or NBD reply then waits for a time slice behind them. The pool's threads run
-//! at a lower scheduling priority (nice [`BACKGROUND_NICE`]); the kernel
-//! still gives them every cycle nothing else wants, and writers waiting
-//! for backlog room leave those cycles to them.
+//! REST request or NBD reply then waits for a time slice behind them. The
+//! pool's threads run at a lower scheduling priority (nice
+//! [`BACKGROUND_NICE`]); the kernel still gives them every cycle nothing
+//! else wants, and writers waiting for backlog room leave those cycles to
+//! them.
 
 /// Nice value of the compression threads (0 is the default; higher is
 /// lower priority).

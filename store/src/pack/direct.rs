@@ -48,7 +48,7 @@ pub(super) const DIRECT_MIN: u64 = 128 << 10;
 const WINDOW: usize = 1 << 20;
 /// Direct writes are fdatasynced each time this many bytes were written
 /// since the last such sync (see the module's docs).
-const SYNC_EVERY: u64 = 2 << 20;
+pub(super) const SYNC_EVERY: u64 = 2 << 20;
 
 /// `n` rounded up to a multiple of [`ALIGN`].
 pub(super) fn align_up(n: u64) -> u64 {

@@ -475,7 +475,7 @@ fn direct_runs_are_synced_on_the_way_every_few_mib_and_read_back() {
     let syncs = store.append_lock.lock().syncs();
     let written = 3 * 6 * 600_000u64;
     assert!(
-        syncs >= written / (2 << 20) - 1 && syncs <= written / (2 << 20),
+        syncs >= written / direct::SYNC_EVERY - 1 && syncs <= written / direct::SYNC_EVERY,
         "{syncs} syncs on the way for {written} bytes"
     );
     for run in 0..3u8 {
