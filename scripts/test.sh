@@ -31,6 +31,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   CAIRN_TEST_OBJECT_STORE=s3 cargo test --workspace "${e2e[@]}" --no-fail-fast
 fi
+# The server binary the test build made: a plain `cargo build` would
+# build it again (dev-dependencies unify features differently).
+export CAIRN_BIN="$PWD/target/debug/cairn"
 echo "== schemathesis against a live server (bounded)"
 bash scripts/schemathesis.sh
 echo "== Python SDK and web console (pytest, mypy, headless Chromium)"
