@@ -84,7 +84,7 @@ impl BlockDevice for Device {
         let v = self.writable()?;
         v.write_bytes(offset, data).await.map_err(device_error)?;
         if fua {
-            v.flush().map_err(device_error)?;
+            v.flush().await.map_err(device_error)?;
         }
         Ok(())
     }
@@ -93,14 +93,14 @@ impl BlockDevice for Device {
         let v = self.writable()?;
         v.write_zeroes(offset, length).await.map_err(device_error)?;
         if fua {
-            v.flush().map_err(device_error)?;
+            v.flush().await.map_err(device_error)?;
         }
         Ok(())
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {
         match &self.source {
-            Readable::Volume(v) => v.flush().map_err(device_error),
+            Readable::Volume(v) => v.flush().await.map_err(device_error),
             Readable::Snapshot { .. } => Ok(()),
         }
     }

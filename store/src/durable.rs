@@ -12,11 +12,17 @@
 //! that are they recorded in the existence index.
 //!
 //! Callers run a barrier before every catalog batch that commits a root
-//! referencing new objects, so:
+//! referencing new objects, and a volume's flush runs one before it syncs
+//! a log holding chunk records (whole chunks a client wrote, stored as
+//! objects at once), so:
 //! - a committed root never references an object a crash can lose;
 //! - the existence index never claims an object a crash lost (its entries
 //!   are written after the object is durable), so deduplication never
-//!   points a new root at nothing.
+//!   points a new root at nothing;
+//! - a flushed chunk record's objects are durable: a replayed record whose
+//!   objects the existence index lacks (its entries are not synced) is kept
+//!   when they read back whole ([`LocalSync::recover_chunk`]), and dropped
+//!   otherwise: then it was never flushed.
 //!
 //! An unsynced object already counts as stored for deduplication (a writer
 //! that finds it here runs the barrier before its own commit, which waits
@@ -88,6 +94,36 @@ impl LocalSync {
         pending.next_seq += 1;
         let seq = pending.next_seq;
         pending.objects.insert(key.to_string(), (len, seq));
+    }
+
+    /// Recovers chunk `id`, stored under `key` by a process that stopped
+    /// before a barrier covered it (it is not in the existence index): when
+    /// it reads back whole, it is noted for the next barrier, which makes it
+    /// durable, and true is returned. A process that was killed leaves its
+    /// writes in the page cache; a power cut may have taken the object or
+    /// torn it, and then it is not recovered (false).
+    pub(crate) fn recover_chunk(&self, key: &str, id: cairn_chunker::ChunkId) -> Result<bool> {
+        let read = match &self.how {
+            LocalDurability::Files(root) => match std::fs::read(root.join(key)) {
+                Ok(framed) => Ok(Some(framed)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            LocalDurability::Packs(packs) => packs.read_to_recover(key),
+        };
+        let framed = match read {
+            Ok(Some(framed)) => framed,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                tracing::debug!(key, error = %e, "an unsynced object does not read back");
+                return Ok(false);
+            }
+        };
+        if cairn_chunker::frame::decode(&framed, Some(id)).is_err() {
+            return Ok(false);
+        }
+        self.note(key, framed.len() as u64);
+        Ok(true)
     }
 
     /// Whether an object is written and not yet synced.

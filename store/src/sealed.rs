@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::journal::JournalDir;
 use crate::objects::{ObjectKind, ObjectLayer};
 use crate::overlay::Hole;
+use crate::pack::Pace;
 use crate::tree::{levels_for, NodeId, TreeStore};
 
 /// Chunk fetches in flight at once for one read or one read-ahead.
@@ -222,8 +223,9 @@ impl Backend {
     /// Stores whole chunks (hash, dedup, compress, upload) and returns the
     /// manifest updates for them, with the stored length of each chunk this
     /// call uploaded. Zero chunks become the zero sentinel. `keep` says
-    /// whether the chunks it uploads enter the chunk cache.
-    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Bytes)>, keep: Keep) -> Result<Ingested> {
+    /// whether the chunks it uploads enter the chunk cache, `pace` whether
+    /// a local pack write is synced on the way.
+    pub(crate) async fn ingest(&self, chunks: Vec<(u64, Bytes)>, keep: Keep, pace: Pace) -> Result<Ingested> {
         let (indices, contents): (Vec<u64>, Vec<Bytes>) = chunks.into_iter().unzip();
         let (classes, contents) = tokio::task::spawn_blocking(move || (classify(&contents), contents))
             .await
@@ -247,7 +249,10 @@ impl Backend {
             .map(|(&i, framed)| (classes[i].id().0, Bytes::from(framed)))
             .collect();
         let lens: Vec<u64> = framed.iter().map(|(_, f)| f.len() as u64).collect();
-        let uploaded = self.objects.put_all_if_absent(ObjectKind::Chunk, framed).await?;
+        let uploaded = self
+            .objects
+            .put_all_if_absent(ObjectKind::Chunk, framed, pace)
+            .await?;
         let stored = fresh
             .iter()
             .zip(lens)

@@ -161,7 +161,7 @@ fn dropped_operations_lose_no_flushed_write() {
                 model.volumes.get_mut("v").unwrap()[offset as usize..offset as usize + len]
                     .copy_from_slice(&data);
             }
-            v.flush().unwrap();
+            v.flush().await.unwrap();
             let before = model.volumes["v"].clone();
             let op = rng.below(5);
             let import_at = rng.below(SIZE / CHUNK - 4) * CHUNK;

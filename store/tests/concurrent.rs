@@ -85,7 +85,7 @@ fn writers_seals_and_snapshots_at_once() {
                     v.write(offset, &data).await.unwrap();
                     me.done.fetch_add(1, Ordering::SeqCst);
                     if i.is_multiple_of(16) {
-                        v.flush().unwrap();
+                        v.flush().await.unwrap();
                     }
                 }
             }));
@@ -142,7 +142,7 @@ fn writers_seals_and_snapshots_at_once() {
         let mut image = vec![0u8; SIZE as usize];
         engine.read(&src, 0, &mut image).await.unwrap();
         assert!(image == expected, "the volume equals every writer's log replayed");
-        v.flush().unwrap();
+        v.flush().await.unwrap();
         drop((src, v));
         drop(engine);
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -46,7 +46,7 @@ fn base_pending(engine: &Engine, name: &str) -> bool {
 
 async fn flush_all(engine: &Engine, names: &[&str]) {
     for n in names {
-        engine.volume(&ns(), &vol(n)).unwrap().flush().unwrap();
+        engine.volume(&ns(), &vol(n)).unwrap().flush().await.unwrap();
     }
 }
 

@@ -57,7 +57,7 @@ async fn pending_snapshot_reads_survives_restart_and_seals() {
     );
 
     // Restart with both pending: rebuilt from the logs.
-    v.flush().unwrap();
+    v.flush().await.unwrap();
     drop(v);
     drop(engine);
     let engine = common::engine(dir.path()).await;

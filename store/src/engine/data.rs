@@ -7,6 +7,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use self::cut::Cutter;
 use super::*;
+use crate::pack::Pace;
 use crate::pieces::Piece;
 use crate::sealed::{Ingested, Keep};
 
@@ -226,7 +227,10 @@ impl Engine {
                 let session = backend.objects.begin_write();
                 AbortOnDropHandle::new(tokio::spawn(async move {
                     let chunks = (first..).zip(chunks).collect();
-                    backend.ingest(chunks, Keep::Uncached).await.map(|i| (i, session))
+                    backend
+                        .ingest(chunks, Keep::Uncached, Pace::Paced)
+                        .await
+                        .map(|i| (i, session))
                 }))
             })
             .buffered(IMPORT_STEPS_IN_FLIGHT);

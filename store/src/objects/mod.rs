@@ -76,6 +76,18 @@ pub struct ObjectStats {
 /// Object uploads in flight at once, where each is its own request.
 const UPLOAD_CONCURRENCY: usize = 16;
 
+/// What [`ObjectLayer::replayable_chunks`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replayable {
+    /// Every object is durable.
+    Durable,
+    /// Some were not, and read back whole: the next barrier makes them
+    /// durable.
+    Recovered,
+    /// One is gone or torn.
+    Lost,
+}
+
 /// Content-addressed access to chunk and node objects.
 #[derive(Debug)]
 pub struct ObjectLayer {
@@ -342,6 +354,28 @@ impl ObjectLayer {
             .join(hex.as_str())
     }
 
+    /// Whether a replayed chunk record's objects (`ids`; the zero sentinel
+    /// is no object) are there. Those the existence index holds are durable
+    /// (see [`crate::durable`]). One it lacks is recovered when it reads
+    /// back whole ([`crate::durable::LocalSync::recover_chunk`]): a barrier
+    /// made it durable and its index entry was lost, or a killed process
+    /// left it in the page cache. Otherwise the record was never flushed,
+    /// and is lost.
+    pub(crate) fn replayable_chunks(&self, ids: impl Iterator<Item = ChunkId>) -> Result<Replayable> {
+        let mut answer = Replayable::Durable;
+        for id in ids.filter(|id| !id.is_zero()) {
+            let key = self.path(ObjectKind::Chunk, &id.0);
+            if self.catalog.object_entry(key.as_ref())?.is_some() {
+                continue;
+            }
+            match &self.local {
+                Some(local) if local.recover_chunk(key.as_ref(), id)? => answer = Replayable::Recovered,
+                _ => return Ok(Replayable::Lost),
+            }
+        }
+        Ok(answer)
+    }
+
     /// True when the existence index says the object is stored; then the
     /// caller may reference it instead of uploading it (a dedup hit), and
     /// its index time is refreshed so GC's cutoff protects it (see
@@ -419,12 +453,13 @@ impl ObjectLayer {
     /// [`ObjectLayer::put_if_absent`] for many objects. On a local pack
     /// store (and no injected faults) the uploads are one batch: one
     /// blocking task, one run of records in the active pack, one index
-    /// write ([`crate::pack::PackStore::put_many`]), instead of one of
-    /// each per object. Returns, per object, whether it was uploaded.
+    /// write ([`crate::pack::PackStore::put_many`], at `pace`), instead of
+    /// one of each per object. Returns, per object, whether it was uploaded.
     pub async fn put_all_if_absent(
         &self,
         kind: ObjectKind,
         objects: Vec<([u8; 32], Bytes)>,
+        pace: crate::pack::Pace,
     ) -> Result<Vec<bool>> {
         let Some(packs) = self.packs().filter(|_| self.faults.is_quiet()).cloned() else {
             return futures::stream::iter(objects)
@@ -461,7 +496,7 @@ impl ObjectLayer {
                 .zip(&parts)
                 .map(|((key, _), part)| (key.as_str(), &part[..]))
                 .collect();
-            packs.put_many(&objects)
+            packs.put_many(&objects, pace)
         })
         .await
         .expect("pack writes do not panic");

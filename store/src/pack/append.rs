@@ -6,25 +6,26 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use super::{direct, unix_now, Location, PackStore, State, HEADER, MAGIC, PACK_BYTES};
+use super::{direct, unix_now, Location, Pace, PackStore, State, HEADER, MAGIC, PACK_BYTES};
 use crate::error::Result;
 
 impl PackStore {
     /// Appends an object (blocking). It is readable when this returns and
     /// durable after the next [`PackStore::sync`].
     pub(super) fn put(&self, key: &str, parts: &[&[u8]]) -> Result<()> {
-        self.put_many(&[(key, parts)])
+        self.put_many(&[(key, parts)], Pace::Paced)
     }
 
     /// Appends objects (blocking) as one run of records in the active pack
     /// and indexes them in one batch: one reservation and one index write
     /// for all. They are readable when this returns and durable after the
-    /// next [`PackStore::sync`].
-    pub(crate) fn put_many(&self, objects: &[(&str, &[&[u8]])]) -> Result<()> {
+    /// next [`PackStore::sync`]; `pace` says whether a direct run is synced
+    /// on the way.
+    pub(crate) fn put_many(&self, objects: &[(&str, &[&[u8]])], pace: Pace) -> Result<()> {
         if objects.is_empty() {
             return Ok(());
         }
-        let (pack, locations, written) = self.append_many(objects)?;
+        let (pack, locations, written) = self.append_many(objects, pace)?;
         let mut st = self.state.lock();
         Self::finish(&mut st, pack);
         written?;
@@ -45,7 +46,7 @@ impl PackStore {
     /// Reserves room for a record in the active pack and writes it. The
     /// pack counts the write as in flight until [`PackStore::finish`].
     pub(super) fn append(&self, key: &str, parts: &[&[u8]]) -> Result<(Location, std::io::Result<()>)> {
-        let (_, mut locations, written) = self.append_many(&[(key, parts)])?;
+        let (_, mut locations, written) = self.append_many(&[(key, parts)], Pace::Paced)?;
         Ok((locations.pop().expect("one record"), written))
     }
 
@@ -56,6 +57,7 @@ impl PackStore {
     pub(super) fn append_many(
         &self,
         objects: &[(&str, &[&[u8]])],
+        pace: Pace,
     ) -> Result<(u32, Vec<Location>, std::io::Result<()>)> {
         let mut heads = Vec::with_capacity(objects.len());
         let mut total = 0u64;
@@ -109,7 +111,7 @@ impl PackStore {
         }
         let mut staging = self.append_lock.lock();
         let written = match direct {
-            Some(direct) => match staging.write(&direct, start, run.iter().copied()) {
+            Some(direct) => match staging.write(&direct, start, run.iter().copied(), pace) {
                 Err(e) if self.refuses_direct(&e) => {
                     self.state
                         .lock()

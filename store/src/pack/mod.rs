@@ -61,6 +61,18 @@ const MAGIC: [u8; 4] = *b"CPK1";
 /// Record header: magic, key length (u16), data length (u32).
 const HEADER: usize = 10;
 
+/// Whether a put's direct writes are fdatasynced on the way ([`direct`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Synced every [`direct::SYNC_EVERY`] bytes: bulk writes in the
+    /// background (seals, imports, compaction), which would otherwise fill
+    /// the device's write cache ahead of every other fsync.
+    Paced,
+    /// Not synced on the way: a client's own writes, which wait for the
+    /// device on every sync and which the client's next flush drains anyway.
+    Unpaced,
+}
+
 /// Where an object's data is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Location {

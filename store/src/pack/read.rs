@@ -92,6 +92,20 @@ impl PackStore {
         self.get_many(&[(key, range)]).pop().expect("one answer per read")
     }
 
+    /// Reads `key` whole (blocking) to recover it after a restart: its pack
+    /// counts as unsynced again, so the next [`PackStore::sync`] makes it
+    /// durable. `None` when there is no such object.
+    pub(crate) fn read_to_recover(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let got = self
+            .get_many(&[(key, None)])
+            .pop()
+            .expect("one answer per read")?;
+        Ok(got.map(|got| {
+            self.state.lock().unsynced.insert(got.loc.pack);
+            got.data
+        }))
+    }
+
     /// Answers each read of `reads`, in their order, reading neighbouring
     /// records with one `pread` (module docs).
     pub(super) fn get_many(&self, reads: &[(&str, Option<&GetRange>)]) -> Vec<Result<Option<Got>>> {

@@ -210,7 +210,7 @@ fn a_batch_of_puts_reads_back_counts_once_and_survives_a_reopen() {
     let keys = ["chunks/a", "chunks/b", "chunks/c", "chunks/d", "chunks/e"];
     let parts: Vec<[&[u8]; 1]> = bodies.iter().map(|b| [&b[..]]).collect();
     let batch: Vec<(&str, &[&[u8]])> = keys.iter().zip(&parts).map(|(k, p)| (*k, &p[..])).collect();
-    store.put_many(&batch).unwrap();
+    store.put_many(&batch, Pace::Paced).unwrap();
     for (key, data) in keys.iter().zip(&bodies) {
         assert_eq!(read(&store, key).as_ref(), Some(data), "{key}");
     }
@@ -303,8 +303,13 @@ fn a_read_whose_serving_task_never_runs_fails_instead_of_waiting() {
     assert!(got.unwrap_err().contains("abandoned"));
 }
 
-/// Puts `n` objects of `len` bytes under `prefix` as one run.
+/// Puts `n` objects of `len` bytes under `prefix` as one paced run.
 fn put_run(store: &PackStore, prefix: &str, n: u8, len: usize) {
+    put_run_paced(store, prefix, n, len, Pace::Paced)
+}
+
+/// [`put_run`] at `pace`.
+fn put_run_paced(store: &PackStore, prefix: &str, n: u8, len: usize, pace: Pace) {
     let bodies: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("{prefix}{i}"), body(i, len))).collect();
     let parts: Vec<[&[u8]; 1]> = bodies.iter().map(|(_, b)| [&b[..]]).collect();
     let objects: Vec<(&str, &[&[u8]])> = bodies
@@ -312,7 +317,7 @@ fn put_run(store: &PackStore, prefix: &str, n: u8, len: usize) {
         .zip(&parts)
         .map(|((k, _), p)| (k.as_str(), &p[..]))
         .collect();
-    store.put_many(&objects).unwrap();
+    store.put_many(&objects, pace).unwrap();
 }
 
 #[test]
@@ -459,7 +464,7 @@ fn a_batch_of_reads_answers_each_in_order_across_packs_gaps_and_ranges() {
 }
 
 #[test]
-fn direct_runs_are_synced_on_the_way_every_few_mib_and_read_back() {
+fn paced_direct_runs_are_synced_on_the_way_every_few_mib_unpaced_ones_not() {
     let dir = tempfile::tempdir().unwrap();
     let store = PackStore::open(dir.path()).unwrap();
     if store.state.lock().packs[&1].direct.is_none() {
@@ -478,7 +483,12 @@ fn direct_runs_are_synced_on_the_way_every_few_mib_and_read_back() {
         syncs >= written / direct::SYNC_EVERY - 1 && syncs <= written / direct::SYNC_EVERY,
         "{syncs} syncs on the way for {written} bytes"
     );
-    for run in 0..3u8 {
+    // A client's own writes are not synced on the way.
+    for run in 3..6u8 {
+        put_run_paced(&store, &format!("r{run}/"), 6, 600_000, Pace::Unpaced);
+    }
+    assert_eq!(store.append_lock.lock().syncs(), syncs, "unpaced runs made syncs");
+    for run in 0..6u8 {
         for i in 0..6 {
             assert_eq!(read(&store, &format!("r{run}/{i}")), Some(body(i, 600_000)));
         }

@@ -122,6 +122,11 @@ pub struct Volume {
     me: std::sync::Weak<Volume>,
     /// A background seal has been asked for and not yet finished.
     seal_queued: std::sync::atomic::AtomicBool,
+    /// Chunk records journaled by [`Volume::write`] so far, whose objects
+    /// become durable only at a barrier (see [`Volume::flush`]).
+    chunk_records: AtomicU64,
+    /// How many of them a flush's barrier has covered.
+    chunk_records_durable: AtomicU64,
 }
 
 impl std::fmt::Debug for Volume {

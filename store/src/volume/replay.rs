@@ -2,6 +2,7 @@
 //! generations (strictly, or past damaged records for a repair).
 
 use super::*;
+use crate::objects::Replayable;
 
 /// A dropped stretch of a damaged log and that log's generation.
 pub(crate) type DroppedIn = (u64, journal::Dropped);
@@ -63,8 +64,25 @@ impl Volume {
         let mut older_logs = Vec::new();
         let logs = backend.journal.replay(record.id, record.journal_floor)?;
         let last = logs.last().map(|l| l.generation);
+        let (mut lost, mut recovered) = (0usize, 0usize);
         for log in logs {
             let replay = |at: u64, r: Record<'_>| {
+                // A chunk record's objects are made durable by the barrier
+                // of the flush that covers it, before the log is synced.
+                // Those the existence index lacks are kept when they read
+                // back whole (the next barrier makes them durable), and the
+                // record dropped when a power cut took them: then it was
+                // never flushed.
+                if let Record::Chunks { ids, .. } = r {
+                    match backend.objects.replayable_chunks(journal::chunk_ids(ids))? {
+                        Replayable::Durable => {}
+                        Replayable::Recovered => recovered += 1,
+                        Replayable::Lost => {
+                            lost += 1;
+                            return Ok(());
+                        }
+                    }
+                }
                 layer.apply(geometry, &r, &log, at);
                 Ok(())
             };
@@ -91,6 +109,9 @@ impl Volume {
                 reason: format!("a pending snapshot needs journal generation {lost}, which is not there"),
             });
         }
+        if lost > 0 {
+            tracing::warn!(volume = %record.name, records = lost, "dropped whole-chunk writes that were not flushed before the crash: their objects did not survive it");
+        }
         if !frozen.is_empty() {
             let dirty: usize = frozen.iter().map(|f| f.layer.dirty_bytes()).sum();
             tracing::info!(volume = %record.name, dirty_bytes = dirty, generations = frozen.len(), pending_snapshots = waiting.values().map(Vec::len).sum::<usize>(), "replayed write-back journal");
@@ -101,7 +122,13 @@ impl Volume {
             older_logs,
             waiting,
         };
-        Ok(Self::assemble(backend, record, geometry, replayed))
+        let volume = Self::assemble(backend, record, geometry, replayed);
+        if recovered > 0 {
+            // Their objects are durable only after a barrier: the next
+            // flush runs one.
+            volume.chunk_records.store(1, Ordering::Release);
+        }
+        Ok(volume)
     }
 
     /// The open volume, from its record and what its logs held.
@@ -141,6 +168,8 @@ impl Volume {
             opened: Instant::now(),
             me: me.clone(),
             seal_queued: std::sync::atomic::AtomicBool::new(false),
+            chunk_records: AtomicU64::new(0),
+            chunk_records_durable: AtomicU64::new(0),
         })
     }
 }

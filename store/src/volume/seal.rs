@@ -24,6 +24,7 @@ use futures::stream::{StreamExt, TryStreamExt};
 use super::{Frozen, State, Volume};
 use crate::error::{Result, StoreError};
 use crate::overlay::{DirtyChunk, Overlay};
+use crate::pack::Pace;
 use crate::records::{now, SnapshotRecord, VolumeRecord};
 use crate::sealed::{Ingested, Keep, SealedTree};
 use crate::tree::NodeId;
@@ -221,7 +222,7 @@ impl Volume {
                     .into_iter()
                     .map(|(i, c)| (i, bytes::Bytes::from(c)))
                     .collect();
-                self.backend.ingest(contents, Keep::Cached).await?
+                self.backend.ingest(contents, Keep::Cached, Pace::Paced).await?
             }
         };
         if !as_stored.is_empty() {
@@ -384,7 +385,7 @@ impl Volume {
         if through.is_some() {
             // The snapshot holds every acknowledged write: its generations'
             // logs must be durable before its record commits.
-            self.flush()?;
+            self.flush().await?;
         }
         let flushed = Instant::now();
         let snapshot = record(&volume, through)?;

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::pack::Pace;
 use crate::sealed::Keep;
 
 /// Writes covering at least this many whole chunks store them directly
@@ -67,11 +68,15 @@ impl Volume {
     }
 
     /// Stores whole chunks (`offset` chunk-aligned, `data` whole chunks)
-    /// as chunk objects, makes them durable, then journals their ids: the
-    /// bytes are written once, and a replayed record never names an
-    /// object a crash lost. GC keeps the objects: by time while this runs,
-    /// then because the overlay names them (see [`crate::gc`]) until a seal
-    /// commits them as they are, without reading or uploading them again.
+    /// as chunk objects, then journals their ids: the bytes are written
+    /// once. The objects are made durable by the next barrier: a flush's
+    /// ([`Volume::flush`], before it syncs the log), a snapshot's or a
+    /// seal's; like any write, this one is durable after the next flush.
+    /// A replayed record whose objects the existence index does not hold
+    /// was never flushed, and is dropped (see `replay.rs`). GC keeps the
+    /// objects: as unsynced while they are, then because the overlay names
+    /// them (see [`crate::gc`]) until a seal commits them as they are,
+    /// without reading or uploading them again.
     async fn write_whole_chunks(&self, offset: u64, data: &[u8], owned: Option<Bytes>) -> Result<()> {
         let chunk = self.geometry.chunk_size();
         let first = offset / chunk as u64;
@@ -86,11 +91,14 @@ impl Volume {
                 (first + i as u64, content)
             })
             .collect();
-        let ingested = self.backend.ingest(chunks, Keep::Cached).await?;
-        self.backend.objects.make_durable().await?;
+        // Not paced: the client's next flush waits for these bytes anyway.
+        let ingested = self.backend.ingest(chunks, Keep::Cached, Pace::Unpaced).await?;
         let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
         let _shared = self.rmw_lock.read().await;
         self.apply(Record::Chunks { offset, ids: &ids })?;
+        // Counted once journaled: a flush that reads the count then runs
+        // a barrier, which covers these objects (put before the record).
+        self.chunk_records.fetch_add(1, Ordering::AcqRel);
         // Written and stored in one step: one sealed byte per byte written.
         for counter in [&self.backend.written_bytes, &self.backend.sealed_bytes] {
             counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -245,8 +253,17 @@ impl Volume {
         });
     }
 
-    /// Makes every acknowledged write durable on local disk.
-    pub fn flush(&self) -> Result<()> {
+    /// Makes every acknowledged write durable on local disk: first the
+    /// objects of the chunk records journaled since the last flush (a
+    /// barrier, see [`crate::durable`]), then the logs that name them.
+    /// Dropped half way, it leaves the count behind, so the next flush
+    /// runs the barrier again.
+    pub async fn flush(&self) -> Result<()> {
+        let journaled = self.chunk_records.load(Ordering::Acquire);
+        if self.chunk_records_durable.load(Ordering::Acquire) < journaled {
+            self.backend.objects.make_durable().await?;
+            self.chunk_records_durable.fetch_max(journaled, Ordering::AcqRel);
+        }
         let logs: Vec<Arc<LogFile>> = self.state.lock().live_logs().cloned().collect();
         for log in &logs {
             log.sync()?;
