@@ -95,10 +95,12 @@ impl Volume {
         let ingested = self.backend.ingest(chunks, Keep::Cached, Pace::Unpaced).await?;
         let ids: Vec<u8> = ingested.updates.iter().flat_map(|(_, id)| id.0).collect();
         let _shared = self.rmw_lock.read().await;
-        self.apply(Record::Chunks { offset, ids: &ids })?;
-        // Counted once journaled: a flush that reads the count then runs
-        // a barrier, which covers these objects (put before the record).
+        // Counted before the record is journaled (the objects are put
+        // already): a flush that syncs a log holding the record, such as
+        // a snapshot's of the generation the record landed in, has seen
+        // the count and runs the barrier that covers these objects.
         self.chunk_records.fetch_add(1, Ordering::AcqRel);
+        self.apply(Record::Chunks { offset, ids: &ids })?;
         // Written and stored in one step: one sealed byte per byte written.
         for counter in [&self.backend.written_bytes, &self.backend.sealed_bytes] {
             counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -257,7 +259,10 @@ impl Volume {
     /// objects of the chunk records journaled since the last flush (a
     /// barrier, see [`crate::durable`]), then the logs that name them.
     /// Dropped half way, it leaves the count behind, so the next flush
-    /// runs the barrier again.
+    /// runs the barrier again. A record counted after the count was read
+    /// may reach the synced log without its objects: it was not yet
+    /// journaled, so neither acknowledged nor in a generation frozen
+    /// before this call, and a replay keeps or drops it whole.
     pub async fn flush(&self) -> Result<()> {
         let journaled = self.chunk_records.load(Ordering::Acquire);
         if self.chunk_records_durable.load(Ordering::Acquire) < journaled {
