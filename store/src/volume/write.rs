@@ -72,8 +72,9 @@ impl Volume {
     /// once. The objects are made durable by the next barrier: a flush's
     /// ([`Volume::flush`], before it syncs the log), a snapshot's or a
     /// seal's; like any write, this one is durable after the next flush.
-    /// A replayed record whose objects the existence index does not hold
-    /// was never flushed, and is dropped (see `replay.rs`). GC keeps the
+    /// A replayed record whose objects were never covered by a barrier
+    /// keeps them if they read back whole, and is dropped otherwise (see
+    /// `replay.rs`). GC keeps the
     /// objects: as unsynced while they are, then because the overlay names
     /// them (see [`crate::gc`]) until a seal commits them as they are,
     /// without reading or uploading them again.
