@@ -74,10 +74,9 @@ impl Volume {
     /// seal's; like any write, this one is durable after the next flush.
     /// A replayed record whose objects were never covered by a barrier
     /// keeps them if they read back whole, and is dropped otherwise (see
-    /// `replay.rs`). GC keeps the
-    /// objects: as unsynced while they are, then because the overlay names
-    /// them (see [`crate::gc`]) until a seal commits them as they are,
-    /// without reading or uploading them again.
+    /// `replay.rs`). GC keeps the objects: as unsynced while they are, then
+    /// because the overlay names them (see [`crate::gc`]) until a seal
+    /// commits them as they are, without reading or uploading them again.
     async fn write_whole_chunks(&self, offset: u64, data: &[u8], owned: Option<Bytes>) -> Result<()> {
         let chunk = self.geometry.chunk_size();
         let first = offset / chunk as u64;
