@@ -25,9 +25,10 @@
 //! Direct writes in the background ([`super::Pace::Paced`]) are also
 //! fdatasynced every [`SYNC_EVERY`] bytes on the way. Left to pile up in
 //! the device's write cache (a virtual disk's host page cache), a seal's
-//! hundreds of MiB made every other fsync wait behind them: the log and catalog syncs of a snapshot taken while a 1 GiB seal
-//! ran took 80-250 ms, and 1.5-15 ms with a sync every 2 MiB, for a seal
-//! no slower. These syncs are for latency only; durability still comes
+//! hundreds of MiB made every other fsync wait behind them: the log and
+//! catalog syncs of a snapshot taken while a 1 GiB seal ran took 80-250
+//! ms, and 1.5-15 ms with a sync every 2 MiB, for a seal no slower. These
+//! syncs are for latency only; durability still comes
 //! from [`super::PackStore::sync`]. A client's whole-chunk writes are not
 //! paced: a sync every 2 MiB held 1 MiB writes to the device's synced
 //! speed (222 MiB/s here against 589 without), and the client's own flush
