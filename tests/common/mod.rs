@@ -12,12 +12,58 @@ pub mod proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
+/// A loopback port that no other test holds and nothing listens on.
+///
+/// The port is chosen below the kernel's ephemeral range, so the client
+/// sockets that tests open (curl, NBD clients, the object store client)
+/// can never take it between this call and the server's bind, and it is
+/// locked with `flock` on a file in the temp dir for as long as this test
+/// process lives, so parallel tests never pick the same one.
 pub fn free_port() -> u16 {
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+    let (low, high) = unreserved_port_range();
+    let dir = std::env::temp_dir().join("cairn-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let span = u32::from(high - low);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for i in 0..span {
+        let port = low + ((seed.wrapping_add(i)) % span) as u16;
+        let lock = std::fs::File::create(dir.join(port.to_string())).unwrap();
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap().push(lock);
+            return port;
+        }
+    }
+    // No room outside the ephemeral range: let the kernel choose.
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Ports below the ephemeral range (`ip_local_port_range`), or above it
+/// when it starts too low to leave room.
+fn unreserved_port_range() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+    let (first, last) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+    if first >= 12_000 {
+        (first.saturating_sub(10_000).max(1024), first)
+    } else {
+        (last.saturating_add(1), u16::MAX)
+    }
 }
 
 /// A running `cairn serve`; killed (SIGKILL) when dropped.
