@@ -80,6 +80,11 @@ impl BlockDevice for Device {
             .map(|r| r.map_err(device_error))
     }
 
+    fn try_write(&self, offset: u64, data: &[u8]) -> Option<Result<(), DeviceError>> {
+        let v = self.writable().ok()?;
+        v.try_write(offset, data).map(|r| r.map_err(device_error))
+    }
+
     async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError> {
         let v = self.writable()?;
         v.write_bytes(offset, data).await.map_err(device_error)?;

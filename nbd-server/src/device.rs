@@ -36,6 +36,13 @@ pub trait BlockDevice: Send + Sync {
     fn try_read(&self, _offset: u64, _buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
         None
     }
+    /// Writes without waiting on I/O beyond a local append, if the device
+    /// can (a small write it takes at once); `None` means "use
+    /// [`BlockDevice::write`]". Never called for FUA writes. Transports use
+    /// it to answer from the I/O thread, straight from the receive buffer.
+    fn try_write(&self, _offset: u64, _data: &[u8]) -> Option<Result<(), DeviceError>> {
+        None
+    }
     /// Writes; durable before returning when `fua`. The payload is handed
     /// over, so a device may keep slices of it instead of copying.
     async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError>;

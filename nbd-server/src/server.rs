@@ -567,6 +567,21 @@ pub(crate) fn try_execute_read(req: &Request, conn: &Connection) -> Option<Vec<u
     }
 }
 
+/// Answers a WRITE at once when the device takes it without waiting;
+/// `None` when it must go through [`execute`] (which also answers every
+/// refusal: read-only export, out of range, FUA).
+pub(crate) fn try_execute_write(req: &Request, payload: &[u8], conn: &Connection) -> Option<Vec<u8>> {
+    let device = conn.device.as_ref();
+    if req.kind != cmd::WRITE || req.flags & cflag::FUA != 0 || device.read_only() {
+        return None;
+    }
+    check_range(device, req).ok()?;
+    match device.try_write(req.offset, payload)? {
+        Ok(()) => Some(done_reply(conn.structured, req.cookie)),
+        Err(e) => Some(error_reply(conn.structured, req.cookie, e.errno, &e.message)),
+    }
+}
+
 /// Success without data.
 fn done_reply(structured: bool, cookie: u64) -> Vec<u8> {
     if structured {

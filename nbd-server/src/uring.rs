@@ -30,7 +30,9 @@ use parking_lot::Mutex;
 use crate::bridge::{decrypt, encrypt, Decrypted, TlsSession};
 use crate::budget::Held;
 use crate::proto::{cmd, Request, REQUEST_LEN};
-use crate::server::{admit, error_reply, execute_guarded, try_execute_read, Connection, MAX_IN_FLIGHT};
+use crate::server::{
+    admit, error_reply, execute_guarded, try_execute_read, try_execute_write, Connection, MAX_IN_FLIGHT,
+};
 
 const RING_ENTRIES: u32 = 64;
 const RECV: u64 = 1;
@@ -471,6 +473,18 @@ impl RingLoop {
             if pending.len() < REQUEST_LEN + payload_len {
                 return;
             }
+            // Not while budget is asked for this request: the grant that
+            // arrives must go to the request it was asked for.
+            if req.kind == cmd::WRITE && !self.awaiting_budget {
+                let payload = &pending[REQUEST_LEN..REQUEST_LEN + payload_len];
+                if let Some(reply) = try_execute_write(&req, payload, &self.conn) {
+                    // Taken at once, from the receive buffer: no copy, no
+                    // budget, no hand-off.
+                    self.consume(REQUEST_LEN + payload_len);
+                    self.enqueue(reply);
+                    continue;
+                }
+            }
             // The payload leaves the receive buffer only with its bytes of
             // the server-wide budget; until they are free, parsing waits.
             let held = if req.kind == cmd::WRITE {
@@ -484,11 +498,7 @@ impl RingLoop {
             let pending = &self.buf[self.start..self.end];
             let payload =
                 (req.kind == cmd::WRITE).then(|| pending[REQUEST_LEN..REQUEST_LEN + payload_len].to_vec());
-            self.start += REQUEST_LEN + payload_len;
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            }
+            self.consume(REQUEST_LEN + payload_len);
             if let Some(reply) = try_execute_read(&req, &self.conn) {
                 // Cached: answered here, no hand-off.
                 self.enqueue(reply);
@@ -504,6 +514,15 @@ impl RingLoop {
                 }
                 outbox.push(reply);
             });
+        }
+    }
+
+    /// Drops `n` parsed bytes from the front of the receive buffer.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
     }
 

@@ -90,7 +90,13 @@ proptest! {
                         let name = &names[v % names.len()];
                         let len = len.min((SIZE - offset) as usize);
                         let data = noise(seed, len);
-                        engine.volume(&ns(), &vol(name)).unwrap().write(offset, &data).await.unwrap();
+                        let v = engine.volume(&ns(), &vol(name)).unwrap();
+                        // Half the writes try the no-wait path first (the NBD
+                        // I/O thread's), which takes small aligned ones.
+                        let taken = seed % 2 == 1 && v.try_write(offset, &data).map(|r| r.unwrap()).is_some();
+                        if !taken {
+                            v.write(offset, &data).await.unwrap();
+                        }
                         vols.get_mut(name).unwrap()[offset as usize..offset as usize + len].copy_from_slice(&data);
                     }
                     Op::Zero { vol: v, offset, len } => {
@@ -182,5 +188,45 @@ fn unaligned_reads_cross_dirty_frozen_and_sealed_layers() {
         let err = v.read((1 << 20) - 10, &mut [0u8; 11]).await.unwrap_err();
         assert!(matches!(err, cairn_store::StoreError::OutOfRange { .. }), "{err}");
         assert!(v.write(1 << 20, &[1]).await.is_err());
+    });
+}
+
+#[test]
+fn the_no_wait_path_takes_small_aligned_writes_only_while_the_backlog_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut config = cairn_store::EngineConfig::new(dir.path());
+        config.dirty_hard_limit = 64 << 10;
+        let engine = cairn_store::Engine::open(config).await.unwrap();
+        engine
+            .create_volume(&ns(), &actor(), &vol("a"), 1 << 20, Some(65536), Labels::new())
+            .await
+            .unwrap();
+        let v = engine.volume(&ns(), &vol("a")).unwrap();
+        let block = noise(1, 4096);
+        assert!(v.try_write(1, &block).is_none(), "unaligned");
+        assert!(v.try_write(0, &noise(2, 65536)).is_none(), "a whole chunk");
+        assert!(v.try_write(0, &[]).is_none(), "empty");
+        let err = v.try_write(1 << 20, &block).expect("answered").unwrap_err();
+        assert!(matches!(err, cairn_store::StoreError::OutOfRange { .. }), "{err}");
+        // Blocks go in until the next one would pass the backlog limit.
+        let mut taken = 0u64;
+        while let Some(result) = v.try_write(taken * 4096, &block) {
+            result.unwrap();
+            taken += 1;
+            assert!(taken < 64, "the backlog limit was never reached");
+        }
+        assert!(
+            v.log_bytes() + 4096 > 64 << 10,
+            "refused with room left: {}",
+            v.log_bytes()
+        );
+        // The waiting path takes it (it seals to make room).
+        v.write(taken * 4096, &block).await.unwrap();
+        for i in 0..=taken {
+            let mut buf = vec![0u8; 4096];
+            v.read(i * 4096, &mut buf).await.unwrap();
+            assert_eq!(buf, block, "block {i}");
+        }
     });
 }

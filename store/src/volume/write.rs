@@ -30,6 +30,21 @@ impl Volume {
         self.write_from(offset, &data, Some(&data)).await
     }
 
+    /// [`Volume::write`] without waiting, for a connection's I/O thread: a
+    /// block-aligned write smaller than a chunk is journaled at once when
+    /// the backlog has room and no partial-block write holds the volume.
+    /// `None` when it must go through [`Volume::write`].
+    pub fn try_write(&self, offset: u64, data: &[u8]) -> Option<Result<()>> {
+        let end = offset.checked_add(data.len() as u64)?;
+        let small = !data.is_empty() && data.len() < self.geometry.chunk_size();
+        if !small || !is_aligned(offset) || !is_aligned(end) || !self.has_room(data.len()) {
+            return None;
+        }
+        let _shared = self.rmw_lock.try_read().ok()?;
+        let checked = self.check_range(&self.state.lock(), offset, data.len() as u64);
+        Some(checked.and_then(|()| self.apply(Record::Write { offset, data })))
+    }
+
     /// Writes `data`, which is `owned` when the caller handed it over.
     async fn write_from(&self, offset: u64, data: &[u8], owned: Option<&Bytes>) -> Result<()> {
         self.check_range(&self.state.lock(), offset, data.len() as u64)?;
@@ -220,10 +235,10 @@ impl Volume {
         let timeout = self.backend.store_timeout;
         let started = Instant::now();
         loop {
-            let held = self.log_bytes() as usize;
-            if held == 0 || held + incoming <= limit {
+            if self.has_room(incoming) {
                 return Ok(());
             }
+            let held = self.log_bytes() as usize;
             let stalled = started.elapsed() >= timeout && self.backend.objects.silent_for() >= timeout;
             if stalled && !self.backend.store_down.swap(true, Ordering::Relaxed) {
                 tracing::warn!(volume = %self.state.lock().record.name, silent_ms = self.backend.objects.silent_for().as_millis() as u64, "the object store does not answer: refusing writes past the backlog until a seal succeeds");
@@ -236,6 +251,13 @@ impl Volume {
             // Woken by every seal attempt; the timeout only re-checks.
             let _ = tokio::time::timeout(BACKLOG_RECHECK, room).await;
         }
+    }
+
+    /// True when the backlog takes `incoming` more bytes (an empty backlog
+    /// takes any write).
+    fn has_room(&self, incoming: usize) -> bool {
+        let held = self.log_bytes() as usize;
+        held == 0 || held + incoming <= self.backend.dirty_hard_limit
     }
 
     /// Starts a seal on its own task unless one is queued already.
