@@ -3,11 +3,14 @@
 //! After the handshake (on tokio), each connection gets one thread that
 //! owns an io_uring and the socket: it keeps a RECV posted into a growing
 //! buffer, parses request headers and payloads from it, and hands each
-//! request to the tokio runtime to be served. Finished replies come back
-//! through a queue; an eventfd READ posted on the ring wakes the thread,
-//! which sends every queued reply with one SENDMSG (gathered iovecs). So
-//! socket I/O never blocks a tokio worker, many requests are in flight
-//! (up to [`MAX_IN_FLIGHT`]), and replies leave in completion order.
+//! request to the tokio runtime to be served, unless the device answers it
+//! without waiting ([`crate::BlockDevice::try_read`],
+//! [`crate::BlockDevice::try_write`]): then it is served on this thread, a
+//! WRITE straight from the buffer. Finished replies come back through a
+//! queue; an eventfd READ posted on the ring wakes the thread, which sends
+//! every queued reply with one SENDMSG (gathered iovecs). So socket I/O
+//! never blocks a tokio worker, many requests are in flight (up to
+//! [`MAX_IN_FLIGHT`]), and replies leave in completion order.
 //!
 //! Over TLS the thread also takes the TLS session: RECV fills a
 //! ciphertext buffer, records are decrypted in memory into the request
