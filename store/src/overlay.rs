@@ -103,13 +103,15 @@ impl DirtyChunk {
     }
 
     /// Builds the chunk's full contents over `base` (the sealed or the
-    /// `stored` chunk, or None for zeros), reading dirty blocks from their logs (contiguous
-    /// runs in one read).
-    pub fn materialize(&self, chunk_size: usize, base: Option<&[u8]>) -> Result<Vec<u8>> {
+    /// `stored` chunk, whose buffer it takes and writes over, or None for
+    /// zeros), reading dirty blocks from their logs (contiguous runs in
+    /// one read).
+    pub fn materialize(&self, chunk_size: usize, base: Option<Vec<u8>>) -> Result<Vec<u8>> {
         let mut out = match (self.zero_base, base) {
-            (false, Some(base)) => base.to_vec(),
+            (false, Some(base)) => base,
             _ => vec![0u8; chunk_size],
         };
+        debug_assert_eq!(out.len(), chunk_size);
         let mut reads = Vec::new();
         for (index, block) in &self.blocks {
             let at = usize::from(*index) * BLOCK;

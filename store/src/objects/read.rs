@@ -104,6 +104,19 @@ impl ObjectLayer {
         result
     }
 
+    /// A chunk's plaintext for a caller about to replace it with a new
+    /// version (a seal merging dirty blocks into it): the cached copy if
+    /// there is one, else read from the store without filling the memory
+    /// cache, whose room is better spent on the new version.
+    pub async fn chunk_to_rewrite(&self, id: ChunkId) -> Result<Vec<u8>> {
+        if let Some(hit) = self.cache.get(&id) {
+            bump(&self.stats.cache_hits, 1);
+            return Ok(hit.to_vec());
+        }
+        bump(&self.stats.cache_misses, 1);
+        self.fetch(ObjectKind::Chunk, &id.0).await
+    }
+
     /// A chunk's plaintext if it is cached.
     pub fn chunk_cached(&self, id: &ChunkId) -> Option<Bytes> {
         let hit = self.cache.get(id)?;

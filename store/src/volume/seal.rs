@@ -191,7 +191,7 @@ impl Volume {
                     as_stored.push((*index, id));
                     continue;
                 }
-                Some(self.backend.objects.chunk(id).await?)
+                Some(self.backend.objects.chunk_to_rewrite(id).await?)
             } else if dirty.is_complete(blocks) {
                 None
             } else {
@@ -199,7 +199,7 @@ impl Volume {
                 if id.is_zero() {
                     None
                 } else {
-                    Some(self.backend.objects.chunk(id).await?)
+                    Some(self.backend.objects.chunk_to_rewrite(id).await?)
                 }
             };
             work.push((*index, (*dirty).clone(), base));
@@ -208,7 +208,7 @@ impl Volume {
         // behind requests for the CPU.
         let contents = crate::behind::run(move || {
             work.into_iter()
-                .map(|(index, dirty, base)| Ok((index, dirty.materialize(chunk_size, base.as_deref())?)))
+                .map(|(index, dirty, base)| Ok((index, dirty.materialize(chunk_size, base)?)))
                 .collect::<Result<Vec<_>>>()
         })
         .await?;
