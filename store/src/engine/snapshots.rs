@@ -242,6 +242,8 @@ impl Engine {
         ev: Event,
     ) -> Result<VolumeRecord> {
         let base = self.pending_base(ns, snapshot)?;
+        // Its catalog commit goes before the seals' bulk writes.
+        let _foreground = self.backend.objects.foreground();
         let size = size.unwrap_or(snapshot.size);
         check_size(size)?;
         check_not_smaller(size, snapshot.size)?;
@@ -332,6 +334,8 @@ impl Engine {
     ) -> Result<VolumeRecord> {
         let source = self.volume(ns, name)?;
         Self::check_not_transitional(&source.record(), "clone")?;
+        // Its syncs go before the seals' bulk writes.
+        let _foreground = self.backend.objects.foreground();
         // Held throughout: the new name is checked and taken at once.
         let _names = self.names.lock().await;
         let new = match new {

@@ -208,6 +208,13 @@ impl ObjectLayer {
         self.local.is_some()
     }
 
+    /// Marks a sync a user waits on (a snapshot's, a fork's) until the
+    /// guard drops: the pack store's paced bulk writes wait for it (see
+    /// [`crate::pack::PackStore::foreground`]). Nothing to do elsewhere.
+    pub(crate) fn foreground(&self) -> Option<crate::pack::ForegroundGuard<'_>> {
+        self.packs().map(|p| p.foreground())
+    }
+
     /// The pack store under this layer, when the store is local and packed.
     pub fn packs(&self) -> Option<&Arc<crate::pack::PackStore>> {
         self.local.as_ref().and_then(|l| l.packs())

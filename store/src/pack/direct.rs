@@ -32,7 +32,10 @@
 //! from [`super::PackStore::sync`]. A client's whole-chunk writes are not
 //! paced: a sync every 2 MiB held 1 MiB writes to the device's synced
 //! speed (222 MiB/s here against 589 without), and the client's own flush
-//! must drain what it wrote anyway.
+//! must drain what it wrote anyway. Paced writes also hold back while a
+//! user waits on a sync ([`Foreground`]: a snapshot's, fork's or clone's),
+//! for at most [`MAX_YIELD`] per write: the write already in the device
+//! still goes first, but the ones after it do not.
 //!
 //! A filesystem that refuses `O_DIRECT` (some FUSE filesystems, older
 //! tmpfs), at open or at the first write or read, turns it off for the
@@ -42,6 +45,10 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Pace;
 
@@ -55,6 +62,44 @@ const WINDOW: usize = 1 << 20;
 /// Direct writes are fdatasynced each time this many bytes were written
 /// since the last such sync (see the module's docs).
 pub(super) const SYNC_EVERY: u64 = 2 << 20;
+
+/// Longest a paced write waits for foreground syncs to finish (see
+/// [`Foreground`]), so that back-to-back snapshots cannot stall a seal.
+const MAX_YIELD: Duration = Duration::from_millis(100);
+/// How often a paced write waiting for foreground syncs looks again.
+const YIELD_STEP: Duration = Duration::from_micros(500);
+
+/// Syncs in progress that a user waits on (a snapshot's log sync and
+/// catalog commit): while there is one, paced writes do not start, so
+/// the sync does not queue on the device behind a seal's bulk writes.
+#[derive(Debug, Default)]
+pub struct Foreground(AtomicUsize);
+
+impl Foreground {
+    /// Marks a foreground sync until the guard drops.
+    pub fn enter(&self) -> ForegroundGuard<'_> {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ForegroundGuard(self)
+    }
+
+    /// Waits (at most [`MAX_YIELD`]) until no foreground sync runs.
+    fn wait_clear(&self) {
+        let started = Instant::now();
+        while self.0.load(Ordering::Acquire) > 0 && started.elapsed() < MAX_YIELD {
+            std::thread::sleep(YIELD_STEP);
+        }
+    }
+}
+
+/// A foreground sync in progress ([`Foreground::enter`]).
+#[derive(Debug)]
+pub struct ForegroundGuard<'a>(&'a Foreground);
+
+impl Drop for ForegroundGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// `n` rounded up to a multiple of [`ALIGN`].
 pub(super) fn align_up(n: u64) -> u64 {
@@ -99,9 +144,19 @@ pub(super) struct Aligned {
     unsynced: u64,
     /// Data syncs made because [`SYNC_EVERY`] was reached.
     syncs: u64,
+    /// Paced writes wait for these syncs before they start.
+    foreground: Arc<Foreground>,
 }
 
 impl Aligned {
+    /// A buffer whose paced writes wait for `foreground` syncs.
+    pub(super) fn yielding_to(foreground: Arc<Foreground>) -> Self {
+        Self {
+            foreground,
+            ..Self::default()
+        }
+    }
+
     /// An aligned slice of `len` bytes, kept for the next call.
     fn window(&mut self, len: usize) -> &mut [u8] {
         if self.buf.len() < len + ALIGN as usize {
@@ -115,7 +170,8 @@ impl Aligned {
     /// from offset `at` (a multiple of [`ALIGN`]), and zeros after them up
     /// to the next multiple of [`ALIGN`]; when `pace` is
     /// [`Pace::Paced`], fdatasyncs `file` each time [`SYNC_EVERY`] bytes
-    /// were written since the last time (unpaced bytes count too).
+    /// were written since the last time (unpaced bytes count too), and
+    /// waits before each write while a foreground sync runs.
     pub(super) fn write<'a>(
         &mut self,
         file: &File,
@@ -125,7 +181,11 @@ impl Aligned {
     ) -> std::io::Result<()> {
         debug_assert_eq!(at % ALIGN, 0);
         let (mut unsynced, mut syncs) = (self.unsynced, self.syncs);
+        let foreground = self.foreground.clone();
         let mut put = |bytes: &[u8], at: u64| -> std::io::Result<()> {
+            if pace == Pace::Paced {
+                foreground.wait_clear();
+            }
             file.write_all_at(bytes, at)?;
             unsynced += bytes.len() as u64;
             if pace == Pace::Paced && unsynced >= SYNC_EVERY {

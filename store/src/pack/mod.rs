@@ -36,6 +36,7 @@
 mod append;
 mod compact;
 mod direct;
+pub use direct::ForegroundGuard;
 mod read;
 mod store_impl;
 
@@ -171,6 +172,8 @@ pub struct PackStore {
     /// with eight 1 MiB writes in flight that spinning took a fifth of the
     /// CPU. Waiting here sleeps instead.
     append_lock: Mutex<direct::Aligned>,
+    /// Syncs a user waits on; paced writes wait for them ([`direct`]).
+    foreground: Arc<direct::Foreground>,
     /// The buffer runs of neighbouring records are read into ([`read`]),
     /// kept: a new one per read came as fresh pages, and filling them
     /// cost more than the read.
@@ -258,6 +261,7 @@ impl PackStore {
             objects_bytes = live.values().sum::<u64>(),
             "pack store opened"
         );
+        let foreground = Arc::new(direct::Foreground::default());
         let store = Arc::new(Self {
             dir: dir.to_path_buf(),
             index,
@@ -269,7 +273,8 @@ impl PackStore {
                 objects,
             }),
             sync_lock: Mutex::new(()),
-            append_lock: Mutex::new(direct::Aligned::default()),
+            append_lock: Mutex::new(direct::Aligned::yielding_to(foreground.clone())),
+            foreground,
             read_buf: Mutex::new(direct::Aligned::default()),
             direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
@@ -487,6 +492,13 @@ impl PackStore {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+    }
+
+    /// Marks a sync a user waits on (a snapshot's) until the guard
+    /// drops: paced writes (seals, imports, compaction) do not start
+    /// meanwhile, up to a bound.
+    pub fn foreground(&self) -> direct::ForegroundGuard<'_> {
+        self.foreground.enter()
     }
 
     /// What the pack files hold now.

@@ -494,3 +494,50 @@ fn paced_direct_runs_are_synced_on_the_way_every_few_mib_unpaced_ones_not() {
         }
     }
 }
+
+#[test]
+fn paced_runs_wait_for_a_foreground_sync_unpaced_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    if store.state.lock().packs[&1].direct.is_none() {
+        eprintln!("skipped: the temporary directory refuses O_DIRECT, so no write is paced");
+        return;
+    }
+    let guard = store.foreground();
+    // A client's own run goes through at once.
+    put_run_paced(&store, "u/", 2, 600_000, Pace::Unpaced);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            put_run(&store, "p/", 2, 600_000);
+            done_tx.send(()).unwrap();
+        });
+        let waited = done_rx.recv_timeout(std::time::Duration::from_millis(40));
+        assert!(
+            waited.is_err(),
+            "a paced run was written during a foreground sync"
+        );
+        drop(guard);
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the paced run goes on once the sync is done");
+    });
+    // A foreground sync that never ends holds paced writes back only for a
+    // bounded time per window.
+    let _held = store.foreground();
+    let started = std::time::Instant::now();
+    put_run(&store, "b/", 2, 600_000);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(100),
+        "did not wait"
+    );
+    for prefix in ["u/", "p/", "b/"] {
+        for i in 0..2 {
+            assert_eq!(
+                read(&store, &format!("{prefix}{i}")),
+                Some(body(i, 600_000)),
+                "{prefix}{i}"
+            );
+        }
+    }
+}

@@ -365,6 +365,9 @@ impl Volume {
         }
         let _commit = self.commit_lock.lock().await;
         let locked = Instant::now();
+        // The log sync and the catalog commit below go before the seals'
+        // and compactions' bulk writes on the device.
+        let _foreground = self.backend.objects.foreground();
         let (volume, through) = {
             let mut st = self.state.lock();
             if st.deleted {
