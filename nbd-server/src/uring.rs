@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 
 use crate::bridge::{decrypt, encrypt, Decrypted, TlsSession};
 use crate::budget::Held;
-use crate::proto::{cmd, Request, REQUEST_LEN};
+use crate::proto::{cmd, errno, Request, REQUEST_LEN};
 use crate::server::{
     admit, error_reply, execute_guarded, try_execute_read, try_execute_write, Connection, MAX_IN_FLIGHT,
 };
@@ -132,6 +132,34 @@ async fn run(socket: TcpStream, tls: Option<Box<TlsSession>>, conn: Arc<Connecti
     done_rx
         .await
         .unwrap_or_else(|_| Err(io::Error::other("NBD ring thread died")))
+}
+
+/// Serves a request on the ring thread (`serve` is a `try_execute_*`). A
+/// panic in it answers EIO, as [`execute_guarded`] does on tokio; `true`
+/// then says the connection must close once the reply is out.
+fn guarded(
+    req: &Request,
+    structured: bool,
+    serve: impl FnOnce() -> Option<Vec<u8>>,
+) -> (Option<Vec<u8>>, bool) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
+        Ok(reply) => (reply, false),
+        Err(_) => {
+            tracing::error!(
+                cookie = req.cookie,
+                kind = req.kind,
+                offset = req.offset,
+                "NBD request panicked on the I/O thread: answering EIO and closing its connection"
+            );
+            let reply = error_reply(
+                structured,
+                req.cookie,
+                errno::EIO,
+                "internal error: the request panicked",
+            );
+            (Some(reply), true)
+        }
+    }
 }
 
 struct RingLoop {
@@ -480,11 +508,18 @@ impl RingLoop {
             // arrives must go to the request it was asked for.
             if req.kind == cmd::WRITE && !self.awaiting_budget {
                 let payload = &pending[REQUEST_LEN..REQUEST_LEN + payload_len];
-                if let Some(reply) = try_execute_write(&req, payload, &self.conn) {
+                let conn = &self.conn;
+                let (reply, panicked) =
+                    guarded(&req, conn.structured, || try_execute_write(&req, payload, conn));
+                if let Some(reply) = reply {
                     // Taken at once, from the receive buffer: no copy, no
                     // budget, no hand-off.
                     self.consume(REQUEST_LEN + payload_len);
                     self.enqueue(reply);
+                    if panicked {
+                        self.fail(io::Error::other("a request panicked; connection closed"));
+                        return;
+                    }
                     continue;
                 }
             }
@@ -502,9 +537,15 @@ impl RingLoop {
             let payload =
                 (req.kind == cmd::WRITE).then(|| pending[REQUEST_LEN..REQUEST_LEN + payload_len].to_vec());
             self.consume(REQUEST_LEN + payload_len);
-            if let Some(reply) = try_execute_read(&req, &self.conn) {
+            let conn = &self.conn;
+            let (reply, panicked) = guarded(&req, conn.structured, || try_execute_read(&req, conn));
+            if let Some(reply) = reply {
                 // Cached: answered here, no hand-off.
                 self.enqueue(reply);
+                if panicked {
+                    self.fail(io::Error::other("a request panicked; connection closed"));
+                    return;
+                }
                 continue;
             }
             self.in_flight += 1;

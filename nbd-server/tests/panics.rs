@@ -9,7 +9,9 @@ use cairn_nbd_server::{serve_with, BlockDevice, DeviceError, Exports, Extent, Tr
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads at offset 4096 panic; everything else is a RAM disk.
+/// Reads at offset 4096 panic, and so do the no-wait paths (which only the
+/// io_uring transport takes) at offsets 12288 (read) and 16384 (write);
+/// everything else is a RAM disk.
 struct Bomb(MemoryDevice);
 
 #[async_trait::async_trait]
@@ -23,6 +25,15 @@ impl BlockDevice for Bomb {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         assert_ne!(offset, 4096, "injected panic");
         self.0.read(offset, buf).await
+    }
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Option<Result<(), DeviceError>> {
+        assert_ne!(offset, 12288, "injected panic on the no-wait read path");
+        // The read at 4096 must reach the panicking async path.
+        (offset != 4096).then(|| self.0.try_read(offset, buf)).flatten()
+    }
+    fn try_write(&self, offset: u64, _data: &[u8]) -> Option<Result<(), DeviceError>> {
+        assert_ne!(offset, 16384, "injected panic on the no-wait write path");
+        None
     }
     async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> Result<(), DeviceError> {
         self.0.write(offset, data, fua).await
@@ -68,20 +79,50 @@ async fn connect(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
-/// Sends a 512-byte READ; returns the reply's error and data.
-async fn read(s: &mut TcpStream, offset: u64, cookie: u64) -> std::io::Result<(u32, Vec<u8>)> {
+/// Sends a request header for 512 bytes at `offset` (and `payload`, if
+/// any) and reads the simple reply's header; returns its error.
+async fn request(
+    s: &mut TcpStream,
+    kind: u16,
+    offset: u64,
+    cookie: u64,
+    payload: &[u8],
+) -> std::io::Result<u32> {
     s.write_u32(proto::REQUEST_MAGIC).await?;
     s.write_u16(0).await?;
-    s.write_u16(cmd::READ).await?;
+    s.write_u16(kind).await?;
     s.write_u64(cookie).await?;
     s.write_u64(offset).await?;
     s.write_u32(512).await?;
+    s.write_all(payload).await?;
     assert_eq!(s.read_u32().await?, proto::SIMPLE_REPLY_MAGIC);
     let error = s.read_u32().await?;
     assert_eq!(s.read_u64().await?, cookie);
+    Ok(error)
+}
+
+/// Sends a 512-byte READ; returns the reply's error and data.
+async fn read(s: &mut TcpStream, offset: u64, cookie: u64) -> std::io::Result<(u32, Vec<u8>)> {
+    let error = request(s, cmd::READ, offset, cookie, &[]).await?;
     let mut data = vec![0u8; if error == 0 { 512 } else { 0 }];
     s.read_exact(&mut data).await?;
     Ok((error, data))
+}
+
+/// Sends a 512-byte WRITE; returns the reply's error.
+async fn write(s: &mut TcpStream, offset: u64, cookie: u64) -> std::io::Result<u32> {
+    request(s, cmd::WRITE, offset, cookie, &[7u8; 512]).await
+}
+
+/// After a panic, the victim's connection is closed (EOF or reset, not a
+/// hang) and the server still serves a new connection.
+async fn closed_and_others_served(victim: &mut TcpStream, addr: std::net::SocketAddr) {
+    let after = tokio::time::timeout(std::time::Duration::from_secs(10), read(victim, 0, 99))
+        .await
+        .expect("the panicked connection closes instead of hanging");
+    assert!(after.is_err(), "connection still served after a panic: {after:?}");
+    let mut fresh = connect(addr).await;
+    assert_eq!(read(&mut fresh, 0, 100).await.unwrap().0, 0);
 }
 
 async fn panic_closes_only_its_connection(transport: Transport) {
@@ -118,4 +159,30 @@ async fn panic_on_the_io_uring_transport() {
         return;
     }
     panic_closes_only_its_connection(Transport::IoUring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_on_the_io_uring_threads_own_paths() {
+    if let Err(e) = cairn_nbd_server::choose_transport(Transport::IoUring) {
+        eprintln!("SKIP: io_uring unavailable here ({e})");
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let device = Arc::new(Bomb(MemoryDevice::new(1 << 20, false)));
+    tokio::spawn(serve_with(listener, Arc::new(One(device)), Transport::IoUring));
+
+    let mut victim = connect(addr).await;
+    assert_eq!(write(&mut victim, 0, 1).await.unwrap(), 0);
+    assert_eq!(
+        write(&mut victim, 16384, 2).await.unwrap(),
+        proto::errno::EIO,
+        "a panicking write answers EIO"
+    );
+    closed_and_others_served(&mut victim, addr).await;
+
+    let mut victim = connect(addr).await;
+    let (error, _) = read(&mut victim, 12288, 3).await.unwrap();
+    assert_eq!(error, proto::errno::EIO, "a panicking read answers EIO");
+    closed_and_others_served(&mut victim, addr).await;
 }
