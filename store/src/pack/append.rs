@@ -111,18 +111,20 @@ impl PackStore {
         }
         let mut staging = self.append_lock.lock();
         let written = match direct {
-            Some(direct) => match staging.write(&direct, start, run.iter().copied(), pace) {
-                Err(e) if self.refuses_direct(&e) => {
-                    self.state
-                        .lock()
-                        .packs
-                        .get_mut(&pack)
-                        .expect("a pack with writers stays")
-                        .direct = None;
-                    write_buffered(&file, start, &run)
+            Some(direct) => {
+                match staging.write(&direct, start, run.iter().copied(), pace, &self.foreground) {
+                    Err(e) if self.refuses_direct(&e) => {
+                        self.state
+                            .lock()
+                            .packs
+                            .get_mut(&pack)
+                            .expect("a pack with writers stays")
+                            .direct = None;
+                        write_buffered(&file, start, &run)
+                    }
+                    written => written,
                 }
-                written => written,
-            },
+            }
             None => write_buffered(&file, start, &run),
         };
         drop(staging);

@@ -47,7 +47,6 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Pace;
@@ -83,7 +82,7 @@ impl Foreground {
     }
 
     /// Waits (at most [`MAX_YIELD`]) until no foreground sync runs.
-    fn wait_clear(&self) {
+    pub(super) fn wait_clear(&self) {
         let started = Instant::now();
         while self.0.load(Ordering::Acquire) > 0 && started.elapsed() < MAX_YIELD {
             std::thread::sleep(YIELD_STEP);
@@ -144,19 +143,9 @@ pub(super) struct Aligned {
     unsynced: u64,
     /// Data syncs made because [`SYNC_EVERY`] was reached.
     syncs: u64,
-    /// Paced writes wait for these syncs before they start.
-    foreground: Arc<Foreground>,
 }
 
 impl Aligned {
-    /// A buffer whose paced writes wait for `foreground` syncs.
-    pub(super) fn yielding_to(foreground: Arc<Foreground>) -> Self {
-        Self {
-            foreground,
-            ..Self::default()
-        }
-    }
-
     /// An aligned slice of `len` bytes, kept for the next call.
     fn window(&mut self, len: usize) -> &mut [u8] {
         if self.buf.len() < len + ALIGN as usize {
@@ -171,17 +160,17 @@ impl Aligned {
     /// to the next multiple of [`ALIGN`]; when `pace` is
     /// [`Pace::Paced`], fdatasyncs `file` each time [`SYNC_EVERY`] bytes
     /// were written since the last time (unpaced bytes count too), and
-    /// waits before each write while a foreground sync runs.
+    /// waits before each write while a `foreground` sync runs.
     pub(super) fn write<'a>(
         &mut self,
         file: &File,
         at: u64,
         parts: impl IntoIterator<Item = &'a [u8]>,
         pace: Pace,
+        foreground: &Foreground,
     ) -> std::io::Result<()> {
         debug_assert_eq!(at % ALIGN, 0);
         let (mut unsynced, mut syncs) = (self.unsynced, self.syncs);
-        let foreground = self.foreground.clone();
         let mut put = |bytes: &[u8], at: u64| -> std::io::Result<()> {
             if pace == Pace::Paced {
                 foreground.wait_clear();

@@ -173,7 +173,7 @@ pub struct PackStore {
     /// CPU. Waiting here sleeps instead.
     append_lock: Mutex<direct::Aligned>,
     /// Syncs a user waits on; paced writes wait for them ([`direct`]).
-    foreground: Arc<direct::Foreground>,
+    foreground: direct::Foreground,
     /// The buffer runs of neighbouring records are read into ([`read`]),
     /// kept: a new one per read came as fresh pages, and filling them
     /// cost more than the read.
@@ -261,7 +261,6 @@ impl PackStore {
             objects_bytes = live.values().sum::<u64>(),
             "pack store opened"
         );
-        let foreground = Arc::new(direct::Foreground::default());
         let store = Arc::new(Self {
             dir: dir.to_path_buf(),
             index,
@@ -273,8 +272,8 @@ impl PackStore {
                 objects,
             }),
             sync_lock: Mutex::new(()),
-            append_lock: Mutex::new(direct::Aligned::yielding_to(foreground.clone())),
-            foreground,
+            append_lock: Mutex::new(direct::Aligned::default()),
+            foreground: direct::Foreground::default(),
             read_buf: Mutex::new(direct::Aligned::default()),
             direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
