@@ -517,7 +517,7 @@ impl RingLoop {
                     self.consume(REQUEST_LEN + payload_len);
                     self.enqueue(reply);
                     if panicked {
-                        self.fail(io::Error::other("a request panicked; connection closed"));
+                        self.close_after_panic();
                         return;
                     }
                     continue;
@@ -543,7 +543,7 @@ impl RingLoop {
                 // Cached: answered here, no hand-off.
                 self.enqueue(reply);
                 if panicked {
-                    self.fail(io::Error::other("a request panicked; connection closed"));
+                    self.close_after_panic();
                     return;
                 }
                 continue;
@@ -559,6 +559,12 @@ impl RingLoop {
                 outbox.push(reply);
             });
         }
+    }
+
+    /// A request panicked: read no more, and close once the replies
+    /// queued (its EIO among them) are out.
+    fn close_after_panic(&mut self) {
+        self.fail(io::Error::other("a request panicked; connection closed"));
     }
 
     /// Drops `n` parsed bytes from the front of the receive buffer.
@@ -606,7 +612,7 @@ impl RingLoop {
             self.enqueue(reply);
         }
         if self.outbox.poisoned.load(Ordering::Acquire) {
-            self.fail(io::Error::other("a request panicked; connection closed"));
+            self.close_after_panic();
             return;
         }
         // Requests held back by the in-flight limit may go now.
