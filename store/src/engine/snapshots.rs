@@ -34,13 +34,14 @@ impl Engine {
         labels: Labels,
     ) -> Result<SnapshotRecord> {
         let volume = self.volume(ns, name)?;
-        volume
+        let committed = volume
             .snapshot(|record, pending| {
                 let (snapshot, batch) = self.snapshot_batch(ns, actor, record, tag, labels, pending)?;
                 batch.commit()?;
                 Ok(snapshot)
             })
-            .await
+            .await?;
+        committed.durable().await
     }
 
     /// The record of a snapshot of the volume whose record is `record`
@@ -383,10 +384,14 @@ impl Engine {
             .await?;
         match joined {
             Some(clone) => {
-                let base = self.pending_base(ns, &snapshot)?;
-                self.open_volume(clone, base)
+                // Opened at the commit, then durable.
+                let base = self.pending_base(ns, &snapshot.snapshot)?;
+                let clone = self.open_volume(clone, base)?;
+                snapshot.durable().await?;
+                Ok(clone)
             }
             None => {
+                snapshot.durable().await?;
                 // Its final root, if a seal gave it one meanwhile.
                 let snapshot = self.snapshot_record(ns, name, &tag)?;
                 let ev = clone_event(&snapshot);

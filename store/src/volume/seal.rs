@@ -347,12 +347,13 @@ impl Volume {
     /// from the volume's record and the generation it must wait for
     /// (`None`: nothing unsealed, the sealed root is the snapshot). A
     /// pending snapshot gets its final root from the seal of that
-    /// generation. One taking [`SLOW_SNAPSHOT`] or more is logged with
-    /// the time of each step.
+    /// generation. Returns once the record is committed: the caller does
+    /// what must follow the commit at once (a clone opens its volume),
+    /// then waits for [`Committed::durable`].
     pub(crate) async fn snapshot(
         &self,
         record: impl FnOnce(&VolumeRecord, Option<u64>) -> Result<SnapshotRecord>,
-    ) -> Result<SnapshotRecord> {
+    ) -> Result<Committed<'_>> {
         let started = Instant::now();
         let clean_on_pending_base = {
             let st = self.state.lock();
@@ -367,7 +368,7 @@ impl Volume {
         let locked = Instant::now();
         // The log sync and the catalog commit below go before the seals'
         // and compactions' bulk writes on the device.
-        let _foreground = self.backend.objects.foreground();
+        let foreground = self.backend.objects.foreground();
         let (volume, through) = {
             let mut st = self.state.lock();
             if st.deleted {
@@ -385,27 +386,26 @@ impl Volume {
             }
             (st.record.clone(), through)
         };
-        if through.is_some() {
-            // The snapshot holds every acknowledged write: its generations'
-            // logs must be durable before its record commits.
-            self.flush().await?;
-        }
-        let flushed = Instant::now();
+        // The snapshot holds every acknowledged write: its generations'
+        // logs are synced at the same time as its record commits (two
+        // device flushes in the time of one), and it is durable when both
+        // are. A crash before then may keep the record with only the
+        // writes that reached the logs, as it keeps the volume: the
+        // unflushed ones were never promised. A replay needs the log file
+        // of the generation the snapshot waits for, so a new log's
+        // directory entry is synced first.
+        let syncing = match through {
+            Some(_) => {
+                self.backend.journal.sync_dir()?;
+                Some(self.flush_on_task())
+            }
+            None => None,
+        };
+        let dir_synced = Instant::now();
         let snapshot = record(&volume, through)?;
-        let done = Instant::now();
-        if done - started >= SLOW_SNAPSHOT {
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-            tracing::warn!(
-                volume = %volume.name,
-                tag = %snapshot.tag,
-                total_ms = ms(done - started),
-                lock_ms = ms(locked - started),
-                log_sync_ms = ms(flushed - locked),
-                commit_ms = ms(done - flushed),
-                "slow snapshot"
-            );
-        }
         if let Some(through) = through {
+            // Registered at the commit: a snapshot dropped while its logs
+            // sync still gets its final root from the seal.
             self.state
                 .lock()
                 .pending
@@ -413,7 +413,17 @@ impl Volume {
                 .or_default()
                 .push(snapshot.clone());
         }
-        Ok(snapshot)
+        Ok(Committed {
+            snapshot,
+            syncing,
+            timing: SnapshotTiming {
+                started,
+                locked,
+                dir_synced,
+                committed: Instant::now(),
+            },
+            _foreground: foreground,
+        })
     }
 
     /// Runs `commit` (which deletes snapshot `tag` of this volume) so that
@@ -518,5 +528,51 @@ impl Exclusive<'_> {
             volume.backend.journal.remove_through(volume.id, generation)?;
         }
         Ok(events)
+    }
+}
+
+/// A snapshot whose record is committed and whose logs may still be
+/// syncing (see [`Volume::snapshot`]).
+#[must_use = "a snapshot is durable only after `durable`"]
+pub(crate) struct Committed<'a> {
+    /// The committed record.
+    pub(crate) snapshot: SnapshotRecord,
+    syncing: Option<tokio::task::JoinHandle<Result<()>>>,
+    timing: SnapshotTiming,
+    _foreground: Option<crate::pack::ForegroundGuard<'a>>,
+}
+
+/// When each step of a snapshot ended, for the slow-snapshot log.
+struct SnapshotTiming {
+    started: Instant,
+    locked: Instant,
+    dir_synced: Instant,
+    committed: Instant,
+}
+
+impl Committed<'_> {
+    /// Waits until the snapshot's logs are durable; a snapshot taking
+    /// [`SLOW_SNAPSHOT`] or more is logged with the time of each step.
+    /// Dropped, the sync still runs to its end on its own task.
+    pub(crate) async fn durable(self) -> Result<SnapshotRecord> {
+        if let Some(syncing) = self.syncing {
+            syncing.await.expect("a flush does not panic")?;
+        }
+        let t = &self.timing;
+        let done = Instant::now();
+        if done - t.started >= SLOW_SNAPSHOT {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            tracing::warn!(
+                volume = %self.snapshot.volume,
+                tag = %self.snapshot.tag,
+                total_ms = ms(done - t.started),
+                lock_ms = ms(t.locked - t.started),
+                dir_sync_ms = ms(t.dir_synced - t.locked),
+                commit_ms = ms(t.committed - t.dir_synced),
+                log_sync_after_commit_ms = ms(done - t.committed),
+                "slow snapshot"
+            );
+        }
+        Ok(self.snapshot)
     }
 }

@@ -286,11 +286,37 @@ impl Volume {
     /// journaled, so neither acknowledged nor in a generation frozen
     /// before this call, and a replay keeps or drops it whole.
     pub async fn flush(&self) -> Result<()> {
+        self.chunk_barrier().await?;
+        self.sync_logs()
+    }
+
+    /// [`Volume::flush`] on a task of its own, its log syncs on a blocking
+    /// thread: it overlaps what the caller does meanwhile (a snapshot's
+    /// catalog commit), and it runs to its end when the caller is dropped.
+    pub(super) fn flush_on_task(&self) -> tokio::task::JoinHandle<Result<()>> {
+        let me = self.me.upgrade().expect("a volume in use is held by its engine");
+        tokio::spawn(async move {
+            me.chunk_barrier().await?;
+            tokio::task::spawn_blocking(move || me.sync_logs())
+                .await
+                .expect("a log sync does not panic")
+        })
+    }
+
+    /// The barrier of a flush: makes the objects of the chunk records
+    /// journaled since the last one durable.
+    async fn chunk_barrier(&self) -> Result<()> {
         let journaled = self.chunk_records.load(Ordering::Acquire);
         if self.chunk_records_durable.load(Ordering::Acquire) < journaled {
             self.backend.objects.make_durable().await?;
             self.chunk_records_durable.fetch_max(journaled, Ordering::AcqRel);
         }
+        Ok(())
+    }
+
+    /// The log syncs of a flush (blocking): every live log, then the
+    /// journal directory.
+    fn sync_logs(&self) -> Result<()> {
         let logs: Vec<Arc<LogFile>> = self.state.lock().live_logs().cloned().collect();
         for log in &logs {
             log.sync()?;
