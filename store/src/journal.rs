@@ -485,12 +485,18 @@ impl JournalDir {
     /// a time ([`crate::gradual`]) so that freeing its blocks does not
     /// stall the fsyncs of snapshots meanwhile. A file it has not removed yet
     /// (or at all, on a crash) is below the volume's floor: replay removes
-    /// it. Holds only the directory's path, so the engine can close and
-    /// reopen meanwhile.
-    pub fn remove_through_in_background(&self, volume_id: u64, up_to: u64) {
+    /// it. Holds only the directory's path (and `before_step`, called
+    /// before each step of a removal), so the engine can close and reopen
+    /// meanwhile.
+    pub fn remove_through_in_background(
+        &self,
+        volume_id: u64,
+        up_to: u64,
+        before_step: impl Fn() + Send + 'static,
+    ) {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            let gradually = |path: &Path| Ok(crate::gradual::remove(path)?);
+            let gradually = |path: &Path| Ok(crate::gradual::remove(path, &before_step)?);
             if let Err(e) = remove_through_in(&dir, volume_id, up_to, gradually) {
                 tracing::warn!(volume_id, error = %e, "removing sealed journal files failed");
             }
@@ -687,7 +693,7 @@ mod tests {
             .into_iter()
             .map(|(volume, generation)| j.create(volume, generation).unwrap())
             .collect();
-        j.remove_through_in_background(9, 2);
+        j.remove_through_in_background(9, 2, || {});
         // The journal can go (an engine closing) before the removal ran.
         drop(j);
         let mut left = files_in(dir.path()).unwrap();

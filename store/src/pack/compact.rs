@@ -97,7 +97,9 @@ pub(super) fn compact(store: &PackStore, id: u32) -> Result<()> {
     st.packs.remove(&id);
     st.unsynced.remove(&id);
     drop(st);
-    crate::gradual::remove(&super::pack_path(&store.dir, id))?;
+    crate::gradual::remove(&super::pack_path(&store.dir, id), || {
+        store.foreground.wait_clear()
+    })?;
     tracing::info!(
         pack = id,
         bytes = size,

@@ -82,7 +82,7 @@ impl Foreground {
     }
 
     /// Waits (at most [`MAX_YIELD`]) until no foreground sync runs.
-    pub(super) fn wait_clear(&self) {
+    pub(crate) fn wait_clear(&self) {
         let started = Instant::now();
         while self.0.load(Ordering::Acquire) > 0 && started.elapsed() < MAX_YIELD {
             std::thread::sleep(YIELD_STEP);

@@ -173,7 +173,7 @@ pub struct PackStore {
     /// CPU. Waiting here sleeps instead.
     append_lock: Mutex<direct::Aligned>,
     /// Syncs a user waits on; paced writes wait for them ([`direct`]).
-    foreground: direct::Foreground,
+    foreground: Arc<direct::Foreground>,
     /// The buffer runs of neighbouring records are read into ([`read`]),
     /// kept: a new one per read came as fresh pages, and filling them
     /// cost more than the read.
@@ -273,7 +273,7 @@ impl PackStore {
             }),
             sync_lock: Mutex::new(()),
             append_lock: Mutex::new(direct::Aligned::default()),
-            foreground: direct::Foreground::default(),
+            foreground: Arc::default(),
             read_buf: Mutex::new(direct::Aligned::default()),
             direct_refused: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
@@ -498,6 +498,12 @@ impl PackStore {
     /// meanwhile, up to a bound.
     pub fn foreground(&self) -> direct::ForegroundGuard<'_> {
         self.foreground.enter()
+    }
+
+    /// What background removals wait on before each step (see
+    /// [`crate::gradual`]): the foreground syncs of this store's engine.
+    pub(crate) fn foreground_gate(&self) -> Arc<direct::Foreground> {
+        self.foreground.clone()
     }
 
     /// What the pack files hold now.

@@ -286,10 +286,16 @@ impl Volume {
         if let Some(through) = sealed {
             // Past the commit, off the reactor and not awaited: the commit
             // lock (held by the caller) and the runtime's workers must not
-            // wait for the unlinks.
+            // wait for the unlinks. Each step waits while a snapshot, fork
+            // or clone syncs, as the seals' pack writes do.
+            let gate = self.backend.objects.packs().map(|p| p.foreground_gate());
             self.backend
                 .journal
-                .remove_through_in_background(self.id, through);
+                .remove_through_in_background(self.id, through, move || {
+                    if let Some(gate) = &gate {
+                        gate.wait_clear();
+                    }
+                });
         }
         Ok(())
     }
