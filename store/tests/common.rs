@@ -28,6 +28,24 @@ pub async fn engine(dir: &std::path::Path) -> Arc<Engine> {
     Engine::open(config).await.unwrap()
 }
 
+/// [`engine`] with a new volume `v` of `size` bytes in 16 KiB chunks.
+pub async fn engine_with_v(dir: &std::path::Path, size: u64) -> (Arc<Engine>, Arc<cairn_store::Volume>) {
+    let engine = engine(dir).await;
+    engine
+        .create_volume(
+            &ns(),
+            &actor(),
+            &vol("v"),
+            size,
+            Some(16384),
+            cairn_store::Labels::new(),
+        )
+        .await
+        .unwrap();
+    let v = engine.volume(&ns(), &vol("v")).unwrap();
+    (engine, v)
+}
+
 #[allow(unused_imports)]
 pub use cairn_chunker::testdata::noise;
 

@@ -59,12 +59,7 @@ fn writers_seals_and_snapshots_at_once() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let engine = engine(dir.path()).await;
-        engine
-            .create_volume(&ns(), &actor(), &vol("v"), SIZE, Some(16384), Labels::new())
-            .await
-            .unwrap();
-        let v = engine.volume(&ns(), &vol("v")).unwrap();
+        let (engine, v) = engine_with_v(dir.path(), SIZE).await;
         let writers: Arc<Vec<Writer>> = Arc::new((0..WRITERS).map(|_| Writer::default()).collect());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();

@@ -21,12 +21,7 @@ async fn read(engine: &cairn_store::Engine, name: &str, t: Option<&str>) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_snapshot_reads_survives_restart_and_seals() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(dir.path()).await;
-    engine
-        .create_volume(&ns(), &actor(), &vol("v"), SIZE, Some(16384), Labels::new())
-        .await
-        .unwrap();
-    let v = engine.volume(&ns(), &vol("v")).unwrap();
+    let (engine, v) = engine_with_v(dir.path(), SIZE).await;
     let first = noise(1, 300_000);
     v.write(4096, &first).await.unwrap();
     let mut model = vec![0u8; SIZE as usize];
@@ -128,12 +123,7 @@ fn logs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_between_a_snapshots_commit_and_its_log_sync_keeps_it_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(dir.path()).await;
-    engine
-        .create_volume(&ns(), &actor(), &vol("v"), SIZE, Some(16384), Labels::new())
-        .await
-        .unwrap();
-    let v = engine.volume(&ns(), &vol("v")).unwrap();
+    let (engine, v) = engine_with_v(dir.path(), SIZE).await;
     let flushed = noise(3, 65536);
     v.write(0, &flushed).await.unwrap();
     v.flush().await.unwrap();
