@@ -474,12 +474,7 @@ impl JournalDir {
     }
 
     /// Removes a volume's generations `<= up_to` (after the catalog has
-    /// moved its floor past them).
-    pub fn remove_through(&self, volume_id: u64, up_to: u64) -> Result<()> {
-        remove_through_in(&self.dir, volume_id, up_to, remove)
-    }
-
-    /// [`JournalDir::remove_through`] on the blocking pool, not awaited:
+    /// moved its floor past them) on the blocking pool, not awaited:
     /// unlinking a log drops its cached pages (about 200 ms per GiB),
     /// which a commit should not wait for, and each file is cut a step at
     /// a time ([`crate::gradual`]) so that freeing its blocks does not
@@ -678,7 +673,7 @@ mod tests {
         let live = j.replay(9, 2).unwrap();
         assert_eq!(live.iter().map(|f| f.generation).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(j.files().unwrap().len(), 3, "generation 1 of volume 9 removed");
-        j.remove_through(9, 2).unwrap();
+        remove_through_in(&j.dir, 9, 2, remove).unwrap();
         assert_eq!(j.files().unwrap().len(), 2);
         let removed = j.remove_orphans(&[9].into_iter().collect()).unwrap();
         assert_eq!(removed, 1);

@@ -284,18 +284,7 @@ impl Volume {
             }
         }
         if let Some(through) = sealed {
-            // Past the commit, off the reactor and not awaited: the commit
-            // lock (held by the caller) and the runtime's workers must not
-            // wait for the unlinks. Each step waits while a snapshot, fork
-            // or clone syncs, as the seals' pack writes do.
-            let gate = self.backend.objects.packs().map(|p| p.foreground_gate());
-            self.backend
-                .journal
-                .remove_through_in_background(self.id, through, move || {
-                    if let Some(gate) = &gate {
-                        gate.wait_clear();
-                    }
-                });
+            self.remove_logs_through(through);
         }
         Ok(())
     }
@@ -432,6 +421,22 @@ impl Volume {
         })
     }
 
+    /// Removes this volume's log files of generations `<= through`, which
+    /// a commit just retired: off the reactor and not awaited, since the
+    /// commit lock (held by the caller) and the runtime's workers must not
+    /// wait for the unlinks. Each step of a removal waits while a
+    /// snapshot, fork or clone syncs, as the seals' pack writes do.
+    fn remove_logs_through(&self, through: u64) {
+        let gate = self.backend.objects.packs().map(|p| p.foreground_gate());
+        self.backend
+            .journal
+            .remove_through_in_background(self.id, through, move || {
+                if let Some(gate) = &gate {
+                    gate.wait_clear();
+                }
+            });
+    }
+
     /// Runs `commit` (which deletes snapshot `tag` of this volume) so that
     /// no seal commit writes the snapshot back, and forgets it as pending.
     pub(crate) async fn forget_snapshot<T>(
@@ -498,7 +503,9 @@ impl Exclusive<'_> {
     /// Commits `batch` (which persists `updated`, or deletes the volume),
     /// then installs `updated`. With `discard_dirty`, unsealed writes are
     /// dropped: the journal floor moves past them in the same batch and
-    /// their files are removed after.
+    /// their files are removed after, in the background (a rollback of GiBs
+    /// of dirty data does not wait for their unlinks; a file left by a
+    /// crash is below the floor, and replay removes it).
     pub fn commit(
         self,
         mut batch: crate::catalog::CatalogBatch<'_>,
@@ -531,7 +538,7 @@ impl Exclusive<'_> {
             st.record = updated;
         }
         if discard_dirty {
-            volume.backend.journal.remove_through(volume.id, generation)?;
+            volume.remove_logs_through(generation);
         }
         Ok(events)
     }
