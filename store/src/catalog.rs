@@ -31,6 +31,13 @@ const CF_META: &str = "meta";
 const MEMTABLES_BYTES: usize = 32 << 20;
 const ALL_CFS: [&str; 5] = [CF_VOLUMES, CF_SNAPSHOTS, CF_EVENTS, CF_OBJECTS, CF_META];
 const NEXT_VOLUME_ID: &[u8] = b"next_volume_id";
+/// Existence-index entries per RocksDB write. The catalog's writes go
+/// through one queue, so a commit waits for the write ahead of it: a seal
+/// of 1 GiB of random 4 KiB writes recorded 16,417 objects in one batch,
+/// which took 75-150 ms to insert (WAL and memtable), and a snapshot, fork
+/// or clone committed behind it waited as long. In steps of this many, a
+/// commit waits for one step (about a millisecond).
+const INDEX_STEP: usize = 128;
 
 /// The RocksDB-backed catalog of one server.
 pub struct Catalog {
@@ -256,13 +263,16 @@ impl Catalog {
     }
 
     /// Records objects `(key, stored length)` as stored, all at `unix_secs`,
-    /// in one batch.
+    /// in steps of [`INDEX_STEP`] (each one atomic; the entries need not be
+    /// recorded together).
     pub(crate) fn object_records(&self, objects: &[(&str, u64)], unix_secs: u64) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (key, len) in objects {
-            batch.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), index_value(unix_secs, *len));
+        for step in objects.chunks(INDEX_STEP) {
+            let mut batch = WriteBatch::default();
+            for (key, len) in step {
+                batch.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), index_value(unix_secs, *len));
+            }
+            self.db.write(batch)?;
         }
-        self.db.write(batch)?;
         Ok(())
     }
 
@@ -276,16 +286,17 @@ impl Catalog {
 
     /// Removes objects from the existence index, durably: GC forgets
     /// objects before it deletes them, so that after a crash the index
-    /// never claims an object that is gone.
+    /// never claims an object that is gone. In steps of [`INDEX_STEP`], then
+    /// one sync of the WAL for all of them.
     pub(crate) fn object_forget(&self, keys: &[String]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for key in keys {
-            batch.delete_cf(self.cf(CF_OBJECTS), key.as_bytes());
+        for step in keys.chunks(INDEX_STEP) {
+            let mut batch = WriteBatch::default();
+            for key in step {
+                batch.delete_cf(self.cf(CF_OBJECTS), key.as_bytes());
+            }
+            self.db.write(batch)?;
         }
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts)?;
-        Ok(())
+        self.sync()
     }
 
     /// Every existence-index entry as (key, time, length), in key order.
@@ -394,5 +405,45 @@ impl CatalogBatch<'_> {
         opts.set_sync(true);
         self.catalog.db.write_opt(self.batch, &opts)?;
         Ok(self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More entries than two steps, and a remainder: every one is recorded,
+    /// and every forgotten one stays forgotten across a reopen.
+    #[test]
+    fn existence_index_steps_keep_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..2 * INDEX_STEP + 44)
+            .map(|i| format!("chunks/{i:06}"))
+            .collect();
+        let len = |i: usize| 100 + i as u64;
+        let objects: Vec<(&str, u64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), len(i)))
+            .collect();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.object_records(&objects, 7).unwrap();
+        assert_eq!(catalog.known_object_count().unwrap(), keys.len() as u64);
+        let last = keys.len() - 1;
+        assert_eq!(catalog.object_entry(&keys[last]).unwrap(), Some((7, len(last))));
+
+        let forgotten = INDEX_STEP + 1;
+        catalog.object_forget(&keys[..forgotten]).unwrap();
+        drop(catalog);
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(
+            catalog.known_object_count().unwrap(),
+            (keys.len() - forgotten) as u64
+        );
+        assert_eq!(catalog.object_entry(&keys[forgotten - 1]).unwrap(), None);
+        assert_eq!(
+            catalog.object_entry(&keys[forgotten]).unwrap(),
+            Some((7, len(forgotten)))
+        );
     }
 }
