@@ -263,13 +263,25 @@ impl Catalog {
     }
 
     /// Records objects `(key, stored length)` as stored, all at `unix_secs`,
-    /// in steps of [`INDEX_STEP`] (each one atomic; the entries need not be
-    /// recorded together).
+    /// in [`Self::index_steps`] (the entries need not be recorded together).
     pub(crate) fn object_records(&self, objects: &[(&str, u64)], unix_secs: u64) -> Result<()> {
-        for step in objects.chunks(INDEX_STEP) {
+        self.index_steps(objects, |batch, cf, (key, len)| {
+            batch.put_cf(cf, key.as_bytes(), index_value(unix_secs, *len));
+        })
+    }
+
+    /// Writes one existence-index change per item, [`INDEX_STEP`] items to
+    /// a RocksDB write (each step atomic, none synced).
+    fn index_steps<T>(
+        &self,
+        items: &[T],
+        change: impl Fn(&mut WriteBatch, &rocksdb::ColumnFamily, &T),
+    ) -> Result<()> {
+        let cf = self.cf(CF_OBJECTS);
+        for step in items.chunks(INDEX_STEP) {
             let mut batch = WriteBatch::default();
-            for (key, len) in step {
-                batch.put_cf(self.cf(CF_OBJECTS), key.as_bytes(), index_value(unix_secs, *len));
+            for item in step {
+                change(&mut batch, cf, item);
             }
             self.db.write(batch)?;
         }
@@ -286,16 +298,10 @@ impl Catalog {
 
     /// Removes objects from the existence index, durably: GC forgets
     /// objects before it deletes them, so that after a crash the index
-    /// never claims an object that is gone. In steps of [`INDEX_STEP`], then
+    /// never claims an object that is gone. In [`Self::index_steps`], then
     /// one sync of the WAL for all of them.
     pub(crate) fn object_forget(&self, keys: &[String]) -> Result<()> {
-        for step in keys.chunks(INDEX_STEP) {
-            let mut batch = WriteBatch::default();
-            for key in step {
-                batch.delete_cf(self.cf(CF_OBJECTS), key.as_bytes());
-            }
-            self.db.write(batch)?;
-        }
+        self.index_steps(keys, |batch, cf, key| batch.delete_cf(cf, key.as_bytes()))?;
         self.sync()
     }
 
