@@ -117,6 +117,8 @@ pub struct Faults {
     pub latency_ms: AtomicU64,
     /// Uploads wait while this is set, as against a hung server.
     pub hang_puts: AtomicBool,
+    /// Added latency per delete, milliseconds (a slow GC sweep).
+    pub delete_latency_ms: AtomicU64,
     counter: AtomicU64,
 }
 
@@ -134,6 +136,7 @@ impl Faults {
                     "latency_ms" => faults.latency_ms.store(value, Ordering::Relaxed),
                     "down" => faults.down.store(value != 0, Ordering::Relaxed),
                     "hang_puts" => faults.hang_puts.store(value != 0, Ordering::Relaxed),
+                    "delete_latency_ms" => faults.delete_latency_ms.store(value, Ordering::Relaxed),
                     _ => tracing::warn!(key, "unknown CAIRN_FAULTS key ignored"),
                 }
             }
@@ -142,7 +145,9 @@ impl Faults {
         Arc::new(faults)
     }
 
-    /// Whether no fault is switched on.
+    /// Whether no fault that a put or get would meet is switched on (the
+    /// pack store's batched puts, which go around this layer, are taken
+    /// only then; a delete's latency does not matter to them).
     pub fn is_quiet(&self) -> bool {
         !self.down.load(Ordering::Relaxed)
             && self.fail_one_in.load(Ordering::Relaxed) == 0
@@ -201,7 +206,25 @@ impl fmt::Debug for Faulty {
     }
 }
 
-wrapper_impl!(Faulty, {
+wrapper_impl!(Faulty, streams, {
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        let faults = self.faults.clone();
+        let slowed = locations.then(move |location| {
+            let latency = faults.delete_latency_ms.load(Ordering::Relaxed);
+            async move {
+                if latency > 0 {
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                }
+                location
+            }
+        });
+        self.inner.delete_stream(slowed.boxed())
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.faults.before("put").await?;
         self.inner.put_opts(location, payload, opts).await
