@@ -27,6 +27,9 @@ fn fixture() -> Fixture {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut config = EngineConfig::new(dir.path());
     config.dirty_hard_limit = 1 << 30;
+    // Room for the io group's whole 256 MiB volume in the chunk cache
+    // (which gets 7/8 of this), so its reads are cached reads.
+    config.cache_bytes = 512 << 20;
     let engine = rt.block_on(Engine::open(config)).unwrap();
     Fixture {
         rt,
