@@ -3,14 +3,15 @@
 # (a FLUSH every 256 writes asked; fio issues more at QD32, counted in the
 # writes/flush column) against cairn, qemu-nbd raw and qemu-nbd qcow2 (writeback,
 # io_uring); then snapshot, fork and clone latency right after random
-# dirty data, and snapshot latency while a 1 GiB seal runs; then cairn's
-# peak RSS with 4 connections writing 4 volumes.
+# dirty data, and snapshot latency while a 1 GiB seal runs; then snapshot
+# latency while 4 connections write 4 volumes; then cairn's peak RSS with
+# 4 connections writing 4 volumes.
 # Prints IOPS, MiB/s, server CPU per write, ratios, bytes sealed per byte
 # written.
 #
 #   benches/write_path.sh                 # 20 s per test, 1 GiB exports
 #   RUNTIME=5 SNAPS=5 benches/write_path.sh
-#   PHASES="writes ops rss" SERVERS="cairn qemu-raw qemu-qcow2"   # (defaults) a subset
+#   PHASES="writes ops load rss" SERVERS="cairn qemu-raw qemu-qcow2"   # (defaults) a subset
 #   CAIRN_LAYOUT=files                    # local objects one file each (default: packs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ qemu-img create -q -f qcow2 "$work/q.qcow2" "$SIZE"; qq=$(port)
 qemu-nbd -t -b 127.0.0.1 -p "$qq" -x bench -f qcow2 --cache=writeback --aio=io_uring -e 8 "$work/q.qcow2" & pids+=($!); pid[qemu-qcow2]=$!
 uri[qemu-qcow2]="nbd://127.0.0.1:$qq/bench"
 read -r -a servers <<< "${SERVERS:-cairn qemu-raw qemu-qcow2}"
-PHASES="${PHASES:-writes ops rss}"
+PHASES="${PHASES:-writes ops load rss}"
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 for s in "${servers[@]}"; do wait_nbd "${uri[$s]}"; done
 
@@ -176,6 +177,30 @@ done
 echo "while the 1 GiB seal ran ($(( ($(date +%s%N) - t0) / 1000000 )) ms):"
 if [ ${#during[@]} -gt 0 ]; then stats snapshot "${during[@]}"; fi
 peak_rss
+reclaim
+fi
+
+if phase load; then
+echo "== snapshots of v1 every 0.5 s while 4 connections write v1..v4 (4k random QD32, fio --fsync=256)"
+jobs=()
+for i in 1 2 3 4; do jobs+=(--name="v$i" --uri="nbd://127.0.0.1:$cn/v$i"); done
+fio --ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 --size="$SIZE" --runtime="$RUNTIME" --time_based \
+    --fsync=256 --group_reporting --output-format=json --output="$work/load.json" "${jobs[@]}" >/dev/null &
+fio_pid=$!; sleep 2; during=()
+while kill -0 "$fio_pid" 2>/dev/null; do
+  during+=("$(post_ms /volumes/v1/snapshots "{\"tag\":\"load-${#during[@]}\"}")"); sleep 0.5
+done
+wait "$fio_pid"
+python3 - "$work/load.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+w, f = job["write"], job["sync"]["lat_ns"]
+p = lambda d, q: d["percentile"][q] / 1e6
+print(f'  writes: {w["iops"]:.0f} IOPS in all, latency p50 {p(w["clat_ns"], "50.000000"):.2f} ms, '
+      f'p99 {p(w["clat_ns"], "99.000000"):.1f} ms; flushes: mean {f["mean"] / 1e6:.1f} ms')
+PY
+if [ ${#during[@]} -gt 0 ]; then stats snapshot "${during[@]}"; fi
+while [ "$(metric cairn_backlog_bytes)" != 0 ]; do sleep 0.2; done
 reclaim
 fi
 

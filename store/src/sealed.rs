@@ -48,6 +48,9 @@ pub(crate) struct Backend {
     /// of MiB of chunks in flight and is CPU-bound, so more at once only
     /// costs memory.
     pub seal_slots: tokio::sync::Semaphore,
+    /// Clients' flushes syncing logs at once, across volumes (see
+    /// [`crate::volume::Volume::flush`]).
+    pub log_syncs: tokio::sync::Semaphore,
     /// Bytes acknowledged by writes (not zeroes), for the seal
     /// amplification metric.
     pub written_bytes: AtomicU64,

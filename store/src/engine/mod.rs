@@ -60,6 +60,14 @@ const LAST_GC: &str = "gc_last";
 /// Generations sealed at once across all volumes.
 const SEALS_AT_ONCE: usize = 2;
 
+/// Clients' flushes syncing write-back logs at once across all volumes:
+/// two, as many as a 2-core machine's runtime workers, which ran these
+/// syncs before they moved to blocking threads. Unbounded, four
+/// connections flushing every 256 writes kept the device's journal
+/// committing for them and writes waited behind it (p99 20 ms against
+/// 2-6 ms); one at a time cost 10-14% of their IOPS (BENCHMARKS.md).
+pub(crate) const LOG_SYNCS_AT_ONCE: usize = 2;
+
 /// Changed extents between two snapshots.
 pub type Extents = Vec<ByteRange>;
 
@@ -260,6 +268,7 @@ impl Engine {
             store_down: Default::default(),
             room: Default::default(),
             seal_slots: tokio::sync::Semaphore::new(SEALS_AT_ONCE),
+            log_syncs: tokio::sync::Semaphore::new(LOG_SYNCS_AT_ONCE),
             readahead: remote.then(Default::default),
             runtime: tokio::runtime::Handle::current(),
             accounting: crate::usage::RootMemo::new(),

@@ -285,22 +285,42 @@ impl Volume {
     /// may reach the synced log without its objects: it was not yet
     /// journaled, so neither acknowledged nor in a generation frozen
     /// before this call, and a replay keeps or drops it whole.
+    ///
+    /// The log syncs run on a blocking thread, never on a runtime worker:
+    /// an `fdatasync` can take tens of ms, and the workers serve every
+    /// other connection and request meanwhile. Clients' flushes sync at
+    /// most [`crate::engine::LOG_SYNCS_AT_ONCE`] volumes' logs at a time.
+    /// Dropped during its sync, a flush gives its slot back and the sync
+    /// runs to its end.
     pub async fn flush(&self) -> Result<()> {
         self.chunk_barrier().await?;
-        self.sync_logs()
+        let _slot = self
+            .backend
+            .log_syncs
+            .acquire()
+            .await
+            .expect("the log sync semaphore is never closed");
+        self.sync_logs_blocking().await
     }
 
-    /// [`Volume::flush`] on a task of its own, its log syncs on a blocking
-    /// thread: it overlaps what the caller does meanwhile (a snapshot's
-    /// catalog commit), and it runs to its end when the caller is dropped.
+    /// A snapshot's flush, on a task of its own: it overlaps what the
+    /// caller does meanwhile (the snapshot's catalog commit), it does not
+    /// queue behind clients' flushes, and it runs to its end when the
+    /// caller is dropped.
     pub(super) fn flush_on_task(&self) -> tokio::task::JoinHandle<Result<()>> {
         let me = self.me.upgrade().expect("a volume in use is held by its engine");
         tokio::spawn(async move {
             me.chunk_barrier().await?;
-            tokio::task::spawn_blocking(move || me.sync_logs())
-                .await
-                .expect("a log sync does not panic")
+            me.sync_logs_blocking().await
         })
+    }
+
+    /// [`Volume::sync_logs`] on a blocking thread.
+    async fn sync_logs_blocking(&self) -> Result<()> {
+        let me = self.me.upgrade().expect("a volume in use is held by its engine");
+        tokio::task::spawn_blocking(move || me.sync_logs())
+            .await
+            .expect("a log sync does not panic")
     }
 
     /// The barrier of a flush: makes the objects of the chunk records
