@@ -43,6 +43,7 @@ fn decode(mut body: &[u8]) -> Decoded {
                 let plain = frame::decode(content, Some(ChunkId(id))).expect("a sound frame for its id");
                 out.bytes.extend_from_slice(&plain[..len as usize]);
             }
+            RecordHead::Error { .. } => panic!("the server stopped: {}", String::from_utf8_lossy(content)),
         }
         body = &rest[n..];
     }

@@ -158,4 +158,7 @@ fn gc_and_verify_from_the_cli() {
         err.contains("interrupted") && err.contains("cairn verify keep"),
         "{err}"
     );
+    // The server's own reason, not the transport's.
+    assert!(err.contains("the server stopped: reading byte"), "{err}");
+    assert!(!err.contains("decoding response body"), "{err}");
 }

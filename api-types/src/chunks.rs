@@ -9,12 +9,15 @@
 //!                     a stored chunk frame (see the chunk object format in
 //!                     DESIGN.md); its plaintext must hash (BLAKE3) to id;
 //!                     its first len bytes
+//!   tag 3  error      body: len bytes of UTF-8    why the server stopped;
+//!                     the last record of the body
 //! ```
 //!
 //! The server checks each frame's crc before sending it; the reader
-//! decodes it and checks its hash. A server that fails mid-stream ends the
-//! body early, so a reader that gets fewer bytes than it asked for knows
-//! the export is incomplete.
+//! decodes it and checks its hash. A server that cannot read a step (a
+//! missing or corrupt object) sends an error record and ends the body
+//! there; a body that ends early without one (a connection lost) is as
+//! incomplete, since the reader counts the bytes it asked for.
 
 /// Media type of the body.
 pub const CHUNKS_CONTENT_TYPE: &str = "application/vnd.cairn.chunks";
@@ -30,6 +33,7 @@ pub const MAX_BODY: u32 = (16 << 20) + 64;
 const ZEROS: u8 = 0;
 const PLAIN: u8 = 1;
 const FRAME: u8 = 2;
+const ERROR: u8 = 3;
 
 /// A record's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +58,18 @@ pub enum RecordHead {
         /// Bytes of the frame (the body).
         frame_len: u32,
     },
+    /// The server failed: a message of `len` bytes follows, and nothing
+    /// after it.
+    Error {
+        /// Bytes of the message.
+        len: u32,
+    },
 }
 
 /// Why a record could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    /// The tag is not one of the three.
+    /// The tag is not one of the four.
     #[error("unknown chunk record tag {0}")]
     UnknownTag(u8),
     /// A body longer than [`MAX_BODY`].
@@ -72,7 +82,7 @@ impl RecordHead {
     pub fn body_len(&self) -> usize {
         match *self {
             RecordHead::Zeros { .. } => 0,
-            RecordHead::Plain { len } => len as usize,
+            RecordHead::Plain { len } | RecordHead::Error { len } => len as usize,
             RecordHead::Frame { frame_len, .. } => frame_len as usize,
         }
     }
@@ -89,6 +99,10 @@ impl RecordHead {
                 out.push(PLAIN);
                 out.extend_from_slice(&len.to_le_bytes());
             }
+            RecordHead::Error { len } => {
+                out.push(ERROR);
+                out.extend_from_slice(&len.to_le_bytes());
+            }
             RecordHead::Frame { len, id, frame_len } => {
                 out.push(FRAME);
                 out.extend_from_slice(&len.to_le_bytes());
@@ -102,7 +116,7 @@ impl RecordHead {
     /// Bytes of the header a record with `tag` starts with.
     pub fn len_for(tag: u8) -> Result<usize, RecordError> {
         match tag {
-            ZEROS | PLAIN => Ok(HEAD),
+            ZEROS | PLAIN | ERROR => Ok(HEAD),
             FRAME => Ok(FRAME_HEAD),
             other => Err(RecordError::UnknownTag(other)),
         }
@@ -123,6 +137,7 @@ impl RecordHead {
         let head = match tag {
             ZEROS => RecordHead::Zeros { len },
             PLAIN => RecordHead::Plain { len },
+            ERROR => RecordHead::Error { len },
             _ => RecordHead::Frame {
                 len,
                 id: buf[HEAD..HEAD + 32].try_into().expect("32 bytes"),
@@ -145,6 +160,7 @@ mod tests {
         let heads = [
             RecordHead::Zeros { len: 65536 },
             RecordHead::Plain { len: 4096 },
+            RecordHead::Error { len: 17 },
             RecordHead::Frame {
                 len: 65536,
                 id: [7; 32],

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
-use cairn_api_types::chunks::RecordHead;
+use cairn_api_types::chunks::{RecordHead, MAX_BODY};
 use cairn_store::{Engine, Piece, Readable, StoreError};
 use futures::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
@@ -27,7 +27,7 @@ const STEPS_IN_FLIGHT: usize = 4;
 
 /// A body streaming the bytes of `[offset, offset + length)` of `source`.
 pub fn export_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
-    stepped(offset, length, STEP, move |pos, n| {
+    let read = move |pos, n| {
         let (engine, source) = (engine.clone(), source.clone());
         async move {
             let mut buf = vec![0u8; n];
@@ -36,16 +36,33 @@ pub fn export_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u
                 .await
                 .map(|()| Bytes::from(buf))
         }
-    })
+    };
+    // Raw bytes have no room for a message: the body ends early with an
+    // error, so the client sees a truncated transfer, never wrong bytes.
+    stepped(offset, length, STEP, read, |_| None)
 }
 
 /// A body streaming `[offset, offset + length)` of `source` as chunk
 /// records: clean chunks as their stored frames, which the reader decodes.
 pub fn chunks_body(engine: Arc<Engine>, source: Readable, offset: u64, length: u64) -> Body {
-    stepped(offset, length, CHUNKS_STEP, move |pos, n| {
+    let read = move |pos, n| {
         let (engine, source) = (engine.clone(), source.clone());
         async move { Ok(records(&engine.read_pieces(&source, pos, n).await?)) }
+    };
+    stepped(offset, length, CHUNKS_STEP, read, |message| {
+        Some(error_record(message))
     })
+}
+
+/// The record that tells a chunk-record reader why the body ends.
+fn error_record(message: &str) -> Bytes {
+    let mut end = message.len().min(MAX_BODY as usize);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = BytesMut::from(&RecordHead::Error { len: end as u32 }.encode()[..]);
+    out.put_slice(&message.as_bytes()[..end]);
+    out.freeze()
 }
 
 /// One step's pieces as records, in one buffer.
@@ -83,8 +100,9 @@ fn body(piece: &Piece) -> &[u8] {
 
 /// A body of the steps of `step` bytes that `read(pos, bytes)` makes of
 /// `[offset, +length)`, [`STEPS_IN_FLIGHT`] read at once and sent in
-/// order; a failed step ends the body early.
-fn stepped<F, Fut>(offset: u64, length: u64, step: u64, read: F) -> Body
+/// order. A failed step ends the body: with the bytes `last(message)`
+/// gives, or with an error (the transfer cut short) where it gives none.
+fn stepped<F, Fut>(offset: u64, length: u64, step: u64, read: F, last: fn(&str) -> Option<Bytes>) -> Body
 where
     F: Fn(u64, usize) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Bytes, StoreError>> + Send + 'static,
@@ -98,7 +116,7 @@ where
         })
         .buffered(STEPS_IN_FLIGHT)
         .zip(futures::stream::iter((offset..end).step_by(step as usize)));
-    let stream = reads.scan(false, |failed, (read, pos)| {
+    let stream = reads.scan(false, move |failed, (read, pos)| {
         if *failed {
             return std::future::ready(None);
         }
@@ -107,12 +125,11 @@ where
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("read task failed: {e}")),
         };
-        std::future::ready(Some(step.map_err(|e| {
-            tracing::error!(error = %e, offset = pos, "export read failed; aborting the stream");
-            // Ending the body early with an error makes the client see
-            // a truncated transfer, never wrong bytes.
+        std::future::ready(Some(step.or_else(|e| {
+            tracing::error!(error = %e, offset = pos, "export read failed; ending the stream");
             *failed = true;
-            std::io::Error::other(e)
+            let message = format!("reading byte {pos}: {e}");
+            last(&message).ok_or_else(|| std::io::Error::other(message))
         })))
     });
     Body::from_stream(stream)

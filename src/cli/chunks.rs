@@ -147,7 +147,7 @@ where
                 if let Some((head, at)) = RecordHead::decode(&self.block)? {
                     if self.block.len() >= at + head.body_len() {
                         self.block.advance(at);
-                        return Ok(Some(record(head, self.block.split_to(head.body_len()))));
+                        return record(head, self.block.split_to(head.body_len())).map(Some);
                     }
                 }
                 self.carry.extend_from_slice(&self.block);
@@ -160,7 +160,7 @@ where
                     self.carry.extend_from_slice(&self.block.split_to(take));
                     if self.carry.len() == want {
                         let body = Bytes::from(std::mem::take(&mut self.carry)).slice(at..);
-                        return Ok(Some(record(head, body)));
+                        return record(head, body).map(Some);
                     }
                 } else {
                     // Not even the whole header yet: the rest of it.
@@ -186,9 +186,10 @@ where
     }
 }
 
-/// A record from its header and body.
-fn record(head: RecordHead, body: Bytes) -> Record {
-    match head {
+/// A record from its header and body; the server's message where it
+/// sent an error record.
+fn record(head: RecordHead, body: Bytes) -> anyhow::Result<Record> {
+    Ok(match head {
         RecordHead::Zeros { len } => Record::Zeros(u64::from(len)),
         RecordHead::Plain { .. } => Record::Plain(body),
         RecordHead::Frame { len, id, .. } => Record::Frame {
@@ -196,7 +197,8 @@ fn record(head: RecordHead, body: Bytes) -> Record {
             id: ChunkId(id),
             framed: body,
         },
-    }
+        RecordHead::Error { .. } => bail!("the server stopped: {}", String::from_utf8_lossy(&body)),
+    })
 }
 
 #[cfg(test)]
@@ -204,8 +206,8 @@ mod tests {
     use super::*;
 
     /// A record stream of every kind, records split across blocks at every
-    /// cut, decodes to the same parts, and a corrupt frame or a stream that
-    /// stops inside a record is an error.
+    /// cut, decodes to the same parts, and a corrupt frame, a stream that
+    /// stops inside a record or an error record is an error.
     #[tokio::test]
     async fn records_decode_across_any_block_boundaries() {
         let chunk: Vec<u8> = (0..65536u32).map(|i| (i / 64 % 7) as u8).collect();
@@ -259,5 +261,22 @@ mod tests {
         corrupt[payload_at] ^= 1;
         let err = collect(vec![Bytes::from(corrupt)]).await.unwrap_err().to_string();
         assert!(err.contains("the chunk at byte 65539 is corrupt"), "{err}");
+
+        // An error record: the server's reason, split across blocks too.
+        let mut failed = stream.clone();
+        let reason = b"reading byte 65536: object missing";
+        failed.extend(
+            RecordHead::Error {
+                len: reason.len() as u32,
+            }
+            .encode(),
+        );
+        failed.extend(reason);
+        let failed = Bytes::from(failed);
+        for cut in [stream.len() + 2, failed.len() - 4] {
+            let blocks = vec![failed.slice(..cut), failed.slice(cut..)];
+            let err = collect(blocks).await.unwrap_err().to_string();
+            assert_eq!(err, "the server stopped: reading byte 65536: object missing");
+        }
     }
 }
