@@ -258,6 +258,9 @@ pub struct JournalDir {
     dir: PathBuf,
     /// A log file was created since the directory was last synced.
     dir_dirty: AtomicBool,
+    /// Held across a directory sync, so a caller that finds the directory
+    /// clean knows no sync of it is still running.
+    dir_sync: parking_lot::Mutex<()>,
 }
 
 /// One generation's log file, appended under the volume's state lock.
@@ -363,21 +366,33 @@ impl LogFile {
         )
     }
 
-    /// Makes every appended record durable. Costs nothing when nothing
-    /// was appended since the last sync: every FLUSH syncs all of a
-    /// volume's live logs, and the frozen ones waiting for their seal
-    /// no longer change.
-    pub fn sync(&self) -> Result<()> {
+    /// Makes every appended record durable and returns the length that
+    /// is, for [`LogFile::mark_synced`] once what the records rely on (the
+    /// file's directory entry) is durable too; `None`, at no cost, when
+    /// nothing was appended since the last sync: every FLUSH syncs all of
+    /// a volume's live logs, and the frozen ones waiting for their seal no
+    /// longer change.
+    pub fn sync_data(&self) -> Result<Option<u64>> {
         // Records appended before this point are covered by the fdatasync
         // below; ones appended during it may not be, so only this length
         // is recorded.
         let len = self.len();
-        if self.synced.load(Ordering::Acquire) >= len {
-            return Ok(());
+        if self.synced() >= len {
+            return Ok(None);
         }
         self.file.sync_data()?;
+        Ok(Some(len))
+    }
+
+    /// Records that the first `len` bytes are durable, directory entry
+    /// included.
+    pub fn mark_synced(&self, len: u64) {
         self.synced.fetch_max(len, Ordering::AcqRel);
-        Ok(())
+    }
+
+    /// Bytes known durable.
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
     }
 }
 
@@ -419,6 +434,7 @@ impl JournalDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             dir_dirty: AtomicBool::new(false),
+            dir_sync: parking_lot::Mutex::new(()),
         })
     }
 
@@ -440,6 +456,7 @@ impl JournalDir {
 
     /// Makes newly created log files' directory entries durable.
     pub fn sync_dir(&self) -> Result<()> {
+        let _one_at_a_time = self.dir_sync.lock();
         if self.dir_dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
                 self.dir_dirty.store(true, Ordering::Release);
@@ -716,27 +733,28 @@ mod tests {
         let j = JournalDir::open(dir.path()).unwrap();
         let f = j.create(1, 1).unwrap();
         let zero = |offset| Record::Zero { offset, length: 4096 };
+        let sync = |f: &LogFile| f.sync_data().unwrap().map(|len| f.mark_synced(len));
         f.append(&zero(0)).unwrap();
-        assert_eq!(f.synced.load(Ordering::Acquire), 0, "nothing synced yet");
-        f.sync().unwrap();
+        assert_eq!(f.synced(), 0, "nothing synced yet");
         let first = f.len();
-        assert_eq!(f.synced.load(Ordering::Acquire), first);
+        assert_eq!(f.sync_data().unwrap(), Some(first));
+        assert_eq!(f.synced(), 0, "not durable before it is marked");
+        f.mark_synced(first);
+        assert_eq!(f.synced(), first);
+        assert_eq!(f.sync_data().unwrap(), None, "nothing new to sync");
         f.append(&zero(4096)).unwrap();
-        assert!(
-            f.synced.load(Ordering::Acquire) < f.len(),
-            "a new record is not durable yet"
-        );
-        f.sync().unwrap();
-        assert_eq!(f.synced.load(Ordering::Acquire), f.len());
+        assert!(f.synced() < f.len(), "a new record is not durable yet");
+        assert!(sync(&f).is_some());
+        assert_eq!(f.synced(), f.len());
         drop(f);
         let replayed = j.replay(1, 1).unwrap();
         assert_eq!(replayed[0].len(), 2 * first);
         assert_eq!(
-            replayed[0].synced.load(Ordering::Acquire),
+            replayed[0].synced(),
             0,
             "a file found at replay counts as unsynced"
         );
-        replayed[0].sync().unwrap();
-        assert_eq!(replayed[0].synced.load(Ordering::Acquire), 2 * first);
+        assert!(sync(&replayed[0]).is_some());
+        assert_eq!(replayed[0].synced(), 2 * first);
     }
 }

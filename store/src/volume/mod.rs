@@ -127,6 +127,10 @@ pub struct Volume {
     chunk_records: AtomicU64,
     /// How many of them a flush's barrier has covered.
     chunk_records_durable: AtomicU64,
+    /// Taken by a client's flush for its log syncs: flushes that arrive
+    /// while one syncs wait for it, and most then find their writes
+    /// covered (a group commit).
+    flush_turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Volume {

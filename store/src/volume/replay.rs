@@ -170,6 +170,7 @@ impl Volume {
             seal_queued: std::sync::atomic::AtomicBool::new(false),
             chunk_records: AtomicU64::new(0),
             chunk_records_durable: AtomicU64::new(0),
+            flush_turn: tokio::sync::Mutex::new(()),
         })
     }
 }

@@ -289,11 +289,23 @@ impl Volume {
     /// The log syncs run on a blocking thread, never on a runtime worker:
     /// an `fdatasync` can take tens of ms, and the workers serve every
     /// other connection and request meanwhile. Clients' flushes sync at
-    /// most [`crate::engine::LOG_SYNCS_AT_ONCE`] volumes' logs at a time.
-    /// Dropped during its sync, a flush gives its slot back and the sync
-    /// runs to its end.
+    /// most [`crate::engine::LOG_SYNCS_AT_ONCE`] volumes' logs at a time,
+    /// and one of a volume at a time: a flush waits for the one syncing and
+    /// is done if that sync covered the logs as they were when it arrived.
+    /// Dropped during its sync, a flush gives its turn and slot back and
+    /// the sync runs to its end.
     pub async fn flush(&self) -> Result<()> {
         self.chunk_barrier().await?;
+        let arrived: Vec<(Arc<LogFile>, u64)> = self
+            .state
+            .lock()
+            .live_logs()
+            .map(|log| (log.clone(), log.len()))
+            .collect();
+        let _turn = self.flush_turn.lock().await;
+        if arrived.iter().all(|(log, len)| log.synced() >= *len) {
+            return Ok(());
+        }
         let _slot = self
             .backend
             .log_syncs
@@ -335,12 +347,19 @@ impl Volume {
     }
 
     /// The log syncs of a flush (blocking): every live log, then the
-    /// journal directory.
+    /// journal directory; only then do the logs count as synced.
     fn sync_logs(&self) -> Result<()> {
         let logs: Vec<Arc<LogFile>> = self.state.lock().live_logs().cloned().collect();
+        let mut covered = Vec::with_capacity(logs.len());
         for log in &logs {
-            log.sync()?;
+            if let Some(len) = log.sync_data()? {
+                covered.push((log, len));
+            }
         }
-        self.backend.journal.sync_dir()
+        self.backend.journal.sync_dir()?;
+        for (log, len) in covered {
+            log.mark_synced(len);
+        }
+        Ok(())
     }
 }
