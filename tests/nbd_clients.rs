@@ -168,6 +168,7 @@ fn fio_verify_single_and_multi_connection() {
     let runs = servers
         .iter()
         .flat_map(|(t, _, port)| [(*t, *port, "1", "32M"), (*t, *port, "4", "16M")]);
+    let mut flushes_sent = std::collections::HashMap::new();
     for (transport, port, jobs, size) in runs {
         let out = dir.path().join(format!("fio-{transport}-{jobs}.json"));
         // fio leaves verify state files in its working directory.
@@ -181,6 +182,9 @@ fn fio_verify_single_and_multi_connection() {
             &format!("--numjobs={jobs}"),
             "--offset_increment=16M",
             "--iodepth=16",
+            // Flushes from four connections at once: those that arrive
+            // while one syncs the log share its sync.
+            "--fsync=64",
             "--verify=crc32c",
             "--do_verify=1",
             "--output-format=json",
@@ -191,7 +195,28 @@ fn fio_verify_single_and_multi_connection() {
         for job in report["jobs"].as_array().unwrap() {
             assert_eq!(job["error"], 0, "fio job failed over {transport}: {job}");
             assert!(job["write"]["io_bytes"].as_u64().unwrap() > 0);
+            *flushes_sent.entry(transport).or_insert(0) += job["sync"]["total_ios"].as_u64().unwrap();
         }
+    }
+    for (transport, server, _) in &servers {
+        let (status, metrics) = server.http("GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        let counter = |name: &str| -> u64 {
+            let line = metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} ")));
+            line.unwrap_or_else(|| panic!("no {name} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        let (flushes, syncs) = (counter("cairn_flushes_total"), counter("cairn_log_syncs_total"));
+        let sent = flushes_sent[transport];
+        assert!(
+            sent > 0 && flushes >= sent,
+            "{transport}: fio sent {sent} flushes, the server counted {flushes}"
+        );
+        assert!(
+            (1..=flushes).contains(&syncs),
+            "{transport}: {syncs} log syncs for {flushes} flushes"
+        );
     }
 }
 

@@ -218,6 +218,16 @@ impl Metrics {
                 engine.write_and_seal_bytes().0,
             ),
             (
+                "cairn_flushes_total",
+                "Flushes asked by clients (NBD FLUSH and FUA writes).",
+                engine.flushes_and_log_syncs().0,
+            ),
+            (
+                "cairn_log_syncs_total",
+                "fdatasyncs of write-back logs for flushes and snapshots; a flush that a sync already running covers makes none.",
+                engine.flushes_and_log_syncs().1,
+            ),
+            (
                 "cairn_sealed_bytes_total",
                 "Chunk bytes materialised and stored by seals (divided by cairn_write_bytes_total: the seal's work amplification).",
                 engine.write_and_seal_bytes().1,

@@ -264,6 +264,8 @@ impl Engine {
             dirty_hard_limit: config.dirty_hard_limit,
             store_timeout: config.store_timeout,
             written_bytes: Default::default(),
+            flushes: Default::default(),
+            log_syncs_made: Default::default(),
             sealed_bytes: Default::default(),
             store_down: Default::default(),
             room: Default::default(),
@@ -457,6 +459,17 @@ impl Engine {
         (
             self.backend.written_bytes.load(Relaxed),
             self.backend.sealed_bytes.load(Relaxed),
+        )
+    }
+
+    /// Clients' flushes since start, and the log `fdatasync`s made for
+    /// them and for snapshots: a flush that finds its writes covered by
+    /// the sync before it makes none.
+    pub fn flushes_and_log_syncs(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.backend.flushes.load(Relaxed),
+            self.backend.log_syncs_made.load(Relaxed),
         )
     }
 

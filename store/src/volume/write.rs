@@ -295,6 +295,7 @@ impl Volume {
     /// Dropped during its sync, a flush gives its turn and slot back and
     /// the sync runs to its end.
     pub async fn flush(&self) -> Result<()> {
+        self.backend.flushes.fetch_add(1, Ordering::Relaxed);
         self.chunk_barrier().await?;
         let arrived: Vec<(Arc<LogFile>, u64)> = self
             .state
@@ -353,6 +354,7 @@ impl Volume {
         let mut covered = Vec::with_capacity(logs.len());
         for log in &logs {
             if let Some(len) = log.sync_data()? {
+                self.backend.log_syncs_made.fetch_add(1, Ordering::Relaxed);
                 covered.push((log, len));
             }
         }
