@@ -54,10 +54,10 @@ pub(crate) struct Backend {
     /// Bytes acknowledged by writes (not zeroes), for the seal
     /// amplification metric.
     pub written_bytes: AtomicU64,
-    /// Clients' flushes, and the log `fdatasync`s they made: fewer when
-    /// flushes ride on a sync already running (see
-    /// [`crate::volume::Volume::flush`]).
+    /// Clients' flushes (see [`crate::volume::Volume::flush`]).
     pub flushes: AtomicU64,
+    /// Log `fdatasync`s made for flushes and snapshots: fewer than the
+    /// flushes when they ride on a sync already running.
     pub log_syncs_made: AtomicU64,
     /// Chunk bytes materialised and stored by seals.
     pub sealed_bytes: AtomicU64,
