@@ -290,8 +290,9 @@ impl Volume {
     /// an `fdatasync` can take tens of ms, and the workers serve every
     /// other connection and request meanwhile. Clients' flushes sync at
     /// most [`crate::engine::LOG_SYNCS_AT_ONCE`] volumes' logs at a time,
-    /// and one of a volume at a time: a flush waits for the one syncing and
-    /// is done if that sync covered the logs as they were when it arrived.
+    /// and one of a volume at a time: a flush with nothing new to sync is
+    /// done at once; another waits for the one syncing and is done if that
+    /// sync covered the logs as they were when it arrived.
     /// Dropped during its sync, a flush gives its turn and slot back and
     /// the sync runs to its end.
     pub async fn flush(&self) -> Result<()> {
@@ -303,8 +304,12 @@ impl Volume {
             .live_logs()
             .map(|log| (log.clone(), log.len()))
             .collect();
+        let covered = || arrived.iter().all(|(log, len)| log.synced() >= *len);
+        if covered() {
+            return Ok(());
+        }
         let _turn = self.flush_turn.lock().await;
-        if arrived.iter().all(|(log, len)| log.synced() >= *len) {
+        if covered() {
             return Ok(());
         }
         let _slot = self
