@@ -7,7 +7,7 @@
 # latency while 4 connections write 4 volumes; then cairn's peak RSS with
 # 4 connections writing 4 volumes.
 # Prints IOPS, MiB/s, server CPU per write, ratios, bytes sealed per byte
-# written.
+# written, and cairn's peak RSS in each phase and across the script.
 #
 #   benches/write_path.sh                 # 20 s per test, 1 GiB exports
 #   RUNTIME=5 SNAPS=5 benches/write_path.sh
@@ -61,7 +61,27 @@ reclaim() {
   local last="" now
   while now=$(metric cairn_pack_bytes); [ "$now" != "$last" ]; do last=$now; sleep 1; done
 }
-peak_rss() { echo "cairn peak RSS so far $(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024)) MiB (memory cache $CACHE)"; }
+# Peak RSS of the phase that just ran, then the peak is reset (clear_refs
+# 5), so each phase shows its own; the script's peak is the largest.
+script_peak=0
+peak_rss() {
+  local mib=$(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024))
+  [ "$mib" -gt "$script_peak" ] && script_peak=$mib
+  echo "cairn peak RSS in this phase $mib MiB, across the script $script_peak MiB (memory cache $CACHE)"
+  echo 5 > "/proc/${pid[cairn]}/clear_refs"
+}
+wait_sealed() { while [ "$(metric cairn_backlog_bytes)" != 0 ]; do sleep 0.2; done; }
+# fio job options for v1..v4 in "${jobs[@]}"; `mixed`: odd ones 4 KiB
+# random QD32, even ones 1 MiB sequential QD8.
+volume_jobs() {
+  jobs=()
+  for i in 1 2 3 4; do
+    jobs+=(--name="v$i" --uri="nbd://127.0.0.1:$cn/v$i")
+    if [ "${1:-}" = mixed ]; then
+      if [ $((i % 2)) -eq 1 ]; then jobs+=(--rw=randwrite --bs=4k --iodepth=32); else jobs+=(--rw=write --bs=1M --iodepth=8); fi
+    fi
+  done
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -s "$api/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 # Steal and all ticks of the machine: time the host gave other guests
@@ -104,7 +124,7 @@ for t in "${tests[@]}"; do
       # What the run left unsealed is sealed after it (idle): timed apart,
       # so it does not land in the next test's figures.
       t0=$(date +%s%N); c0=$(cpu_ticks "${pid[cairn]}")
-      while [ "$(metric cairn_backlog_bytes)" != 0 ]; do sleep 0.2; done
+      wait_sealed
       seal_s=$(python3 -c "print(($(cpu_ticks "${pid[cairn]}") - $c0) / $(getconf CLK_TCK))")
       printf '%-16s cairn sealed what the run left in %.1f s, %.1f CPU-s: %.1f us per write, %.1f in all\n' "" \
         "$(python3 -c "print(($(date +%s%N) - $t0) / 1e9)")" "$seal_s" \
@@ -182,8 +202,7 @@ fi
 
 if phase load; then
 echo "== snapshots of v1 every 0.5 s while 4 connections write v1..v4 (4k random QD32, fio --fsync=256)"
-jobs=()
-for i in 1 2 3 4; do jobs+=(--name="v$i" --uri="nbd://127.0.0.1:$cn/v$i"); done
+volume_jobs
 fio --ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 --size="$SIZE" --runtime="$RUNTIME" --time_based \
     --fsync=256 --group_reporting --output-format=json --output="$work/load.json" "${jobs[@]}" >/dev/null &
 fio_pid=$!; sleep 2; during=()
@@ -200,16 +219,13 @@ print(f'  writes: {w["iops"]:.0f} IOPS in all, latency p50 {p(w["clat_ns"], "50.
       f'p99 {p(w["clat_ns"], "99.000000"):.1f} ms; flushes: mean {f["mean"] / 1e6:.1f} ms')
 PY
 if [ ${#during[@]} -gt 0 ]; then stats snapshot "${during[@]}"; fi
-while [ "$(metric cairn_backlog_bytes)" != 0 ]; do sleep 0.2; done
+wait_sealed
+peak_rss
 reclaim
 fi
 
 phase rss || exit 0
 echo "== peak RSS, 4 connections writing 4 volumes (4k random QD32 + 1M sequential QD8 alternately)"
-jobs=()
-for i in 1 2 3 4; do
-  if [ $((i % 2)) -eq 1 ]; then rw=randwrite; bs=4k; qd=32; else rw=write; bs=1M; qd=8; fi
-  jobs+=(--name="v$i" --uri="nbd://127.0.0.1:$cn/v$i" --rw=$rw --bs=$bs --iodepth=$qd)
-done
+volume_jobs mixed
 fio --ioengine=nbd --size="$SIZE" --runtime="$RUNTIME" --time_based --fsync=256 "${jobs[@]}" >/dev/null
-echo "cairn peak RSS $(($(awk '/VmHWM/{print $2}' /proc/${pid[cairn]}/status) / 1024)) MiB (memory cache $CACHE)"
+peak_rss
