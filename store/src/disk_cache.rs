@@ -162,9 +162,8 @@ impl DiskCache {
             stats: DiskCacheStats::default(),
             feed: None,
         };
-        let mut inner = cache.inner.lock();
-        cache.trim(&mut inner);
-        drop(inner);
+        let evicted = cache.trim(&mut cache.inner.lock());
+        cache.remove_segments(evicted);
         Ok(cache)
     }
 
@@ -326,13 +325,17 @@ impl DiskCache {
             },
         );
         self.noted(&key);
-        self.trim(&mut inner);
+        let evicted = self.trim(&mut inner);
+        drop(inner);
+        self.remove_segments(evicted);
         true
     }
 
-    /// Removes the oldest segments until within the budget (never the one
-    /// being appended to).
-    fn trim(&self, inner: &mut Inner) {
+    /// Drops the oldest segments from the index until within the budget
+    /// (never the one being appended to) and returns their numbers, for
+    /// [`DiskCache::remove_segments`] once the lock is released.
+    fn trim(&self, inner: &mut Inner) -> Vec<u64> {
+        let mut gone = Vec::new();
         while inner.bytes > self.capacity && inner.segments.len() > 1 {
             let (number, segment) = inner.segments.pop_first().expect("more than one");
             inner.bytes -= segment.bytes;
@@ -345,7 +348,21 @@ impl DiskCache {
                 }
             }
             self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
-            let _ = std::fs::remove_file(self.segment_path(number));
+            gone.push(number);
+        }
+        gone
+    }
+
+    /// Unlinks evicted segments, outside the lock: an unlink drops the
+    /// file's cached pages (tens of ms for a full segment), and every
+    /// lookup and append waits for the lock. A reader still holding a
+    /// segment's file reads on from it; numbers only grow, so no new
+    /// segment takes an evicted one's name.
+    fn remove_segments(&self, numbers: Vec<u64>) {
+        for number in numbers {
+            if let Err(e) = std::fs::remove_file(self.segment_path(number)) {
+                tracing::debug!(segment = number, error = %e, "could not remove an evicted cache segment");
+            }
         }
     }
 }
@@ -399,6 +416,18 @@ mod tests {
         );
         assert!(cache.contains(ObjectKind::Chunk, &id(999)));
         assert!(cache.stats.evictions.load(Ordering::Relaxed) > 700);
+        let on_disk = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        };
+        assert!(
+            on_disk() <= (1 << 20) + (128 << 10),
+            "evicted segments leave the disk: {} bytes there",
+            on_disk()
+        );
         let held = cache.len();
         drop(cache);
 
@@ -433,6 +462,10 @@ mod tests {
         assert!(
             smaller.bytes() <= 256 << 10,
             "reopening trims to a smaller budget"
+        );
+        assert!(
+            on_disk() <= (256 << 10) + (128 << 10),
+            "and removes what it trims"
         );
     }
 
