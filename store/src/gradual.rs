@@ -58,6 +58,12 @@ pub(crate) fn remove(path: &Path, before_step: impl Fn()) -> std::io::Result<()>
         std::thread::sleep(PAUSE);
     }
     drop(file);
+    remove_now(path)
+}
+
+/// Unlinks `path` at once, without the steps of [`remove`]; a file that
+/// is already gone is not an error.
+pub(crate) fn remove_now(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

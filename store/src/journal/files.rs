@@ -313,10 +313,7 @@ fn remove_through_in(
 }
 
 fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
+    Ok(crate::gradual::remove_now(path)?)
 }
 
 #[cfg(test)]
