@@ -99,7 +99,8 @@ impl LogFile {
         self.len() == 0
     }
 
-    /// Reads every record in order (see [`scan`]), from the start whatever
+    /// Reads every record in order (a torn record at the very end ends
+    /// the log, damage anywhere else is an error), from the start whatever
     /// the file position.
     pub fn scan(&self, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
         scan(

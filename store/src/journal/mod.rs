@@ -24,4 +24,4 @@ mod files;
 mod record;
 
 pub use files::{JournalDir, LogFile};
-pub use record::{chunk_ids, decode, scan, scan_salvaging, Dropped, Record, WRITE_DATA_AT};
+pub use record::{chunk_ids, scan_salvaging, Dropped, Record, WRITE_DATA_AT};

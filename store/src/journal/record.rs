@@ -100,7 +100,7 @@ pub fn chunk_ids(ids: &[u8]) -> impl Iterator<Item = cairn_chunker::ChunkId> + '
 }
 
 /// Parses one record payload (without its header).
-pub fn decode(bytes: &[u8]) -> Result<Record<'_>> {
+pub(super) fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     let bad = || StoreError::CatalogCorrupt {
         key: "journal".into(),
         reason: format!("bad journal record of {} bytes", bytes.len()),
@@ -143,14 +143,15 @@ pub struct Dropped {
 /// very end (a crash mid-append) ends the log; damage anywhere else is a
 /// [`StoreError::JournalDamaged`] error, never silently skipped. Streams:
 /// memory is one record.
-pub fn scan(log: impl Read, len: u64, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
+pub(super) fn scan(log: impl Read, len: u64, f: impl FnMut(u64, Record<'_>) -> Result<()>) -> Result<()> {
     scan_with(log, len, f, None)
 }
 
-/// [`scan`] that goes past damage: a record failing its crc or decoding is
-/// dropped and reading resumes after it (its length field still frames
-/// it); a length running past the end drops the rest of the log. Returns
-/// exactly what was dropped.
+/// Reads a log's records as [`super::LogFile::scan`] does, but goes past
+/// damage: a record failing its crc or decoding is dropped and reading
+/// resumes after it (its length field still frames it); a length running
+/// past the end drops the rest of the log. Returns exactly what was
+/// dropped.
 pub fn scan_salvaging(
     log: impl Read,
     len: u64,
